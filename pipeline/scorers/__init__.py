@@ -1,0 +1,19 @@
+"""Scorers give every example (or token) a number from a model.
+
+A scorer is a function `scorer(examples: pl.DataFrame, ctx: ScoreContext, **params) -> pl.DataFrame`
+returning one row per example id with its score columns. Register new ones with
+`@register_scorer("name")` or the `pipeline.scorers` entry-point group.
+"""
+
+from __future__ import annotations
+
+from pipeline.registry import Registry
+from pipeline.scorers.base import ScoreContext
+
+SCORERS = Registry("scorer", "pipeline.scorers")
+register_scorer = SCORERS.register
+get_scorer = SCORERS.get
+
+from pipeline.scorers import perplexity as _perplexity  # noqa: E402,F401  (registers itself)
+
+__all__ = ["SCORERS", "ScoreContext", "get_scorer", "register_scorer"]

@@ -1,0 +1,44 @@
+"""Perplexity of the base model on each example (Harada et al. 2025, arXiv 2506.14681).
+
+Lower base-model perplexity on SFT data predicted larger downstream gains in their study. We keep
+both variants because which one the paper used is unverified: `ppl` over response tokens only
+(default) and `ppl_full` over all tokens after the first. Only comparable within one tokenizer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from pipeline.modeling import encode_examples
+from pipeline.scorers import register_scorer
+from pipeline.scorers.base import ScoreContext
+from pipeline.scorers.engine import response_mask, token_nll
+
+
+@register_scorer("perplexity")
+def perplexity(examples: pl.DataFrame, ctx: ScoreContext) -> pl.DataFrame:
+    """Columns: id, nll (mean response NLL), ppl = exp(nll), nll_full, ppl_full, n_tokens."""
+    tok = ctx.tokenizer()
+    encoded = encode_examples(tok, examples, ctx.max_length)
+    nlls = token_nll(
+        ctx.model(), encoded, max_tokens=ctx.max_tokens, pad_id=tok.pad_token_id or 0,
+        progress=ctx.progress, desc="perplexity",
+    )
+    resp, full, n_tokens = [], [], []
+    for enc, nll in zip(encoded, nlls, strict=True):
+        mask = response_mask(enc)
+        resp.append(float(nll[mask].mean()) if mask.any() else float("nan"))
+        full.append(float(nll.mean()) if len(nll) else float("nan"))
+        n_tokens.append(int(mask.sum()))
+    resp_arr, full_arr = np.asarray(resp), np.asarray(full)
+    return pl.DataFrame(
+        {
+            "id": examples.get_column("id"),
+            "nll": resp_arr,
+            "ppl": np.exp(resp_arr),
+            "nll_full": full_arr,
+            "ppl_full": np.exp(full_arr),
+            "n_tokens": n_tokens,
+        }
+    )

@@ -1,0 +1,27 @@
+"""Selectors turn a score table into a selection: for every input id, kept or dropped, why, and a weight.
+
+A selector is `selector(scores: pl.DataFrame, *, seed: int, **params) -> pl.DataFrame` with columns
+`id, kept, weight, reason`. `run_selector` checks that every input id is accounted for exactly once
+(kept + dropped = read), so no selector can silently lose a row. Per-row rules can be written as
+plain predicates with `row_filter` (datatrove style: return a bool or `(bool, reason)`).
+"""
+
+from __future__ import annotations
+
+from pipeline.registry import Registry
+from pipeline.selectors.base import SELECTION_SCHEMA, row_filter, run_selector
+
+SELECTORS = Registry("selector", "pipeline.selectors")
+register_selector = SELECTORS.register
+get_selector = SELECTORS.get
+
+from pipeline.selectors import rules as _rules  # noqa: E402,F401  (registers itself)
+
+__all__ = [
+    "SELECTION_SCHEMA",
+    "SELECTORS",
+    "get_selector",
+    "register_selector",
+    "row_filter",
+    "run_selector",
+]

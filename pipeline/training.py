@@ -1,0 +1,133 @@
+"""Fine-tuning through TRL's SFTTrainer on pre-tokenized examples (completion-only loss).
+
+Examples are tokenized by `pipeline.modeling.encode_examples`, the same path the scorers and the
+evaluation use, and handed to TRL as `input_ids` + `completion_mask`, from which TRL builds labels
+that ignore prompt tokens.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import torch
+
+from pipeline.modeling import encode_examples, load_model, load_tokenizer
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "loss": "ce",
+    "loss_params": {},
+    "max_steps": -1,
+    "epochs": 1,
+    "batch_size": 8,
+    "grad_accum": 1,
+    "learning_rate": 5e-5,
+    "lr_scheduler": "cosine",
+    "warmup_ratio": 0.1,
+    "weight_decay": 0.0,
+    "adam_beta2": 0.95,
+    "max_length": 512,
+    "gradient_checkpointing": False,
+    "logging_steps": 1,
+    "save_steps": 0,
+}
+
+
+def build_dataset(tokenizer, examples: pl.DataFrame, max_length: int, weights: list[float] | None = None):
+    """A `datasets.Dataset` of input_ids + completion_mask (+ example weight when given)."""
+    import datasets
+
+    encoded = encode_examples(tokenizer, examples, max_length)
+    columns: dict[str, list] = {
+        "input_ids": [e["input_ids"] for e in encoded],
+        "completion_mask": [e["completion_mask"] for e in encoded],
+    }
+    if weights is not None:
+        columns["example_weight"] = [float(w) for w in weights]
+    return datasets.Dataset.from_dict(columns)
+
+
+def sft_config(cfg: dict, output_dir: Path, seed: int):
+    """TRL SFTConfig from our `train` section; CPU-safe (no bf16, no forced checkpointing)."""
+    from trl import SFTConfig
+
+    on_gpu = torch.cuda.is_available()
+    save_steps = int(cfg["save_steps"])
+    return SFTConfig(
+        output_dir=str(output_dir),
+        max_steps=int(cfg["max_steps"]),
+        num_train_epochs=float(cfg["epochs"]),
+        per_device_train_batch_size=int(cfg["batch_size"]),
+        gradient_accumulation_steps=int(cfg["grad_accum"]),
+        learning_rate=float(cfg["learning_rate"]),
+        lr_scheduler_type=cfg["lr_scheduler"],
+        warmup_ratio=float(cfg["warmup_ratio"]),
+        weight_decay=float(cfg["weight_decay"]),
+        adam_beta2=float(cfg["adam_beta2"]),
+        max_length=int(cfg["max_length"]),
+        completion_only_loss=True,
+        gradient_checkpointing=bool(cfg["gradient_checkpointing"]),
+        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        use_cpu=not on_gpu,
+        logging_steps=int(cfg["logging_steps"]),
+        save_strategy="steps" if save_steps > 0 else "no",
+        save_steps=save_steps if save_steps > 0 else 500,
+        report_to=[],
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=0,
+        disable_tqdm=not os.isatty(2),
+        loss_type=_trl_loss_type(cfg["loss"]),
+    )
+
+
+def _trl_loss_type(name: str) -> str:
+    from pipeline.losses import LOSSES
+
+    return getattr(LOSSES.get(name), "trl_loss_type", "nll")
+
+
+def train(model_name: str, examples: pl.DataFrame, output_dir: str | Path, cfg: dict, seed: int = 0,
+          weights: list[float] | None = None) -> dict:
+    """Fine-tune `model_name` on `examples`; save the model and tokenizer to output_dir/model.
+
+    Returns the training metrics (loss history and runtime).
+    """
+    from trl import SFTTrainer
+
+    cfg = {**TRAIN_DEFAULTS, **cfg}
+    output_dir = Path(output_dir)
+    torch.manual_seed(seed)
+    tokenizer = load_tokenizer(model_name)
+    model = load_model(model_name, dtype=torch.float32).train()
+    dataset = build_dataset(tokenizer, examples, int(cfg["max_length"]), weights)
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(cfg, output_dir / "checkpoints", seed),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
+    resume = _last_checkpoint(output_dir / "checkpoints")
+    result = trainer.train(resume_from_checkpoint=resume)
+    final = output_dir / "model"
+    trainer.save_model(str(final))
+    tokenizer.save_pretrained(str(final))
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    return {
+        "train_loss": result.training_loss,
+        "steps": trainer.state.global_step,
+        "runtime_s": result.metrics.get("train_runtime"),
+        "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in history],
+        "model_dir": str(final),
+        "resumed_from": resume,
+    }
+
+
+def _last_checkpoint(folder: Path) -> str | None:
+    if not folder.is_dir():
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(folder))
