@@ -63,7 +63,7 @@ def sft_config(cfg: dict, output_dir: Path, seed: int):
         gradient_accumulation_steps=int(cfg["grad_accum"]),
         learning_rate=float(cfg["learning_rate"]),
         lr_scheduler_type=cfg["lr_scheduler"],
-        warmup_ratio=float(cfg["warmup_ratio"]),
+        warmup_steps=float(cfg["warmup_ratio"]),  # a float in [0, 1) is a ratio
         weight_decay=float(cfg["weight_decay"]),
         adam_beta2=float(cfg["adam_beta2"]),
         max_length=int(cfg["max_length"]),
