@@ -17,9 +17,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.runs import new_run_dir
 
     config = load_recipe(args.recipe, args.set)
-    if args.run_dir:
-        config["run_dir"] = args.run_dir
-    run_dir = new_run_dir(config)
+    run_dir = new_run_dir(config, args.run_dir)
     print(f"[pipeline] recipe {config['name']} -> run dir {run_dir}", flush=True)
     from pipeline.flows import get_flow
 
@@ -38,6 +36,23 @@ def _print_summary(m: dict) -> None:
     print(f"  data card: {m.get('data_card')}")
     print(f"  metrics:   {Path(m['run_dir']) / 'metrics.json'}")
     print(f"  seconds:   {json.dumps(m.get('seconds', {}))}")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a recipe's flow on a cron schedule (Prefect `serve`); each run gets its own run dir."""
+    from pipeline.config import load_recipe
+    from pipeline.flows import get_flow
+
+    config = load_recipe(args.recipe, args.set)
+    flow_fn = get_flow(config.get("flow", "sft_math"))
+    name = args.name or config["name"]
+    if args.dry_run:
+        deployment = flow_fn.to_deployment(name=name, cron=args.cron, parameters={"config": config})
+        print(json.dumps({"deployment": deployment.name, "flow": flow_fn.name,
+                          "schedules": [str(s.schedule.cron) for s in deployment.schedules]}))
+        return 0
+    flow_fn.serve(name=name, cron=args.cron, parameters={"config": config})
+    return 0
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
@@ -105,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value, e.g. --set train.max_steps=20 (repeatable)")
     r.add_argument("--run-dir", help="write into (or resume) this run directory")
     r.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("serve", help="serve a recipe on a schedule (Prefect serve)")
+    s.add_argument("recipe")
+    s.add_argument("--cron", required=True, help='cron schedule, e.g. "0 2 * * *"')
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--name", help="deployment name (default: the recipe name)")
+    s.add_argument("--dry-run", action="store_true", help="build and print the deployment, do not serve")
+    s.set_defaults(fn=cmd_serve)
 
     sub.add_parser("recipes", help="list recipes").set_defaults(fn=cmd_recipes)
 

@@ -10,10 +10,10 @@ import yaml
 from pipeline.io import write_text
 
 
-def new_run_dir(config: dict) -> Path:
-    """`<output_dir>/<recipe>-<timestamp>` unless the config names `run_dir` (to resume a run)."""
-    if config.get("run_dir"):
-        path = Path(config["run_dir"])
+def new_run_dir(config: dict, run_dir: str | Path | None = None) -> Path:
+    """`run_dir` when given (to resume a run), else `<output_dir>/<recipe>-<timestamp>`."""
+    if run_dir:
+        path = Path(run_dir)
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = Path(config.get("output_dir", "runs")) / f"{config['name']}-{stamp}"

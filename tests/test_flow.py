@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import datasets
 import polars as pl
@@ -19,7 +20,7 @@ SMALL = [
 def test_sft_math_end_to_end(tmp_path, tiny_model_dir, capsys):
     run_dir = tmp_path / "run"
     args = ["run", "sft-math", "--run-dir", str(run_dir), "--set", f"model={tiny_model_dir}",
-            "--set", f"cards_dir={tmp_path / 'cards'}"]
+            "--set", f"cards_dir={tmp_path / 'cards'}", "--set", f"cache_dir={tmp_path / 'cache'}"]
     for s in SMALL:
         args += ["--set", s]
     assert main(args) == 0
@@ -39,11 +40,12 @@ def test_sft_math_end_to_end(tmp_path, tiny_model_dir, capsys):
     dropped_ppl = scores.join(selection, on="id", how="inner").filter(~pl.col("kept"))["ppl"]
     assert kept_ppl.max() <= dropped_ppl.min()  # 'lowest' fraction by perplexity
 
-    card_dir = metrics["data_card"]
-    card = json.loads((tmp_path / "cards" / card_dir.split("/")[-1] / "card.json").read_text())
+    card_dir = Path(metrics["data_card"])
+    card = json.loads((card_dir / "card.json").read_text())
     assert card["counts"] == {"read": 16, "kept": 8, "dropped": 8}
-    assert (tmp_path / "cards" / card_dir.split("/")[-1] / "hist_ppl.png").stat().st_size > 1000
-    subset = datasets.load_dataset(card_dir, split="train")  # the card's YAML `configs` point at the subset
+    assert card["run"]["cache_keys"]["selection"] and card["run"]["config"]["select"]["rule"] == "fraction"
+    assert (card_dir / "hist_ppl.png").stat().st_size > 1000
+    subset = datasets.load_dataset(str(card_dir), split="train")  # the card's YAML `configs` point at the subset
     assert subset.num_rows == 8
 
     # Re-running in the same run dir resumes: every stage's output exists, nothing is recomputed.

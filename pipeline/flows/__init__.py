@@ -14,7 +14,10 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_LOGGING_LOG_PRINTS", "false")
 
-FLOWS = {"sft_math": "pipeline.flows.sft_math:sft_math_flow"}
+FLOWS = {
+    "sft_math": "pipeline.flows.sft_math:sft_math_flow",
+    "curate": "pipeline.flows.curate:curate_flow",
+}
 
 
 def get_flow(name: str):

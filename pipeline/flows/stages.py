@@ -1,0 +1,219 @@
+"""The stages every flow is wired from, as Prefect tasks that pass paths and fingerprints.
+
+Each stage writes into a content-addressed folder `<cache_root>/<stage>/<key>` whose key hashes
+everything its output depends on (input fingerprints, model revision, the stage's config, seed),
+and skips the work when that folder is complete. On top, Prefect caches each task on its inputs
+and source (`INPUTS + TASK_SOURCE`, results persisted), so re-running a flow after a
+crash, or with one changed parameter, recomputes only the stages downstream of the change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from prefect import task
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+
+from pipeline.config import config_hash
+from pipeline.io import read_json, write_json, write_parquet
+
+CACHE = INPUTS + TASK_SOURCE
+TASK_OPTIONS: dict[str, Any] = {"cache_policy": CACHE, "persist_result": True}
+
+
+def log(msg: str) -> None:
+    print(f"[pipeline] {msg}", flush=True)
+
+
+def stage_dir(cache_root: str, stage: str, *parts: Any) -> Path:
+    """Content-addressed folder of one stage's output."""
+    return Path(cache_root) / stage / config_hash(list(parts))
+
+
+def file_hash(path: str | Path) -> str:
+    """Short sha256 of a file's bytes (selection tables, small configs)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def model_revision(name_or_dir: str) -> str:
+    """What identifies a model's weights: a local folder's config + weight file sizes and times, else the id."""
+    from pipeline.assets import resolve_model
+
+    path = Path(resolve_model(name_or_dir)) if not Path(name_or_dir).exists() else Path(name_or_dir)
+    if not path.is_dir():
+        return name_or_dir  # a hub id: its revision is whatever the hub serves (pin with name@rev online)
+    h = hashlib.sha256()
+    for f in sorted(path.glob("*")):
+        if f.suffix in {".json", ".safetensors", ".bin"}:
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return f"{path.name}@{h.hexdigest()[:12]}"
+
+
+def publish(src: str | Path, dest: str | Path) -> Path:
+    """Make a stage output visible in the run directory: hard link a file, symlink a folder."""
+    src, dest = Path(src), Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.is_symlink() or dest.is_file():
+        dest.unlink()
+    elif dest.is_dir():
+        shutil.rmtree(dest)
+    if src.is_dir():
+        dest.symlink_to(src.resolve(), target_is_directory=True)
+    else:
+        try:
+            os.link(src, dest)
+        except OSError:
+            shutil.copy2(src, dest)
+    return dest
+
+
+def run_stage(stage, *args: Any) -> Any:
+    """Call a cached stage; if its cached result names files that no longer exist, recompute it."""
+    result = stage(*args)
+    if not all(Path(p).exists() for p in _paths(result)):
+        log(f"cached result of {stage.name} points at missing files: recomputing")
+        result = stage.with_options(refresh_cache=True)(*args)
+    return result
+
+
+def _paths(obj: Any) -> list[str]:
+    if isinstance(obj, dict):
+        return [p for k, v in obj.items() for p in ([v] if k in {"path", "model_dir"} else _paths(v))]
+    return []
+
+
+@task(name="load-data", **TASK_OPTIONS)
+def load_data(cfg: dict, seed: int, cache_root: str) -> dict[str, Any]:
+    """Train/validation/test parquet files with disjoint questions, and their fingerprints."""
+    from pipeline.data import fingerprint, load_math
+
+    out = stage_dir(cache_root, "data", cfg, seed)
+    info_path = out / "splits.json"
+    if not info_path.exists():
+        splits = load_math(cfg["dataset"], int(cfg["n_train"]), int(cfg["n_val"]), int(cfg["n_test"]), seed)
+        info: dict[str, Any] = {"dataset": cfg["dataset"], "seed": seed}
+        for name, df in splits.items():
+            write_parquet(out / f"{name}.parquet", df)
+            info[name] = {"path": str(out / f"{name}.parquet"), "rows": df.height, "fingerprint": fingerprint(df)}
+        write_json(info_path, info)
+    info = read_json(info_path)
+    log("data: " + ", ".join(f"{k} {info[k]['rows']}" for k in ("train", "validation", "test")))
+    return info
+
+
+@task(name="score", **TASK_OPTIONS)
+def score(train: dict, model: str, model_rev: str, cfg: dict, seed: int, cache_root: str) -> dict:
+    """Score every training example; the table is keyed by example id and cached by content."""
+    from pipeline.scorers import ScoreContext
+    from pipeline.scoring import compute_scores
+
+    out = stage_dir(cache_root, "scores", train["fingerprint"], model_rev, cfg, seed) / "scores.parquet"
+    if not out.exists():
+        ctx = ScoreContext(model_name=model, max_length=int(cfg.get("max_length", 512)),
+                           max_tokens=int(cfg.get("max_tokens", 8192)), seed=seed)
+        t0 = time.perf_counter()
+        compute_scores(pl.read_parquet(train["path"]), cfg["scorer"], ctx, out, cfg.get("params") or {})
+        log(f"scored with {cfg['scorer']} in {time.perf_counter() - t0:.0f}s")
+    else:
+        log(f"scores reused from cache: {out}")
+    return {"path": str(out), "key": out.parent.name}
+
+
+@task(name="select", **TASK_OPTIONS)
+def select(scores: dict, cfg: dict, seed: int, cache_root: str) -> dict[str, Any]:
+    """Apply the selection rule; every id gets kept/dropped, a reason and a weight."""
+    from pipeline.selectors import get_selector, run_selector
+    from pipeline.selectors.base import summarize
+
+    out = stage_dir(cache_root, "selection", scores["key"], cfg, seed) / "selection.parquet"
+    params = {k: v for k, v in cfg.items() if k != "rule"}
+    if not out.exists():
+        selection = run_selector(get_selector(cfg["rule"]), pl.read_parquet(scores["path"]), seed=seed, **params)
+        write_parquet(out, selection)
+    summary = summarize(pl.read_parquet(out))
+    log(f"selected {summary['kept']} of {summary['read']} by {cfg['rule']} {params}")
+    return {"path": str(out), "hash": file_hash(out), "stage": f"select:{cfg['rule']}", **summary}
+
+
+@task(name="train", **TASK_OPTIONS)
+def train_model(train: dict, selection: dict, model: str, model_rev: str, cfg: dict, seed: int,
+                cache_root: str) -> dict:
+    """Fine-tune on the kept examples (selection weights reach the loss); resumes from checkpoints."""
+    from pipeline.training import train as run_training
+
+    out = stage_dir(cache_root, "train", train["fingerprint"], selection["hash"], model_rev, cfg, seed)
+    done = out / "train_metrics.json"
+    if not done.exists():
+        examples = pl.read_parquet(train["path"])
+        kept_sel = pl.read_parquet(selection["path"]).filter(pl.col("kept"))
+        kept = examples.join(kept_sel.select("id", "weight"), on="id", how="inner", maintain_order="left")
+        weights = kept.get_column("weight").to_list()
+        uniform = all(abs(w - 1.0) < 1e-12 for w in weights)
+        log(f"training on {kept.height} examples with loss {cfg.get('loss', 'ce')}")
+        metrics = run_training(model, kept.drop("weight"), out, cfg, seed=seed, weights=None if uniform else weights)
+        write_json(done, metrics)
+        log(f"trained {metrics['steps']} steps in {metrics['runtime_s']:.0f}s, final loss {metrics['train_loss']:.4f}")
+    return read_json(done)
+
+
+@task(name="evaluate", **TASK_OPTIONS)
+def evaluate(model: str, model_rev: str, label: str, test: dict, cfg: dict, cache_root: str) -> dict:
+    """Accuracy of the final answer and mean response NLL on the held-out test split."""
+    from pipeline.evaluate import evaluate_model
+
+    out = stage_dir(cache_root, "eval", model_rev, test["fingerprint"], cfg) / "eval.json"
+    if not out.exists():
+        t0 = time.perf_counter()
+        metrics, table = evaluate_model(model, pl.read_parquet(test["path"]), cfg)
+        write_parquet(out.with_suffix(".parquet"), table)
+        metrics["seconds"] = time.perf_counter() - t0
+        write_json(out, metrics)
+    metrics = read_json(out)
+    metrics["path"] = str(out)
+    log(f"{label}: accuracy {metrics['accuracy']:.3f} ({metrics['n_generate']} problems), "
+        f"response NLL {metrics['nll']:.4f} ({metrics['n_nll']} examples)")
+    return metrics
+
+
+@task(name="data-card")
+def card(config: dict, data: dict, scores: dict, selection: dict, run_dir: str, cache_keys: dict) -> str:
+    """Write the data card of the selected subset into `cards_dir` (cheap, so never cached)."""
+    from pipeline.cards import write_card
+
+    score_table = pl.read_parquet(scores["path"])
+    columns = [c for c in score_table.columns if c != "id" and score_table.schema[c].is_numeric()]
+    main = config["select"].get("column")
+    columns = ([main] if main in columns else []) + [c for c in columns if c != main]
+    name = f"{config['name']}-{data['train']['fingerprint']}-{selection['hash'][:8]}"
+    path = write_card(
+        Path(config.get("cards_dir", "data_cards")) / name,
+        name=name,
+        examples=pl.read_parquet(data["train"]["path"]),
+        scores=score_table,
+        selection=pl.read_parquet(selection["path"]),
+        source={"dataset": data["dataset"], "split": "train", "seed": data["seed"],
+                "fingerprint": data["train"]["fingerprint"], "rows": data["train"]["rows"]},
+        scorers=[{"name": config["score"]["scorer"], "model": config["model"],
+                  "params": config["score"].get("params") or {}}],
+        rules=[dict(config["select"])],
+        stages=[{"stage": selection["stage"], "read": selection["read"], "kept": selection["kept"],
+                 "dropped": selection["dropped"]}],
+        score_columns=columns[:3],
+        run={"run_dir": run_dir, "recipe": config["name"], "cache_keys": cache_keys, **_flow_run_id(),
+             "config": {k: v for k, v in config.items() if not k.startswith("_")}},
+    )
+    publish(path, Path(run_dir) / "data_card")
+    return str(path)
+
+
+def _flow_run_id() -> dict[str, str]:
+    from prefect.runtime import flow_run
+
+    return {"flow_run_id": str(flow_run.id)} if flow_run.id else {}
