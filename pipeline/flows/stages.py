@@ -146,7 +146,7 @@ def select(scores: dict, cfg: dict, seed: int, cache_root: str) -> dict[str, Any
 def train_model(train: dict, selection: dict, model: str, model_rev: str, cfg: dict, seed: int,
                 cache_root: str) -> dict:
     """Fine-tune on the kept examples (selection weights reach the loss); resumes from checkpoints."""
-    from pipeline.training import train as run_training
+    from pipeline.launch import launch_training
 
     out = stage_dir(cache_root, "train", train["fingerprint"], selection["hash"], model_rev, cfg, seed)
     done = out / "train_metrics.json"
@@ -157,7 +157,8 @@ def train_model(train: dict, selection: dict, model: str, model_rev: str, cfg: d
         weights = kept.get_column("weight").to_list()
         uniform = all(abs(w - 1.0) < 1e-12 for w in weights)
         log(f"training on {kept.height} examples with loss {cfg.get('loss', 'ce')}")
-        metrics = run_training(model, kept.drop("weight"), out, cfg, seed=seed, weights=None if uniform else weights)
+        metrics = launch_training(model, kept.drop("weight"), out, cfg, seed=seed,
+                                  weights=None if uniform else weights)
         write_json(done, metrics)
         log(f"trained {metrics['steps']} steps in {metrics['runtime_s']:.0f}s, final loss {metrics['train_loss']:.4f}")
     return read_json(done)

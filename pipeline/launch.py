@@ -1,0 +1,53 @@
+"""Where training runs: in-process (default), or across processes with accelerate or torchrun.
+
+`train.launcher: accelerate` runs `pipeline.train_worker` under `accelerate launch` with the shipped
+FSDP config (`pipeline/configs/accelerate_fsdp.yaml`, or `train.accelerate_config`);
+`train.launcher: torchrun` runs it under `torch.distributed.run` (DDP; gloo on CPU). Both write the
+same model folder and metrics as the in-process path.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import torch
+
+from pipeline.io import read_json, write_json, write_parquet
+
+FSDP_CONFIG = Path(__file__).parent / "configs" / "accelerate_fsdp.yaml"
+LAUNCHERS = ("local", "accelerate", "torchrun")
+
+
+def launch_training(model: str, examples: pl.DataFrame, output_dir: str | Path, cfg: dict, seed: int,
+                    weights: list[float] | None = None) -> dict:
+    """Train with the launcher `cfg['launcher']` names; return the training metrics."""
+    launcher = cfg.get("launcher", "local")
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"train.launcher must be one of {LAUNCHERS}, not {launcher!r}")
+    n = str(int(cfg.get("num_processes") or max(torch.cuda.device_count(), 1)))
+    accelerate_config = str(cfg.get("accelerate_config") or FSDP_CONFIG)
+    cfg = {k: v for k, v in cfg.items() if k not in {"launcher", "num_processes", "accelerate_config"}}
+    if launcher == "local":
+        from pipeline.training import train
+
+        return train(model, examples, output_dir, cfg, seed=seed, weights=weights)
+
+    output_dir = Path(output_dir)
+    job = output_dir / "job"
+    write_parquet(job / "examples.parquet", examples)
+    write_json(job / "job.json", {"model": model, "output_dir": str(output_dir), "cfg": cfg, "seed": seed,
+                                  "weights": weights, "examples": str(job / "examples.parquet")})
+    worker = ["-m", "pipeline.train_worker", str(job / "job.json")]
+    if launcher == "accelerate":
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               accelerate_config, "--num_processes", n]
+        if not torch.cuda.is_available():
+            cmd += ["--cpu", "--mixed_precision", "no"]  # accelerate runs one CPU process
+        cmd += worker
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", n, *worker]
+    subprocess.run(cmd, check=True)
+    return read_json(output_dir / "train_metrics_worker.json")

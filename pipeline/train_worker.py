@@ -1,0 +1,25 @@
+"""Entry point run by `accelerate launch` / `torchrun`: one training process of a launched job."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import polars as pl
+
+from pipeline.io import read_json, write_json
+from pipeline.training import train
+
+
+def main(job_path: str) -> None:
+    job = read_json(job_path)
+    metrics = train(job["model"], pl.read_parquet(job["examples"]), job["output_dir"], job["cfg"], seed=job["seed"],
+                    weights=job["weights"])
+    if int(os.environ.get("RANK", "0")) == 0:
+        metrics["world_size"] = int(os.environ.get("WORLD_SIZE", "1"))
+        write_json(Path(job["output_dir"]) / "train_metrics_worker.json", metrics)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
