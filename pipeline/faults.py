@@ -1,0 +1,28 @@
+"""Crash injection for resume tests: `SFT_PIPELINE_CRASH=train:2` kills the process with SIGKILL
+right after training checkpoint 2 is saved, exactly like `kill -9` at that moment."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from transformers import TrainerCallback
+
+
+def crash_point(stage: str) -> int | None:
+    """The step at which to crash in `stage`, if the environment asks for one."""
+    spec = os.environ.get("SFT_PIPELINE_CRASH", "")
+    name, _, step = spec.partition(":")
+    return int(step) if name == stage and step.isdigit() else None
+
+
+def maybe_crash(stage: str, step: int) -> None:
+    if crash_point(stage) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class CrashAfterSave(TrainerCallback):
+    """Kill the process after the checkpoint of the configured step is on disk."""
+
+    def on_save(self, args, state, control, **kwargs):
+        maybe_crash("train", state.global_step)
