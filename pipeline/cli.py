@@ -90,15 +90,41 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from pipeline.inspect import inspect_run
+    """Summary, --list, --id, --compare, --export or a filtered listing; rich tables or --json."""
+    from pipeline import inspect as ins
 
-    report = inspect_run(args.run_dir, n=args.n)
+    modes = [f"--{m}" for m, v in (("list", args.list), ("id", args.example_id), ("compare", args.compare),
+                                   ("export", args.export)) if v]
+    filtered = bool(args.where or args.sort or args.subset)
+    if len(modes) > 1:
+        raise ValueError(f"use one of {', '.join(modes)} at a time")
+    if args.list and args.run_dir:
+        raise ValueError("--list takes --output-dir/--cards-dir, not RUN_DIR")
+    if not args.list and not args.run_dir:
+        raise ValueError("inspect needs RUN_DIR (a run or data card directory) or --list")
+    if filtered and modes and modes[0] != "--export":
+        raise ValueError(f"--where/--sort/--kept/--dropped do not apply to {modes[0]}")
+    if args.desc and not args.sort:
+        raise ValueError("--desc needs --sort COLUMN")
+    filters = {"where": args.where, "sort": args.sort, "descending": args.desc, "subset": args.subset}
+    if args.list:
+        report, show = ins.list_report(args.output_dir, args.cards_dir), ins.print_listing
+    elif args.example_id:
+        report, show = ins.example_report(args.run_dir, args.example_id), ins.print_example
+    elif args.compare:
+        report, show = ins.compare_report(args.run_dir, args.compare), ins.print_compare
+    elif args.export:
+        report, show = ins.export_report(args.run_dir, args.export, n=args.n, **filters), ins.print_export
+    elif filtered or args.columns:
+        columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
+        report = ins.query_report(args.run_dir, n=20 if args.n is None else args.n, columns=columns, **filters)
+        show = ins.print_query
+    else:
+        report, show = ins.inspect_run(args.run_dir, n=3 if args.n is None else args.n), ins.print_report
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:
-        from pipeline.inspect import print_report
-
-        print_report(report)
+        show(report)
     return 0
 
 
@@ -140,10 +166,26 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--max-chars", type=int, default=32_000)
     i.set_defaults(fn=cmd_ingest)
 
-    n = sub.add_parser("inspect", help="summarize a run: counts, scores, kept and dropped examples")
-    n.add_argument("run_dir")
-    n.add_argument("-n", type=int, default=3, help="examples to show per side")
+    n = sub.add_parser("inspect", help="list, summarize, query, explain, compare and export runs and data cards",
+                       description="Without options: a summary of RUN_DIR (a run or a data card directory).")
+    n.add_argument("run_dir", nargs="?", help="a run directory or a data card directory")
+    n.add_argument("-n", type=int, default=None,
+                   help="rows to show: summary examples per side (3), listing rows (20), export rows (all)")
     n.add_argument("--json", action="store_true", help="machine-readable output")
+    n.add_argument("--list", action="store_true", help="list runs and data cards")
+    n.add_argument("--output-dir", default="runs", help="where --list looks for runs (default: runs)")
+    n.add_argument("--cards-dir", default="data_cards", help="where --list looks for data cards (default: data_cards)")
+    n.add_argument("--where", action="append", default=[], metavar="'COL OP VALUE'",
+                   help="filter, e.g. 'ppl < 3' (OP: < <= > >= == !=; repeat to AND)")
+    n.add_argument("--sort", metavar="COLUMN", help="sort by this column (ascending, nulls last)")
+    n.add_argument("--desc", action="store_true", help="sort descending")
+    side = n.add_mutually_exclusive_group()
+    side.add_argument("--kept", dest="subset", action="store_const", const="kept", help="only kept examples")
+    side.add_argument("--dropped", dest="subset", action="store_const", const="dropped", help="only dropped examples")
+    n.add_argument("--columns", metavar="A,B,C", help="columns to show in a listing (default: id, verdict, scores, prompt)")
+    n.add_argument("--id", dest="example_id", metavar="ID", help="show one example: text, scores, kept or dropped and why")
+    n.add_argument("--compare", metavar="OTHER", help="compare kept subsets with OTHER (a run or data card directory)")
+    n.add_argument("--export", metavar="PATH", help="write the filtered joined table to PATH (.parquet or .jsonl)")
     n.set_defaults(fn=cmd_inspect)
 
     a = sub.add_parser("assets", help="offline default assets")
