@@ -42,7 +42,7 @@ def test_changed_selector_reuses_scores(tmp_path, tiny_model_dir, capsys):
     metrics = json.loads((tmp_path / "c" / "metrics.json").read_text())
     assert metrics["selection"] == {"read": 12, "kept": 6, "dropped": 6}
     card = json.loads((Path(metrics["data_card"]) / "card.json").read_text())
-    assert card["stages"][0] == {"stage": "select:quantile", "read": 12, "kept": 6, "dropped": 6}
+    assert card["stages"][0] == {"stage": "0:quantile", "read": 12, "kept": 6, "dropped": 6}
 
 
 def test_serve_builds_a_cron_deployment(capsys):

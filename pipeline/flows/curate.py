@@ -18,7 +18,8 @@ def curate_stages(config: dict, run_dir: str) -> dict[str, Any]:
     model_rev = stages.model_revision(config["model"])
     data = stages.run_stage(stages.load_data, config["data"], seed, root)
     scores = stages.run_stage(stages.score, data["train"], config["model"], model_rev, config["score"], seed, root)
-    selection = stages.run_stage(stages.select, scores, config["select"], seed, root)
+    selection = stages.run_stage(stages.select, scores, data["train"], config["model"], model_rev,
+                                 config["select"], seed, root)
     run = Path(run_dir)
     for name in ("train", "validation", "test"):
         stages.publish(data[name]["path"], run / "data" / f"{name}.parquet")
@@ -32,8 +33,8 @@ def curate_stages(config: dict, run_dir: str) -> dict[str, Any]:
 
 
 def stage_counts(selection: dict) -> list[dict[str, Any]]:
-    return [{"stage": selection["stage"], "read": selection["read"], "kept": selection["kept"],
-             "dropped": selection["dropped"]}]
+    """Read/kept/dropped of each selection stage, for the artifact table."""
+    return [{k: st[k] for k in ("stage", "read", "kept", "dropped")} for st in selection["stages"]]
 
 
 @flow(name="curate")

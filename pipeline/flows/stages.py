@@ -126,20 +126,31 @@ def score(train: dict, model: str, model_rev: str, cfg: dict, seed: int, cache_r
     return {"path": str(out), "key": out.parent.name}
 
 
+def select_steps(cfg: dict | list) -> list[dict]:
+    """A recipe's `select` is one rule (a mapping) or a list of rules applied in order."""
+    return [dict(step) for step in (cfg if isinstance(cfg, list) else [cfg])]
+
+
 @task(name="select", **TASK_OPTIONS)
-def select(scores: dict, cfg: dict, seed: int, cache_root: str) -> dict[str, Any]:
-    """Apply the selection rule; every id gets kept/dropped, a reason and a weight."""
-    from pipeline.selectors import get_selector, run_selector
+def select(scores: dict, train: dict, model: str, model_rev: str, cfg: dict | list, seed: int,
+           cache_root: str) -> dict[str, Any]:
+    """Apply the selection rule(s); every id gets kept/dropped, a reason and a weight."""
+    from pipeline.selectors import SelectContext, compose
     from pipeline.selectors.base import summarize
 
-    out = stage_dir(cache_root, "selection", scores["key"], cfg, seed) / "selection.parquet"
-    params = {k: v for k, v in cfg.items() if k != "rule"}
+    out_dir = stage_dir(cache_root, "selection", scores["key"], train["fingerprint"], model_rev, cfg, seed)
+    out, stages_path = out_dir / "selection.parquet", out_dir / "stages.json"
     if not out.exists():
-        selection = run_selector(get_selector(cfg["rule"]), pl.read_parquet(scores["path"]), seed=seed, **params)
+        context = SelectContext(examples=pl.read_parquet(train["path"]), model_name=model,
+                                run_dir=str(out_dir / "work"))
+        selection, stage_counts = compose(pl.read_parquet(scores["path"]), select_steps(cfg), seed, context)
+        write_json(stages_path, stage_counts)
         write_parquet(out, selection)
     summary = summarize(pl.read_parquet(out))
-    log(f"selected {summary['kept']} of {summary['read']} by {cfg['rule']} {params}")
-    return {"path": str(out), "hash": file_hash(out), "stage": f"select:{cfg['rule']}", **summary}
+    stage_counts = read_json(stages_path)
+    log(f"selected {summary['kept']} of {summary['read']}: "
+        + "; ".join(f"{s['rule']} kept {s['kept']}/{s['read']}" for s in stage_counts))
+    return {"path": str(out), "hash": file_hash(out), "stages": stage_counts, **summary}
 
 
 @task(name="train", **TASK_OPTIONS)
@@ -151,8 +162,11 @@ def train_model(train: dict, selection: dict, model: str, model_rev: str, cfg: d
     out = stage_dir(cache_root, "train", train["fingerprint"], selection["hash"], model_rev, cfg, seed)
     done = out / "train_metrics.json"
     if not done.exists():
-        examples = pl.read_parquet(train["path"])
-        kept_sel = pl.read_parquet(selection["path"]).filter(pl.col("kept"))
+        from pipeline.selectors.clear import apply_corrections
+
+        sel = pl.read_parquet(selection["path"])
+        examples = apply_corrections(pl.read_parquet(train["path"]), sel)  # CLEAR's replaced responses
+        kept_sel = sel.filter(pl.col("kept"))
         kept = examples.join(kept_sel.select("id", "weight"), on="id", how="inner", maintain_order="left")
         weights = kept.get_column("weight").to_list()
         uniform = all(abs(w - 1.0) < 1e-12 for w in weights)
@@ -190,7 +204,7 @@ def card(config: dict, data: dict, scores: dict, selection: dict, run_dir: str, 
 
     score_table = pl.read_parquet(scores["path"])
     columns = [c for c in score_table.columns if c != "id" and score_table.schema[c].is_numeric()]
-    main = config["select"].get("column")
+    main = next((st.get("column") for st in select_steps(config["select"]) if st.get("column")), None)
     columns = ([main] if main in columns else []) + [c for c in columns if c != main]
     name = f"{config['name']}-{data['train']['fingerprint']}-{selection['hash'][:8]}"
     path = write_card(
@@ -203,9 +217,8 @@ def card(config: dict, data: dict, scores: dict, selection: dict, run_dir: str, 
                 "fingerprint": data["train"]["fingerprint"], "rows": data["train"]["rows"]},
         scorers=[{"name": config["score"]["scorer"], "model": config["model"],
                   "params": config["score"].get("params") or {}}],
-        rules=[dict(config["select"])],
-        stages=[{"stage": selection["stage"], "read": selection["read"], "kept": selection["kept"],
-                 "dropped": selection["dropped"]}],
+        rules=select_steps(config["select"]),
+        stages=[{k: st[k] for k in ("stage", "read", "kept", "dropped")} for st in selection["stages"]],
         score_columns=columns[:3],
         run={"run_dir": run_dir, "recipe": config["name"], "cache_keys": cache_keys, **_flow_run_id(),
              "config": {k: v for k, v in config.items() if not k.startswith("_")}},
