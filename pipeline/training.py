@@ -2,7 +2,9 @@
 
 Examples are tokenized by `pipeline.modeling.encode_examples`, the same path the scorers and the
 evaluation use, and handed to TRL as `input_ids` + `completion_mask`, from which TRL builds labels
-that ignore prompt tokens.
+that ignore prompt tokens. The loss is a `pipeline.losses` token loss run by
+`pipeline.trainer.TokenLossSFTTrainer`; example weights and per-token columns (token labels,
+reference NLLs) travel with the examples to it.
 """
 
 from __future__ import annotations
@@ -32,11 +34,18 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "gradient_checkpointing": False,
     "logging_steps": 1,
     "save_steps": 0,
+    # Masked Thought input corruption (pipeline.losses.masked_thought); p=0 is off.
+    "masked_thought": {"p": 0.0, "cap": 0.4, "ramp_steps": 0, "replace": "random"},
 }
 
 
-def build_dataset(tokenizer, examples: pl.DataFrame, max_length: int, weights: list[float] | None = None):
-    """A `datasets.Dataset` of input_ids + completion_mask (+ example weight when given)."""
+def build_dataset(tokenizer, examples: pl.DataFrame, max_length: int, weights: list[float] | None = None,
+                  token_columns: dict[str, list[list[float]]] | None = None):
+    """A `datasets.Dataset` of input_ids + completion_mask (+ example weight, + per-token columns when given).
+
+    Each per-token row is either aligned with the example's input_ids (same length) or holds one
+    value per response token (placed on the response positions, 0 on the prompt).
+    """
     import datasets
 
     encoded = encode_examples(tokenizer, examples, max_length)
@@ -45,8 +54,29 @@ def build_dataset(tokenizer, examples: pl.DataFrame, max_length: int, weights: l
         "completion_mask": [e["completion_mask"] for e in encoded],
     }
     if weights is not None:
+        if len(weights) != len(encoded):
+            raise ValueError(f"{len(weights)} weights for {len(encoded)} examples")
         columns["example_weight"] = [float(w) for w in weights]
+    for name, rows in (token_columns or {}).items():
+        if len(rows) != len(encoded):
+            raise ValueError(f"token column {name!r} has {len(rows)} rows for {len(encoded)} examples")
+        columns[name] = [align_token_row(name, i, list(r), e["completion_mask"])
+                         for i, (r, e) in enumerate(zip(rows, encoded, strict=True))]
     return datasets.Dataset.from_dict(columns)
+
+
+def align_token_row(name: str, index: int, row: list, completion_mask: list[int]) -> list:
+    """One per-token row aligned with input_ids: as is, or response-only values scattered onto the response."""
+    if len(row) == len(completion_mask):
+        return row
+    n_resp = sum(completion_mask)
+    if len(row) == n_resp:
+        values = iter(row)
+        return [next(values) if m else 0 for m in completion_mask]
+    raise ValueError(
+        f"token column {name!r}, example {index}: {len(row)} values, expected {len(completion_mask)} "
+        f"(input_ids) or {n_resp} (response tokens); was it scored with the same tokenizer and max_length?"
+    )
 
 
 def sft_config(cfg: dict, output_dir: Path, seed: int):
@@ -80,6 +110,8 @@ def sft_config(cfg: dict, output_dir: Path, seed: int):
         dataloader_num_workers=0,
         disable_tqdm=not os.isatty(2),
         loss_type=_trl_loss_type(cfg["loss"]),
+        # keep example_weight / token_label / ref_nll for our collator
+        remove_unused_columns=False,
     )
 
 
@@ -90,24 +122,32 @@ def _trl_loss_type(name: str) -> str:
 
 
 def train(model_name: str, examples: pl.DataFrame, output_dir: str | Path, cfg: dict, seed: int = 0,
-          weights: list[float] | None = None) -> dict:
-    """Fine-tune `model_name` on `examples`; save the model and tokenizer to output_dir/model.
+          weights: list[float] | None = None,
+          token_columns: dict[str, list[list[float]]] | None = None) -> dict:
+    """Fine-tune `model_name` on `examples` with the loss `cfg["loss"]`; save model and tokenizer to output_dir/model.
 
-    Returns the training metrics (loss history and runtime).
+    `weights` (one per example) multiply each example's token losses; `token_columns` carries the
+    per-token columns (`token_label`, `ref_nll`) some losses need. Returns the training metrics.
     """
-    from trl import SFTTrainer
+    from pipeline.losses import get_loss
+    from pipeline.trainer import TokenLossSFTTrainer, check_columns
 
     cfg = {**TRAIN_DEFAULTS, **cfg}
+    loss = get_loss(cfg["loss"], **(cfg.get("loss_params") or {}))
+    check_columns(loss, set(token_columns or {}))
     output_dir = Path(output_dir)
     torch.manual_seed(seed)
     tokenizer = load_tokenizer(model_name)
     model = load_model(model_name, dtype=torch.float32).train()
-    dataset = build_dataset(tokenizer, examples, int(cfg["max_length"]), weights)
-    trainer = SFTTrainer(
+    masked = masked_thought(cfg.get("masked_thought"), tokenizer, model, seed)
+    dataset = build_dataset(tokenizer, examples, int(cfg["max_length"]), weights, token_columns)
+    trainer = TokenLossSFTTrainer(
         model=model,
         args=sft_config(cfg, output_dir / "checkpoints", seed),
         train_dataset=dataset,
         processing_class=tokenizer,
+        loss=loss,
+        masked_thought=masked,
     )
     resume = _last_checkpoint(output_dir / "checkpoints")
     result = trainer.train(resume_from_checkpoint=resume)
@@ -123,6 +163,30 @@ def train(model_name: str, examples: pl.DataFrame, output_dir: str | Path, cfg: 
         "model_dir": str(final),
         "resumed_from": resume,
     }
+
+
+def masked_thought(options: dict | None, tokenizer, model, seed: int):
+    """The Masked Thought transform from `train.masked_thought`, or None when p=0.
+
+    `replace="mask"` uses the tokenizer's mask token, adding `<mask>` (and resizing the
+    embeddings) when it has none.
+    """
+    from pipeline.losses import MaskedThought
+
+    options = {**TRAIN_DEFAULTS["masked_thought"], **(options or {})}
+    if float(options["p"]) <= 0:
+        return None
+    mask_id = None
+    if options["replace"] == "mask":
+        if tokenizer.mask_token is None:
+            tokenizer.add_special_tokens({"mask_token": "<mask>"})
+            model.resize_token_embeddings(len(tokenizer))
+        mask_id = tokenizer.mask_token_id
+    return MaskedThought(
+        p=float(options["p"]), cap=float(options["cap"]), ramp_steps=int(options["ramp_steps"]),
+        replace=options["replace"], seed=seed,
+        vocab_size=min(len(tokenizer), model.get_input_embeddings().num_embeddings), mask_token_id=mask_id,
+    )
 
 
 def _last_checkpoint(folder: Path) -> str | None:

@@ -2,7 +2,9 @@
 
 `get_loss(name, **params)` returns a loss object; `@register_loss("name")` and the
 `pipeline.losses` entry-point group add new ones; a recipe names a loss by registry name or
-`module:attr` (`train.loss`) with its parameters in `train.loss_params`.
+`module:attr` (`train.loss`) with its parameters in `train.loss_params`. Every loss is a
+`TokenLoss` (see `pipeline.losses.base`): callable on full logits as transformers'
+`compute_loss_func`, and on fused per-token log-probs through `from_log_probs`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,13 @@ def get_loss(name: str, **params: Any):
     return LOSSES.get(name)(**params)
 
 
-from pipeline.losses import ce as _ce  # noqa: E402,F401  (registers itself)
+from pipeline.losses import ce as _ce  # noqa: E402,F401  (each module registers itself)
+from pipeline.losses import dft as _dft  # noqa: E402,F401
+from pipeline.losses import forgetting as _forgetting  # noqa: E402,F401
+from pipeline.losses import rho1 as _rho1  # noqa: E402,F401
+from pipeline.losses import talr as _talr  # noqa: E402,F401
+from pipeline.losses import token_cleaning as _token_cleaning  # noqa: E402,F401
+from pipeline.losses.base import TokenLoss  # noqa: E402
+from pipeline.losses.masked_thought import MaskedThought  # noqa: E402
 
-__all__ = ["LOSSES", "get_loss", "register_loss"]
+__all__ = ["LOSSES", "MaskedThought", "TokenLoss", "get_loss", "register_loss"]

@@ -1,0 +1,177 @@
+"""TRL's SFTTrainer with our token-level losses on its fused LM head (no full-vocabulary logits).
+
+TRL's collator and `remove_unused_columns` drop extra dataset columns and its `compute_loss_func`
+never sees them, so this module has its own collator (pads and carries `example_weight` and
+per-token columns) and overrides `compute_loss`. Normalizer counts (response, positive, kept
+tokens...) are summed over the whole gradient-accumulation window before the first micro-batch,
+like `num_items_in_batch`, so accumulation gives the update of one big batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from trl import SFTTrainer
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+from trl.trainer.utils import pad
+
+from pipeline.losses.base import EXAMPLE_WEIGHT, TOKEN_COLUMNS, TokenLoss, shift_columns
+from pipeline.losses.ce import CrossEntropy
+from pipeline.losses.masked_thought import MaskedThought
+
+EXTRA_COLUMNS = (EXAMPLE_WEIGHT, *TOKEN_COLUMNS)
+_TOKEN_DTYPES = {"token_label": torch.int8}
+
+
+@dataclass
+class TokenLossCollator(DataCollatorForLanguageModeling):
+    """TRL's padding collator that also carries `example_weight` [B] and per-token columns [B, T] (padded with 0).
+
+    `masked_thought` rides along as the collator's input transform, but is applied by
+    `TokenLossSFTTrainer.compute_loss` (`apply_masked_thought`): accelerate and the Trainer
+    prefetch batches, so the global step is not known when a batch is collated.
+    """
+
+    extra_columns: tuple[str, ...] = EXTRA_COLUMNS
+    masked_thought: MaskedThought | None = None
+
+    def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        if self.padding_free:
+            raise ValueError("TokenLossCollator does not support padding_free")
+        base = [{k: v for k, v in ex.items() if k not in self.extra_columns} for ex in examples]
+        out = super().torch_call(base)
+        for name in self.extra_columns:
+            if name not in examples[0]:
+                continue
+            values = [ex[name] for ex in examples]
+            if name == EXAMPLE_WEIGHT:
+                out[name] = torch.tensor(values, dtype=torch.float32)
+                continue
+            rows = []
+            for ex, row in zip(examples, values, strict=True):
+                n = len(ex["input_ids"])
+                if len(row) < n:
+                    raise ValueError(f"column {name!r} has {len(row)} values for {n} input_ids")
+                rows.append(torch.tensor(row[:n], dtype=_TOKEN_DTYPES.get(name, torch.float32)))
+            out[name] = pad(rows, padding_value=0, padding_side="right",
+                            pad_to_multiple_of=self.pad_to_multiple_of)
+        return out
+
+    def apply_masked_thought(self, batch: dict[str, Any], step: int, micro: int = 0) -> dict[str, Any]:
+        """Batch with response input tokens masked for (step, micro); labels untouched."""
+        if self.masked_thought is None or not self.masked_thought.enabled:
+            return batch
+        ids = self.masked_thought.masked_inputs(batch["input_ids"], batch["labels"], step, micro)
+        return {**batch, "input_ids": ids}
+
+
+def check_columns(loss: TokenLoss, columns: set[str] | list[str]) -> None:
+    """Raise a clear error when `loss` needs batch columns that are not there."""
+    missing = [c for c in getattr(loss, "requires", ()) if c not in columns]
+    if missing:
+        raise ValueError(
+            f"loss {type(loss).__name__} needs the per-token column(s) {missing}, which the dataset lacks; "
+            f"pass them as token_columns (from the token-score table)"
+        )
+
+
+class TokenLossSFTTrainer(SFTTrainer):
+    """SFTTrainer whose loss is a `TokenLoss` computed on the fused LM head's per-token log-probs."""
+
+    def __init__(self, *args: Any, loss: TokenLoss | None = None, masked_thought: MaskedThought | None = None,
+                 **kwargs: Any):
+        self.token_loss = loss if loss is not None else CrossEntropy()
+        self._window_counts: dict[str, torch.Tensor] | None = None
+        self._micro = 0
+        targs = kwargs.get("args")
+        if targs is not None and getattr(targs, "padding_free", False):
+            raise ValueError("TokenLossSFTTrainer does not support padding_free")
+        if kwargs.get("data_collator") is None:
+            tok = kwargs.get("processing_class")
+            tok = getattr(tok, "tokenizer", tok)
+            if tok is None:
+                raise ValueError("TokenLossSFTTrainer needs processing_class (or a data_collator)")
+            pad_token = (targs.pad_token if targs is not None else None) or tok.pad_token or tok.eos_token
+            kwargs["data_collator"] = TokenLossCollator(
+                pad_token_id=tok.convert_tokens_to_ids(pad_token),
+                pad_to_multiple_of=targs.pad_to_multiple_of if targs is not None else None,
+                masked_thought=masked_thought,
+            )
+        elif masked_thought is not None:
+            raise ValueError("pass masked_thought through TokenLossCollator when giving your own data_collator")
+        super().__init__(*args, **kwargs)
+        if self.train_dataset is not None and hasattr(self.train_dataset, "column_names"):
+            check_columns(self.token_loss, self.train_dataset.column_names)
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        self._signature_columns = list(dict.fromkeys([*self._signature_columns, *EXTRA_COLUMNS]))
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """Also sum the loss's normalizer counts over the accumulation window (like num_items_in_batch)."""
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self._micro = 0
+        self._window_counts = self._count_window(batch_samples, device)
+        return batch_samples, num_items_in_batch
+
+    def _count_window(self, batch_samples: list[dict], device) -> dict[str, torch.Tensor] | None:
+        total: dict[str, torch.Tensor] = {}
+        for batch in batch_samples:
+            if "labels" not in batch:
+                return None
+            check_columns(self.token_loss, batch.keys())
+            mask = batch["labels"][:, 1:] != -100
+            cols = shift_columns({k: batch[k] for k in EXTRA_COLUMNS if k in batch})
+            for key, value in self.token_loss.counts(mask, cols).items():
+                if key != "tokens":  # num_items_in_batch already carries it
+                    total[key] = total.get(key, 0) + torch.as_tensor(value).to(device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            total = {k: self.accelerator.gather(v.reshape(1)).sum() for k, v in total.items()}
+        return total
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Fused forward, then our loss on per-token log-probs with the extra columns; TRL's metrics plus the loss's."""
+        mode = "train" if self.model.training else "eval"
+        extra = {k: inputs.pop(k) for k in EXTRA_COLUMNS if k in inputs}
+        if mode == "train" and isinstance(self.data_collator, TokenLossCollator):
+            inputs = self.data_collator.apply_masked_thought(inputs, self.state.global_step, self._micro)
+            self._micro += 1
+        inputs["use_cache"] = False
+        if self.aux_loss_enabled:
+            inputs["output_router_logits"] = True
+        outputs = model(**inputs, fused_lm_head=True)
+        counts = self._window_counts if (mode == "train" and num_items_in_batch is not None) else None
+        loss = self.token_loss.from_log_probs(
+            outputs.log_probs, outputs.label_mask, num_items_in_batch, shift_columns(extra),
+            step=self.state.global_step, max_steps=self.state.max_steps, counts=counts,
+        )
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        if self.aux_loss_enabled:
+            steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
+            loss = loss + self.router_aux_loss_coef * outputs.aux_loss / steps
+        self._log_metrics(mode, inputs, outputs)
+        if return_outputs:
+            with torch.no_grad():
+                outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+            return loss, outputs
+        return loss
+
+    def _log_metrics(self, mode: str, inputs: dict, outputs: Any) -> None:
+        """TRL's entropy / token accuracy / token count, plus the loss's own metrics (e.g. TALR's tau)."""
+        metrics = self._metrics[mode]
+        num_valid = self.accelerator.gather_for_metrics(outputs.label_mask.sum()).sum()
+        if outputs.entropy is not None:
+            ent = self.accelerator.gather_for_metrics(outputs.entropy.detach().sum()).sum()
+            metrics["entropy"].append((ent / num_valid).item() if num_valid > 0 else 0.0)
+        if outputs.is_top1 is not None:
+            top1 = self.accelerator.gather_for_metrics(outputs.is_top1.sum()).sum()
+            metrics["mean_token_accuracy"].append((top1 / num_valid).item() if num_valid > 0 else 0.0)
+        if mode == "train" and "attention_mask" in inputs:
+            seen = self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
+            self._total_train_tokens += seen // self._tp_size
+        metrics["num_tokens"] = [self._total_train_tokens]
+        for name, value in getattr(self.token_loss, "metrics", {}).items():
+            metrics[name].append(float(value))

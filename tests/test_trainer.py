@@ -1,0 +1,205 @@
+"""TokenLossSFTTrainer on the tiny model: fused path = logits path, our DFT = TRL's, accumulation, real runs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+
+from pipeline.losses import get_loss
+from pipeline.losses.base import shift_columns
+from pipeline.training import TRAIN_DEFAULTS, build_dataset, sft_config, train
+
+PROMPTS = ["What is 2+2?", "Name a color.", "Say hi.", "Count to three.", "Spell cat.", "Largest planet?"]
+RESPONSES = ["4", "Blue is a color I like.", "Hi there!", "One, two, three.", "C, A, T.", "Jupiter is."]
+
+
+@pytest.fixture(scope="module")
+def examples() -> pl.DataFrame:
+    return pl.DataFrame({"prompt": PROMPTS, "response": RESPONSES})
+
+
+def load(tiny_model_dir):
+    from pipeline.modeling import load_model, load_tokenizer
+
+    return load_tokenizer(tiny_model_dir), load_model(tiny_model_dir, dtype=torch.float32).train()
+
+
+def token_columns(tokenizer, examples):
+    """Deterministic per-token labels (-1/0/1) and reference nlls aligned with input_ids."""
+    ds = build_dataset(tokenizer, examples, 64)
+    g = torch.Generator().manual_seed(0)
+    labels = [torch.randint(-1, 2, (len(ids),), generator=g).tolist() for ids in ds["input_ids"]]
+    ref = [(torch.rand(len(ids), generator=g) * 8).tolist() for ids in ds["input_ids"]]
+    return {"token_label": labels, "ref_nll": ref}
+
+
+def make_trainer(tiny_model_dir, tmp_path, examples, loss_name="ce", trl_dft=False, **loss_params):
+    """Our trainer (or TRL's plain SFTTrainer with loss_type=dft) on a fresh tiny model, no shuffling."""
+    tokenizer, model = load(tiny_model_dir)
+    cfg = {**TRAIN_DEFAULTS, "loss": "dft" if trl_dft else loss_name, "max_steps": 10, "batch_size": 6}
+    args = sft_config(cfg, tmp_path / ("trl" if trl_dft else loss_name), 0)
+    args.shuffle_dataset = False
+    cols = token_columns(tokenizer, examples)
+    dataset = build_dataset(tokenizer, examples, 64, weights=[1.0, 2.0, 0.5, 1.0, 0.0, 1.5], token_columns=cols)
+    if trl_dft:
+        from trl import SFTTrainer
+
+        dataset = dataset.remove_columns(["example_weight", "token_label", "ref_nll"])
+        return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    from pipeline.trainer import TokenLossSFTTrainer
+
+    return TokenLossSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                               loss=get_loss(loss_name, **loss_params))
+
+
+def collate(trainer, rows=None):
+    ds = trainer.train_dataset
+    rows = range(len(ds)) if rows is None else rows
+    return trainer.data_collator([ds[i] for i in rows])
+
+
+def grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def assert_grads_close(a, b, rtol=1e-4, atol=1e-6):
+    assert a.keys() == b.keys() and a
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=rtol, atol=atol, msg=name)
+
+
+def test_collator_carries_columns(tiny_model_dir, tmp_path, examples):
+    trainer = make_trainer(tiny_model_dir, tmp_path, examples, "forgetting")
+    batch = collate(trainer)
+    assert batch["example_weight"].dtype == torch.float32 and batch["example_weight"].shape == (6,)
+    assert batch["token_label"].dtype == torch.int8
+    assert batch["token_label"].shape == batch["input_ids"].shape == batch["ref_nll"].shape
+    first = trainer.train_dataset[0]
+    assert batch["token_label"][0, : len(first["input_ids"])].tolist() == first["token_label"]
+
+
+@pytest.mark.parametrize("name,params", [("talr", {"w_min": 0.2}), ("forgetting", {"nll_cap": 10.8}),
+                                         ("rho1", {"ratio": 0.5})])
+def test_fused_path_equals_logits_path(tiny_model_dir, tmp_path, examples, name, params):
+    """The trainer's fused-head loss has the value and gradients of the loss on full logits."""
+    trainer = make_trainer(tiny_model_dir, tmp_path, examples, name, **params)
+    trainer.state.global_step, trainer.state.max_steps = 3, 10
+    model = trainer.model
+    batch = collate(trainer)
+    n = int((batch["labels"][:, 1:] != -100).sum())
+
+    fused = trainer.compute_loss(model, dict(batch), num_items_in_batch=n)
+    fused.backward()
+    g_fused = grads(model)
+    model.zero_grad()
+
+    extra = {k: batch[k] for k in ("example_weight", "token_label", "ref_nll")}
+    outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    ref = trainer.token_loss(outputs, batch["labels"], n, batch=extra, step=3, max_steps=10)
+    ref.backward()
+    torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-6)
+    assert_grads_close(g_fused, grads(model))
+
+
+def test_dft_matches_trl(tiny_model_dir, tmp_path, examples):
+    """Our dft through our trainer equals TRL's loss_type='dft' (weights all 1 for the comparison)."""
+    ours = make_trainer(tiny_model_dir, tmp_path, examples, "dft")
+    theirs = make_trainer(tiny_model_dir, tmp_path, examples, trl_dft=True)
+    assert theirs.args.loss_type == "dft"
+    batch = collate(ours)
+    batch["example_weight"] = torch.ones(6)
+    plain = collate(theirs)
+    n = int((batch["labels"][:, 1:] != -100).sum())
+    loss_ours = ours.compute_loss(ours.model, dict(batch), num_items_in_batch=n)
+    loss_theirs = theirs.compute_loss(theirs.model, dict(plain), num_items_in_batch=n)
+    loss_ours.backward()
+    loss_theirs.backward()
+    torch.testing.assert_close(loss_ours, loss_theirs, rtol=1e-6, atol=1e-7)
+    assert_grads_close(grads(ours.model), grads(theirs.model), rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", ["ce", "forgetting"])
+def test_gradient_accumulation_in_trainer(tiny_model_dir, tmp_path, examples, name):
+    """Two micro-batches through get_batch_samples + compute_loss give one big batch's loss and gradients."""
+    trainer = make_trainer(tiny_model_dir, tmp_path, examples, name)
+    trainer.state.global_step, trainer.state.max_steps = 4, 10
+    model = trainer.model
+    micro = [collate(trainer, range(0, 3)), collate(trainer, range(3, 6))]
+    samples, n_items = trainer.get_batch_samples(iter(micro), 2, torch.device("cpu"))
+    total = sum(trainer.compute_loss(model, dict(b), num_items_in_batch=n_items) for b in samples)
+    total.backward()
+    g_acc = grads(model)
+    model.zero_grad()
+
+    whole = [collate(trainer)]
+    samples, n_items = trainer.get_batch_samples(iter(whole), 1, torch.device("cpu"))
+    single = trainer.compute_loss(model, dict(samples[0]), num_items_in_batch=n_items)
+    single.backward()
+    torch.testing.assert_close(total, single, rtol=1e-5, atol=1e-6)
+    assert_grads_close(g_acc, grads(model))
+
+
+def test_masked_thought_in_trainer_changes_inputs_not_labels(tiny_model_dir, tmp_path, examples):
+    from pipeline.losses import MaskedThought
+
+    trainer = make_trainer(tiny_model_dir, tmp_path, examples, "ce")
+    trainer.data_collator.masked_thought = MaskedThought(p=0.5, seed=0, vocab_size=100)
+    batch = collate(trainer)
+    out = trainer.data_collator.apply_masked_thought(batch, step=2)
+    assert out["labels"] is batch["labels"]
+    changed = out["input_ids"] != batch["input_ids"]
+    assert changed.any() and not changed[batch["labels"] == -100].any()
+    trainer.model.train()
+    with torch.no_grad():
+        clean = get_loss("ce").from_log_probs(*_fused(trainer, batch))
+        masked = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=None)
+    assert not torch.isclose(clean, masked)
+
+
+def _fused(trainer, batch):
+    out = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                        labels=batch["labels"], fused_lm_head=True)
+    return out.log_probs, out.label_mask
+
+
+def test_build_dataset_aligns_response_only_rows(tiny_model_dir, examples):
+    tokenizer, _ = load(tiny_model_dir)
+    base = build_dataset(tokenizer, examples, 64)
+    resp = [[7] * sum(m) for m in base["completion_mask"]]
+    ds = build_dataset(tokenizer, examples, 64, token_columns={"token_label": resp})
+    for row, mask in zip(ds["token_label"], ds["completion_mask"], strict=True):
+        assert row == [7 if m else 0 for m in mask]
+    with pytest.raises(ValueError, match="same tokenizer"):
+        build_dataset(tokenizer, examples, 64, token_columns={"token_label": [[1, 1]] * len(examples)})
+
+
+def test_train_requires_the_loss_columns(tiny_model_dir, tmp_path, examples):
+    with pytest.raises(ValueError, match="token_label"):
+        train(tiny_model_dir, examples, tmp_path, {"loss": "forgetting", "max_steps": 1})
+
+
+@pytest.mark.parametrize("loss,extra", [
+    ("dft", {"masked_thought": {"p": 0.2}}),
+    ("forgetting", {"loss_params": {"lambda_max": 0.25}, "grad_accum": 2}),
+])
+def test_short_training_run(tiny_model_dir, tmp_path, examples, loss, extra):
+    tokenizer, _ = load(tiny_model_dir)
+    cfg = {"loss": loss, "max_steps": 2, "batch_size": 2, "logging_steps": 1, **extra}
+    result = train(tiny_model_dir, examples, tmp_path, cfg, seed=1,
+                   weights=[1.0, 2.0, 0.5, 1.0, 1.0, 1.5], token_columns=token_columns(tokenizer, examples))
+    assert result["steps"] == 2
+    assert math.isfinite(result["train_loss"])
+    assert all(math.isfinite(h["loss"]) for h in result["loss_history"]) and result["loss_history"]
+    model_dir = Path(result["model_dir"])
+    assert (model_dir / "config.json").exists() and (model_dir / "model.safetensors").exists()
+
+
+def test_shift_columns_aligns_with_next_token():
+    batch = {"token_label": torch.arange(6).view(2, 3), "example_weight": torch.ones(2)}
+    shifted = shift_columns(batch)
+    assert shifted["token_label"].tolist() == [[1, 2], [4, 5]]
+    assert shifted["example_weight"].shape == (2,)
