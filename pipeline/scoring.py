@@ -1,21 +1,238 @@
-"""Run a scorer over an example table and store its score table as parquet keyed by `id`."""
+"""Run a scorer over an example table and store its score table as parquet keyed by `id`.
+
+`score_cached` is what the flow calls: the table lives under a cache key made of the dataset
+fingerprint, the model id and revision, the scorer name, its parameters and its code version, and
+it is written in shards so that a killed run resumes at the first unfinished shard. The same
+shards run in this process (default) or on Ray actors that each hold one model (`executor="ray"`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import inspect
+import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from pipeline.io import write_parquet
+from pipeline.data import fingerprint
+from pipeline.io import read_json, write_json, write_parquet
 from pipeline.scorers import ScoreContext, get_scorer
+
+TABLE = "scores.parquet"
+META = "meta.json"
+
+
+def _split(result: Any) -> tuple[pl.DataFrame, dict]:
+    """A scorer returns a table, or (table, metadata) when it has run-level facts to report."""
+    if isinstance(result, tuple):
+        return result[0], dict(result[1])
+    return result, {}
+
+
+def _check(table: pl.DataFrame, examples: pl.DataFrame, scorer: str) -> None:
+    if table.height != examples.height or "id" not in table.columns:
+        raise ValueError(f"scorer {scorer!r} must return one row per example with an 'id' column")
+    if table.get_column("id").to_list() != examples.get_column("id").to_list():
+        raise ValueError(f"scorer {scorer!r} must return rows in the order of the examples")
+
+
+def meta_path(table_path: str | Path) -> Path:
+    """The sidecar JSON next to a score table (run-level metadata such as a learner's R^2)."""
+    p = Path(table_path)
+    return p.with_name(META) if p.name == TABLE else p.with_suffix(".meta.json")
+
+
+def read_meta(table_path: str | Path) -> dict:
+    """Metadata written next to a score table ({} when there is none)."""
+    p = meta_path(table_path)
+    return read_json(p) if p.exists() else {}
 
 
 def compute_scores(
     examples: pl.DataFrame, scorer: str, ctx: ScoreContext, out_path: str | Path, params: dict[str, Any] | None = None
 ) -> Path:
     """Score `examples` with the registered `scorer` and write the table atomically to `out_path`."""
-    table = get_scorer(scorer)(examples, ctx, **(params or {}))
-    if table.height != examples.height or "id" not in table.columns:
-        raise ValueError(f"scorer {scorer!r} must return one row per example with an 'id' column")
-    return write_parquet(out_path, table)
+    table, meta = _split(get_scorer(scorer)(examples, ctx, **(params or {})))
+    _check(table, examples, scorer)
+    path = write_parquet(out_path, table)
+    if meta:
+        write_json(meta_path(path), meta)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache key parts.
+
+
+def model_revision(name_or_path: str) -> str:
+    """What identifies a model's weights.
+
+    A local folder: sha256 of its config.json and tokenizer files, plus name, size and mtime of
+    each weights file (hashing gigabytes of weights on every run would cost more than scoring).
+    A hub id: the commit of its locally cached snapshot when there is one, else the id itself.
+    """
+    from pipeline.assets import resolve_model
+
+    path = Path(name_or_path) if Path(name_or_path).exists() else Path(resolve_model(name_or_path))
+    if not path.is_dir():
+        return _hub_revision(name_or_path)
+    h = hashlib.sha256()
+    for f in sorted(path.iterdir()):
+        if f.name in {"config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"}:
+            h.update(f.name.encode() + f.read_bytes())
+        elif f.suffix in {".safetensors", ".bin", ".pt", ".gguf"}:
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return f"{path.name}@{h.hexdigest()[:16]}"
+
+
+def _hub_revision(repo_id: str) -> str:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # noqa: BLE001 - any failure just means "not cached"
+        cached = None
+    if isinstance(cached, str):
+        return f"{repo_id}@{Path(cached).parent.name}"
+    return repo_id
+
+
+def code_version(fn: Callable) -> str:
+    """A scorer's declared `VERSION` plus a hash of its module's source: edits invalidate its cache."""
+    module = sys.modules.get(getattr(fn, "__module__", ""), None)
+    try:
+        source = inspect.getsource(module) if module is not None else inspect.getsource(fn)
+    except (OSError, TypeError):
+        source = getattr(fn, "__qualname__", repr(fn))
+    return f"{getattr(fn, 'VERSION', '0')}:{hashlib.sha256(source.encode()).hexdigest()[:12]}"
+
+
+def _param_value(value: Any) -> Any:
+    """A parameter as it enters the key: a model folder also contributes its revision."""
+    if isinstance(value, str) and Path(value).is_dir() and (Path(value) / "config.json").exists():
+        return {"path": value, "revision": model_revision(value)}
+    if isinstance(value, dict):
+        return {k: _param_value(v) for k, v in sorted(value.items())}
+    if isinstance(value, list | tuple):
+        return [_param_value(v) for v in value]
+    return value
+
+
+def cache_key_parts(examples: pl.DataFrame, scorer: str, ctx: ScoreContext, params: dict[str, Any]) -> dict:
+    """Everything a score table depends on, as a JSON-able dict (stored next to the table)."""
+    fn = get_scorer(scorer)
+    return {
+        "dataset": fingerprint(examples),
+        "models": _key_models(fn, params),
+        "model": ctx.model_name,
+        "model_revision": model_revision(ctx.model_name) if getattr(fn, "uses_model", True) else None,
+        "scorer": scorer,
+        "params": _param_value(dict(params)),
+        "code_version": code_version(fn),
+        "max_length": ctx.max_length,
+        "seed": ctx.seed,
+    }
+
+
+def _key_models(fn: Callable, params: dict[str, Any]) -> dict[str, str]:
+    """Revisions of the extra models a scorer names in `key_models` (embedder, reference), defaults included."""
+    from pipeline.assets import resolve_embedder
+
+    out = {}
+    for name in getattr(fn, "key_models", ()):
+        value = params.get(name)
+        if value is None:
+            default = inspect.signature(fn).parameters.get(name)
+            value = None if default is None or default.default is inspect.Parameter.empty else default.default
+        if isinstance(value, str):
+            out[name] = model_revision(resolve_embedder(value) if name == "embedder" else value)
+    return out
+
+
+def cache_key(parts: dict) -> str:
+    """Short sha256 of the key parts."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharded, resumable, cached scoring.
+
+
+def _shard_path(entry: Path, i: int) -> Path:
+    return entry / "shards" / f"{i:05d}.parquet"
+
+
+def _prepare(fn: Callable, examples: pl.DataFrame, ctx: ScoreContext, params: dict, entry: Path) -> dict:
+    """Run a scorer's once-per-table preparation (e.g. training a reference model) before sharding."""
+    prepare = getattr(fn, "prepare", None)
+    return dict(prepare(examples, ctx, dict(params), entry / "prepare")) if prepare else dict(params)
+
+
+def score_cached(
+    examples: pl.DataFrame,
+    scorer: str,
+    ctx: ScoreContext,
+    cache_root: str | Path,
+    params: dict[str, Any] | None = None,
+    shard_size: int = 1024,
+    executor: str = "local",
+    num_workers: int = 2,
+) -> Path:
+    """Path of the cached score table for (data, model, scorer, params, code); computed if missing.
+
+    Shards of `shard_size` rows are written as they finish; a re-run skips finished shards and the
+    final table is their concatenation in example order. Scorers that need the whole table at once
+    (`shardable = False`, e.g. information_gain) run as one shard. `executor="ray"` scores the
+    shards on `num_workers` Ray actors that each load the model once.
+    """
+    params = dict(params or {})
+    fn = get_scorer(scorer)
+    parts = cache_key_parts(examples, scorer, ctx, params)
+    entry = Path(cache_root) / scorer / cache_key(parts)
+    final = entry / TABLE
+    if final.exists():
+        return final
+    if not getattr(fn, "shardable", True):
+        shard_size = max(examples.height, 1)
+    run_params = _prepare(fn, examples, ctx, params, entry)
+    starts = list(range(0, examples.height, shard_size)) or [0]
+    todo = [i for i in range(len(starts)) if not _shard_path(entry, i).exists()]
+    shards = {i: examples.slice(starts[i], shard_size) for i in todo}
+    if executor == "local":
+        for i in todo:
+            _write_shard(entry, i, fn(shards[i], ctx, **run_params), shards[i], scorer)
+    elif executor == "ray":
+        from pipeline.scorers.ray_executor import score_shards
+
+        for i, result in score_shards(scorer, ctx, run_params, shards, num_workers):
+            _write_shard(entry, i, result, shards[i], scorer)
+    else:
+        raise ValueError(f"unknown executor {executor!r}: use 'local' or 'ray'")
+    tables = [pl.read_parquet(_shard_path(entry, i)) for i in range(len(starts))]
+    metas = [read_meta(_shard_path(entry, i)) for i in range(len(starts))]
+    meta = {"key": parts, **{k: v for m in metas for k, v in m.items()}}
+    if len(metas) > 1 and any(metas):
+        meta["shards"] = metas
+    write_json(entry / META, meta)
+    return write_parquet(final, pl.concat(tables, how="vertical"))
+
+
+def _write_shard(entry: Path, i: int, result: Any, shard: pl.DataFrame, scorer: str) -> None:
+    table, meta = _split(result)
+    _check(table, shard, scorer)
+    path = _shard_path(entry, i)
+    if meta:
+        write_json(meta_path(path), meta)
+    write_parquet(path, table)
+
+
+def context_args(ctx: ScoreContext) -> dict[str, Any]:
+    """A ScoreContext's settings without its loaded model (what travels to a remote worker)."""
+    return {f.name: getattr(ctx, f.name) for f in dataclasses.fields(ctx) if not f.name.startswith("_")}

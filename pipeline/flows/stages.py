@@ -108,19 +108,40 @@ def load_data(cfg: dict, seed: int, cache_root: str) -> dict[str, Any]:
     return info
 
 
+def scorer_list(cfg: dict) -> list[tuple[str, dict]]:
+    """`score.scorer` names one scorer or a list; `score.params` holds one scorer's parameters, or a
+    mapping from scorer name to its parameters when several run."""
+    names = cfg["scorer"] if isinstance(cfg["scorer"], list) else [cfg["scorer"]]
+    params = cfg.get("params") or {}
+    if len(names) == 1 and names[0] not in params:
+        return [(names[0], params)]
+    return [(name, params.get(name) or {}) for name in names]
+
+
 @task(name="score", **TASK_OPTIONS)
 def score(train: dict, model: str, model_rev: str, cfg: dict, seed: int, cache_root: str) -> dict:
-    """Score every training example; the table is keyed by example id and cached by content."""
+    """Score every training example with each scorer (cached per scorer, resumable per shard)."""
     from pipeline.scorers import ScoreContext
-    from pipeline.scoring import compute_scores
+    from pipeline.scoring import score_cached
 
     out = stage_dir(cache_root, "scores", train["fingerprint"], model_rev, cfg, seed) / "scores.parquet"
     if not out.exists():
+        examples = pl.read_parquet(train["path"])
         ctx = ScoreContext(model_name=model, max_length=int(cfg.get("max_length", 512)),
                            max_tokens=int(cfg.get("max_tokens", 8192)), seed=seed)
-        t0 = time.perf_counter()
-        compute_scores(pl.read_parquet(train["path"]), cfg["scorer"], ctx, out, cfg.get("params") or {})
-        log(f"scored with {cfg['scorer']} in {time.perf_counter() - t0:.0f}s")
+        table = examples.select("id")
+        for name, params in scorer_list(cfg):
+            t0 = time.perf_counter()
+            path = score_cached(examples, name, ctx, Path(cache_root) / "scorers", params,
+                                shard_size=int(cfg.get("shard_size", 1024)),
+                                executor=cfg.get("executor", "local"))
+            part = pl.read_parquet(path)
+            clash = (set(part.columns) & set(table.columns)) - {"id"}
+            if clash:
+                raise ValueError(f"scorer {name!r} repeats columns {sorted(clash)} of an earlier scorer")
+            table = table.join(part, on="id", how="left", maintain_order="left")
+            log(f"scored with {name} in {time.perf_counter() - t0:.0f}s")
+        write_parquet(out, table)
     else:
         log(f"scores reused from cache: {out}")
     return {"path": str(out), "key": out.parent.name}
@@ -215,8 +236,8 @@ def card(config: dict, data: dict, scores: dict, selection: dict, run_dir: str, 
         selection=pl.read_parquet(selection["path"]),
         source={"dataset": data["dataset"], "split": "train", "seed": data["seed"],
                 "fingerprint": data["train"]["fingerprint"], "rows": data["train"]["rows"]},
-        scorers=[{"name": config["score"]["scorer"], "model": config["model"],
-                  "params": config["score"].get("params") or {}}],
+        scorers=[{"name": name, "model": config["model"], "params": params}
+                 for name, params in scorer_list(config["score"])],
         rules=select_steps(config["select"]),
         stages=[{k: st[k] for k in ("stage", "read", "kept", "dropped")} for st in selection["stages"]],
         score_columns=columns[:3],

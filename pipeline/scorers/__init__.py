@@ -14,6 +14,12 @@ SCORERS = Registry("scorer", "pipeline.scorers")
 register_scorer = SCORERS.register
 get_scorer = SCORERS.get
 
-from pipeline.scorers import perplexity as _perplexity  # noqa: E402,F401  (registers itself)
+# Each module registers itself on import.
+from pipeline.scorers import clear as _clear  # noqa: E402,F401
+from pipeline.scorers import embedding as _embedding  # noqa: E402,F401
+from pipeline.scorers import information_gain as _information_gain  # noqa: E402,F401
+from pipeline.scorers import learnability as _learnability  # noqa: E402,F401
+from pipeline.scorers import perplexity as _perplexity  # noqa: E402,F401
+from pipeline.scorers import token_loss as _token_loss  # noqa: E402,F401
 
 __all__ = ["SCORERS", "ScoreContext", "get_scorer", "register_scorer"]

@@ -10,7 +10,7 @@ from pipeline.assets import DEFAULT_MODEL
 
 @dataclass
 class ScoreContext:
-    """Model name plus lazily loaded model and tokenizer; `max_length` caps tokenized examples."""
+    """Model name plus lazily loaded models and tokenizer; `max_length` caps tokenized examples."""
 
     model_name: str = DEFAULT_MODEL
     max_length: int = 512
@@ -32,3 +32,23 @@ class ScoreContext:
 
             self._cache["model"] = load_model(self.model_name)
         return self._cache["model"]
+
+    def model_for(self, name: str | None):
+        """The context's model when `name` is None or its own, else another model (e.g. a reference), loaded once."""
+        if name is None or name == self.model_name:
+            return self.model()
+        key = f"model:{name}"
+        if key not in self._cache:
+            from pipeline.modeling import load_model
+
+            self._cache[key] = load_model(name)
+        return self._cache[key]
+
+    def embedder(self, name: str):
+        """(tokenizer, encoder) of a sentence embedder, loaded once; see `pipeline.scorers.embedding`."""
+        key = f"embedder:{name}"
+        if key not in self._cache:
+            from pipeline.scorers.embedding import load_embedder
+
+            self._cache[key] = load_embedder(name)
+        return self._cache[key]

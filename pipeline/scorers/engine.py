@@ -1,9 +1,9 @@
 """Batched per-token log-likelihood: the one inference path under every model-based scorer.
 
 Examples are sorted by length and cut into batches under a token budget (minimal padding); each
-batch runs under `inference_mode` through TRL's fused LM head, which projects hidden states to the
-vocabulary in tiles and keeps only each label's log-probability, so the (batch x length x vocab)
-logits are never materialized.
+batch runs under `inference_mode`; the LM head projects only real (non-padding) positions to the
+vocabulary in tiles and keeps only each label's log-probability (`head_log_probs`; TRL's fused
+head for heads with softcapping/scaling), so the (batch x length x vocab) logits never exist.
 """
 
 from __future__ import annotations
@@ -44,6 +44,73 @@ def ensure_fused_head(model) -> None:
     model._sft_pipeline_fused = True
 
 
+# Config attributes that change the logits beyond `hidden @ W.T`; such models use TRL's fused head.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
+                     "logits_scaling")
+VOCAB_CHUNK = 16384
+TOKEN_CHUNK = 512
+
+
+def plain_head(model) -> bool:
+    """True when the LM head is a bias-free `hidden @ W.T` (Llama, Qwen, Mistral, ...)."""
+    config = model.config.get_text_config()
+    head = model.get_output_embeddings()
+    return head is not None and getattr(head, "bias", None) is None and all(
+        getattr(config, a, None) is None for a in _LOGIT_TRANSFORMS
+    )
+
+
+def head_log_probs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                   vocab_chunk: int = VOCAB_CHUNK, token_chunk: int = TOKEN_CHUNK) -> torch.Tensor:
+    """log p(target) for [N, H] hidden states under head weight [V, H], in (token x vocab) tiles.
+
+    Each tile's logits are reduced to a logsumexp at once (float32) and folded into a running
+    logaddexp, so at most `token_chunk x vocab_chunk` logits exist; the target logit is a row-wise
+    dot product with the target's weight row.
+    """
+    out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+    for start in range(0, hidden.shape[0], token_chunk):
+        h = hidden[start : start + token_chunk]
+        lse = None
+        for v in range(0, weight.shape[0], vocab_chunk):
+            tile = torch.logsumexp((h @ weight[v : v + vocab_chunk].T).float(), dim=1)
+            lse = tile if lse is None else torch.logaddexp(lse, tile)
+        target = (h.float() * weight[targets[start : start + token_chunk]].float()).sum(-1)
+        out[start : start + token_chunk] = target - lse
+    return out
+
+
+def _padded(encoded: Sequence[dict], idx: list[int], pad_id: int, dev: torch.device):
+    width = max(len(encoded[i]["input_ids"]) for i in idx)
+    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(idx), width), dtype=torch.long)
+    for row, i in enumerate(idx):
+        seq = encoded[i]["input_ids"]
+        ids[row, : len(seq)] = torch.tensor(seq)
+        attn[row, : len(seq)] = 1
+    return ids.to(dev), attn.to(dev)
+
+
+def _batch_nll(model, ids: torch.Tensor, attn: torch.Tensor, plain: bool) -> list[np.ndarray]:
+    """Per-row NLL arrays (length L_row - 1) for one right-padded batch.
+
+    No attention mask is passed: with right padding a causal model's real tokens never attend to
+    the padding after them, so their outputs are exact, and attention keeps its fast causal kernel
+    instead of materializing a (batch x heads x L x L) padding mask.
+    """
+    lengths = attn.sum(1).tolist()
+    if plain:
+        hidden = model.base_model(input_ids=ids, use_cache=False).last_hidden_state
+        mask = attn[:, 1:].bool()
+        flat = -head_log_probs(hidden[:, :-1][mask], model.get_output_embeddings().weight, ids[:, 1:][mask])
+        return [a.numpy() for a in flat.cpu().split([n - 1 for n in lengths])]
+    ensure_fused_head(model)
+    labels = ids.masked_fill(attn == 0, -100)
+    result = model(input_ids=ids, labels=labels, fused_lm_head=True)
+    nll = (-result.log_probs.float()).cpu().numpy()
+    return [nll[row, : n - 1].copy() for row, n in enumerate(lengths)]
+
+
 @torch.inference_mode()
 def token_nll(
     model,
@@ -57,27 +124,18 @@ def token_nll(
     """Per-example arrays of next-token NLL for positions 1..L-1 (float32, length L-1).
 
     `encoded[i]["input_ids"]` is a list of ids; position j of the result is -log p(x_{j+1} | x_<=j).
+    Bias-free heads use `head_log_probs` (only real tokens are projected); others TRL's fused head.
     """
-    ensure_fused_head(model)
     dev = next(model.parameters()).device
+    plain = plain_head(model)
     lengths = [len(e["input_ids"]) for e in encoded]
     out: list[np.ndarray | None] = [None] * len(encoded)
     total = sum(lengths)
     done_tokens, start = 0, time.perf_counter()
     for b, idx in enumerate(length_batches(lengths, max_tokens, max_batch)):
-        width = max(lengths[i] for i in idx)
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        attn = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            seq = encoded[i]["input_ids"]
-            ids[row, : len(seq)] = torch.tensor(seq)
-            attn[row, : len(seq)] = 1
-        labels = ids.masked_fill(attn == 0, -100)
-        ids, attn, labels = ids.to(dev), attn.to(dev), labels.to(dev)
-        result = model(input_ids=ids, attention_mask=attn, labels=labels, fused_lm_head=True)
-        nll = (-result.log_probs.float()).cpu().numpy()
-        for row, i in enumerate(idx):
-            out[i] = nll[row, : lengths[i] - 1].copy()
+        ids, attn = _padded(encoded, idx, pad_id, dev)
+        for i, nll in zip(idx, _batch_nll(model, ids, attn, plain), strict=True):
+            out[i] = nll
         done_tokens += sum(lengths[i] for i in idx)
         if progress:
             rate = done_tokens / max(time.perf_counter() - start, 1e-9)

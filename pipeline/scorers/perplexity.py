@@ -42,3 +42,6 @@ def perplexity(examples: pl.DataFrame, ctx: ScoreContext) -> pl.DataFrame:
             "n_tokens": n_tokens,
         }
     )
+
+
+perplexity.VERSION = "1"

@@ -1,0 +1,81 @@
+"""Learnability, LoBaSS / DavIR (Zhou et al., arXiv 2310.13008): `S = 1 - L_ref / L_base`.
+
+`L_base` and `L_ref` are the mean response NLL of the base model and of a reference model, the
+base fine-tuned on the candidate set. A high S means the example is learnable: fine-tuning on
+this data lowered its loss a lot relative to where it started. The plain difference
+`L_base - L_ref` is kept as `loss_diff`; it correlates with length, which the ratio removes.
+
+The reference is either given (`reference`: a folder or model id) or trained once per candidate
+set by `prepare` through our own trainer (`pipeline.training.train`, full fine-tune, settings in
+`reference_train`); the trained folder lives in the score cache entry, so a resumed run reuses it.
+LoRA references are not implemented here (set `reference` to a merged LoRA model instead).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from pipeline.modeling import encode_examples
+from pipeline.scorers import register_scorer
+from pipeline.scorers.base import ScoreContext
+from pipeline.scorers.engine import response_mask, token_nll
+
+REFERENCE_TRAIN: dict[str, Any] = {"epochs": 1, "learning_rate": 5e-5}
+
+
+def response_losses(model, tok, encoded: list[dict], ctx: ScoreContext, desc: str) -> np.ndarray:
+    """Mean response NLL per example (NaN when an example has no response token)."""
+    nlls = token_nll(model, encoded, max_tokens=ctx.max_tokens, pad_id=tok.pad_token_id or 0,
+                     progress=ctx.progress, desc=desc)
+    out = []
+    for enc, nll in zip(encoded, nlls, strict=True):
+        mask = response_mask(enc)
+        out.append(float(nll[mask].mean()) if mask.any() else float("nan"))
+    return np.asarray(out, dtype=np.float64)
+
+
+def learnability_ratio(loss_base: np.ndarray, loss_ref: np.ndarray) -> np.ndarray:
+    """`1 - L_ref / L_base` (LoBaSS eq. 2)."""
+    return 1.0 - np.asarray(loss_ref) / np.asarray(loss_base)
+
+
+@register_scorer("learnability")
+def learnability(examples: pl.DataFrame, ctx: ScoreContext, reference: str | None = None,
+                 reference_train: dict | None = None) -> pl.DataFrame:
+    """Columns: id, loss_base, loss_ref, learnability (= 1 - loss_ref/loss_base), loss_diff (= base - ref)."""
+    if reference is None:
+        raise ValueError("learnability needs a `reference` model; score_cached trains one (see `prepare`)")
+    tok = ctx.tokenizer()
+    encoded = encode_examples(tok, examples, ctx.max_length)
+    base = response_losses(ctx.model(), tok, encoded, ctx, "learnability base")
+    ref = response_losses(ctx.model_for(reference), tok, encoded, ctx, "learnability ref")
+    return pl.DataFrame({
+        "id": examples.get_column("id"),
+        "loss_base": base,
+        "loss_ref": ref,
+        "learnability": learnability_ratio(base, ref),
+        "loss_diff": base - ref,
+    })
+
+
+def prepare(examples: pl.DataFrame, ctx: ScoreContext, params: dict, workdir: Path) -> dict:
+    """Train the reference on the whole candidate set once (unless `reference` is given); return run params."""
+    if params.get("reference"):
+        return params
+    from pipeline.training import train
+
+    folder = Path(workdir) / "reference"
+    model_dir = folder / "model"
+    if not (model_dir / "config.json").exists():
+        cfg = {**REFERENCE_TRAIN, "max_length": ctx.max_length, **(params.get("reference_train") or {})}
+        train(ctx.model_name, examples, folder, cfg, seed=ctx.seed)
+    return {**params, "reference": str(model_dir)}
+
+
+learnability.VERSION = "1"
+learnability.prepare = prepare
+learnability.key_models = ("reference",)

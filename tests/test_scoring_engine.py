@@ -1,0 +1,176 @@
+"""Cached, sharded, resumable scoring: cache keys, crash-resume, Ray executor, the batching engine."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+import pipeline.scoring as scoring
+from pipeline.data import SCHEMA, example_id
+from pipeline.scorers import SCORERS, ScoreContext, register_scorer
+from pipeline.scorers.engine import length_batches, token_nll
+from pipeline.scoring import compute_scores, model_revision, read_meta, score_cached
+
+
+def make_examples(n: int, tag: str = "") -> pl.DataFrame:
+    rows = []
+    for i in range(n):
+        p, r = f"Q{i}{tag}: add {i} and {i + 1}." + " again" * (i % 4), f"{i} + {i + 1} = {2 * i + 1}\n#### {2 * i + 1}"
+        rows.append({"id": example_id(p, r), "prompt": p, "response": r, "source": "t", "domain": "math",
+                     "answer": str(2 * i + 1), "messages": None, "meta": None})
+    return pl.DataFrame(rows, schema=SCHEMA)
+
+
+CALLS: list[int] = []
+
+
+@register_scorer("_test_length")
+def _test_length(examples: pl.DataFrame, ctx: ScoreContext, scale: float = 1.0) -> tuple[pl.DataFrame, dict]:
+    """A model-free scorer that counts its calls: for cache-key tests."""
+    CALLS.append(examples.height)
+    table = pl.DataFrame({"id": examples["id"], "length": examples["response"].str.len_chars() * scale})
+    return table, {"rows": examples.height}
+
+
+_test_length.VERSION = "1"
+
+
+@pytest.fixture(scope="module")
+def ctx(tiny_model_dir) -> ScoreContext:
+    return ScoreContext(model_name=tiny_model_dir, max_length=64, max_tokens=128, progress=False)
+
+
+def test_cache_hit_and_miss_on_each_key_part(ctx, tmp_path, tiny_model_dir, monkeypatch):
+    ex = make_examples(6)
+    CALLS.clear()
+    first = score_cached(ex, "_test_length", ctx, tmp_path, {"scale": 1.0}, shard_size=4)
+    assert CALLS == [4, 2]
+    assert score_cached(ex, "_test_length", ctx, tmp_path, {"scale": 1.0}, shard_size=4) == first
+    assert CALLS == [4, 2]  # hit: nothing recomputed
+    assert read_meta(first)["key"]["scorer"] == "_test_length"
+    assert pl.read_parquet(first).equals(pl.DataFrame({"id": ex["id"], "length": ex["response"].str.len_chars() * 1.0}))
+
+    changed = ex.with_columns(pl.Series("response", ["other"] + ex["response"].to_list()[1:]))
+    changed = changed.with_columns(pl.Series("id", [example_id(p, r) for p, r in changed.select("prompt", "response").rows()]))
+    misses = [
+        score_cached(changed, "_test_length", ctx, tmp_path, {"scale": 1.0}, shard_size=4),  # data content
+        score_cached(ex, "_test_length", ctx, tmp_path, {"scale": 2.0}, shard_size=4),  # scorer params
+    ]
+    other_model = tmp_path / "model-copy"
+    other_model.mkdir()
+    for f in os.listdir(tiny_model_dir):
+        (other_model / f).write_bytes((Path(tiny_model_dir) / f).read_bytes())
+    misses.append(score_cached(ex, "_test_length", ScoreContext(model_name=str(other_model), max_length=64,
+                                                              progress=False), tmp_path, {"scale": 1.0}))  # model
+    monkeypatch.setattr(_test_length, "VERSION", "2")
+    misses.append(score_cached(ex, "_test_length", ctx, tmp_path, {"scale": 1.0}, shard_size=4))  # code version
+    assert len({first, *misses}) == 5
+    assert len(CALLS) == 2 + 2 + 2 + 1 + 2
+
+
+def test_model_revision_tracks_weights_not_just_architecture(tmp_path, tiny_model_dir):
+    a = model_revision(tiny_model_dir)
+    assert a == model_revision(tiny_model_dir)
+    weights = next(p for p in os.scandir(tiny_model_dir) if p.name.endswith(".safetensors"))
+    st = os.stat(weights.path)
+    os.utime(weights.path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    try:
+        assert model_revision(tiny_model_dir) != a
+    finally:
+        os.utime(weights.path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert model_revision("some-org/some-model") == "some-org/some-model"
+
+
+def test_resume_after_crash_is_byte_identical(ctx, tmp_path, monkeypatch):
+    import pipeline.scorers.perplexity as ppl_mod
+
+    ex = make_examples(10)
+    clean = score_cached(ex, "perplexity", ctx, tmp_path / "clean", shard_size=3)
+
+    real_write = scoring._write_shard
+
+    def crash_at_shard_2(entry, i, result, shard, scorer):
+        if i == 2:
+            raise KeyboardInterrupt("simulated kill")
+        real_write(entry, i, result, shard, scorer)
+
+    monkeypatch.setattr(scoring, "_write_shard", crash_at_shard_2)
+    with pytest.raises(KeyboardInterrupt):
+        score_cached(ex, "perplexity", ctx, tmp_path / "crash", shard_size=3)
+    monkeypatch.setattr(scoring, "_write_shard", real_write)
+    shard_dir = next((tmp_path / "crash" / "perplexity").iterdir()) / "shards"
+    assert sorted(os.listdir(shard_dir)) == ["00000.parquet", "00001.parquet"]
+
+    scored: list[int] = []
+    real_nll = ppl_mod.token_nll
+    monkeypatch.setattr(ppl_mod, "token_nll", lambda model, enc, **kw: scored.append(len(enc)) or real_nll(model, enc, **kw))
+    resumed = score_cached(ex, "perplexity", ctx, tmp_path / "crash", shard_size=3)
+    assert scored == [3, 1]  # only shards 2 and 3 were scored again
+    assert resumed.read_bytes() == clean.read_bytes()
+
+
+def test_unshardable_scorer_runs_once(ctx, tmp_path, monkeypatch):
+    monkeypatch.setattr(_test_length, "shardable", False, raising=False)
+    CALLS.clear()
+    path = score_cached(make_examples(7), "_test_length", ctx, tmp_path, shard_size=2)
+    assert CALLS == [7] and read_meta(path)["rows"] == 7
+
+
+def test_compute_scores_still_writes_one_table(ctx, tmp_path):
+    ex = make_examples(3)
+    path = compute_scores(ex, "_test_length", ctx, tmp_path / "s.parquet", {"scale": 3.0})
+    assert pl.read_parquet(path)["length"].to_list() == (ex["response"].str.len_chars() * 3.0).to_list()
+    assert read_meta(path) == {"rows": 3}
+
+
+def test_learnability_trains_its_reference_once(ctx, tmp_path):
+    ex = make_examples(4)
+    params = {"reference_train": {"max_steps": 2, "batch_size": 2, "learning_rate": 1e-2, "warmup_ratio": 0.0}}
+    path = score_cached(ex, "learnability", ctx, tmp_path, params)
+    ref_dir = path.parent / "prepare" / "reference" / "model"
+    assert (ref_dir / "config.json").exists()
+    table = pl.read_parquet(path)
+    assert np.allclose(table["learnability"], 1 - table["loss_ref"] / table["loss_base"])
+    assert (table["loss_ref"] != table["loss_base"]).all()  # the reference moved
+
+
+def test_length_batches_respect_budget():
+    lengths = [5, 50, 7, 48, 3, 30, 31]
+    batches = length_batches(lengths, max_tokens=100)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert all(max(lengths[i] for i in b) * len(b) <= 100 for b in batches)
+
+
+def test_token_nll_batched_equals_one_by_one(tiny_model_dir):
+    from pipeline.modeling import encode_examples, load_model, load_tokenizer
+
+    tok, model = load_tokenizer(tiny_model_dir), load_model(tiny_model_dir, dtype=torch.float32)
+    enc = encode_examples(tok, make_examples(5), 64)
+    batched = token_nll(model, enc, max_tokens=512, pad_id=tok.pad_token_id, progress=False)
+    single = [token_nll(model, [e], max_tokens=512, progress=False)[0] for e in enc]
+    for a, b in zip(batched, single, strict=True):
+        assert a.shape == (len(b),) and np.allclose(a, b, atol=1e-4)
+
+
+def test_ray_executor_matches_in_process(ctx, tmp_path):
+    ray = pytest.importorskip("ray")
+    ex = make_examples(8)
+    local = score_cached(ex, "perplexity", ctx, tmp_path / "local", shard_size=3)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = score_cached(ex, "perplexity", ctx, tmp_path / "ray", shard_size=3, executor="ray")
+    finally:
+        ray.shutdown()
+    assert pl.read_parquet(remote).equals(pl.read_parquet(local))
+    assert remote.read_bytes() == local.read_bytes()
+
+
+def test_registry_lists_all_scorers():
+    names = set(SCORERS.names())
+    assert {"perplexity", "learnability", "information_gain", "clear_confidence", "token_confidence",
+            "embedding", "token_loss"} <= names
