@@ -22,7 +22,8 @@ LAUNCHERS = ("local", "accelerate", "torchrun")
 
 
 def launch_training(model: str, examples: pl.DataFrame, output_dir: str | Path, cfg: dict, seed: int,
-                    weights: list[float] | None = None) -> dict:
+                    weights: list[float] | None = None,
+                    token_columns: dict[str, list[list]] | None = None) -> dict:
     """Train with the launcher `cfg['launcher']` names; return the training metrics."""
     launcher = cfg.get("launcher", "local")
     if launcher not in LAUNCHERS:
@@ -33,13 +34,17 @@ def launch_training(model: str, examples: pl.DataFrame, output_dir: str | Path, 
     if launcher == "local":
         from pipeline.training import train
 
-        return train(model, examples, output_dir, cfg, seed=seed, weights=weights)
+        return train(model, examples, output_dir, cfg, seed=seed, weights=weights, token_columns=token_columns)
 
     output_dir = Path(output_dir)
     job = output_dir / "job"
     write_parquet(job / "examples.parquet", examples)
+    tokens = None
+    if token_columns:
+        tokens = str(write_parquet(job / "token_columns.parquet", pl.DataFrame(token_columns)))
     write_json(job / "job.json", {"model": model, "output_dir": str(output_dir), "cfg": cfg, "seed": seed,
-                                  "weights": weights, "examples": str(job / "examples.parquet")})
+                                  "weights": weights, "examples": str(job / "examples.parquet"),
+                                  "token_columns": tokens})
     worker = ["-m", "pipeline.train_worker", str(job / "job.json")]
     if launcher == "accelerate":
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",

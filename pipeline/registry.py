@@ -7,6 +7,8 @@ packages can add parts through the entry-point group of the registry (e.g. `pipe
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
@@ -32,7 +34,7 @@ class Registry:
             return self._items[name]
         if ":" in name:
             module, _, attr = name.partition(":")
-            return getattr(importlib.import_module(module), attr)
+            return getattr(import_user_module(module), attr)
         for ep in entry_points(group=self.group):
             if ep.name == name:
                 self._items[name] = ep.load()
@@ -44,3 +46,14 @@ class Registry:
         names = set(self._items)
         names.update(ep.name for ep in entry_points(group=self.group))
         return sorted(names)
+
+
+def import_user_module(module: str) -> Any:
+    """Import `module`, also from the working directory (as `python -m` would), where user parts live."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name != module.split(".")[0] or os.getcwd() in sys.path:
+            raise
+        sys.path.insert(0, os.getcwd())
+        return importlib.import_module(module)

@@ -133,3 +133,43 @@ def token_columns(base_path: str | Path, ref_path: str | Path, method: str, ids:
     else:
         raise ValueError(f"unknown token method {method!r}: forgetting, token_cleaning or rho1")
     return {"token_label": aligned_column(labels, "token_label", ids)}
+
+
+TOKEN_METHODS = {"forgetting": "forgetting", "token_cleaning": "token_cleaning", "rho1": "rho1"}
+
+
+def training_columns(examples: pl.DataFrame, loss_name: str, model: str, max_length: int,
+                     cache_root: str | Path, options: dict | None = None, seed: int = 0) -> dict[str, list[list]]:
+    """The per-token columns a token-label loss trains with, from base and reference token tables.
+
+    `options` (a recipe's `train.token_labels`): `method` (forgetting | token_cleaning | rho1,
+    default: the loss name), `fraction` (rho / keep share), `reference` (a model folder or id) or
+    `reference_train` (settings for training one: the base fine-tuned on `examples`, as in
+    forgetting tokens' base + fine-tune reference). Both tables and the reference are cached.
+    """
+    import hashlib
+    import json
+
+    from pipeline.data import fingerprint
+    from pipeline.scorers import ScoreContext
+    from pipeline.scorers.learnability import prepare
+    from pipeline.scoring import score_cached
+
+    options = dict(options or {})
+    method = options.get("method") or TOKEN_METHODS.get(loss_name)
+    if method is None:
+        raise ValueError(f"loss {loss_name!r} needs per-token labels: set train.token_labels.method "
+                         "to forgetting, token_cleaning or rho1")
+    ctx = ScoreContext(model_name=model, max_length=max_length, seed=seed)
+    scorers = Path(cache_root) / "scorers"
+    reference = options.get("reference")
+    if not reference:
+        key = json.dumps([fingerprint(examples), model, max_length, seed, options.get("reference_train") or {}],
+                         sort_keys=True, default=str)
+        workdir = Path(cache_root) / "references" / hashlib.sha256(key.encode()).hexdigest()[:16]
+        reference = prepare(examples, ctx, {"reference_train": options.get("reference_train")}, workdir)["reference"]
+    base = score_cached(examples, "token_loss", ctx, scorers)
+    ref = score_cached(examples, "token_loss", ctx, scorers, {"model": reference})
+    fraction = options.get("fraction")
+    return token_columns(base, ref, method, examples.get_column("id").to_list(),
+                         None if fraction is None else float(fraction))

@@ -14,8 +14,9 @@ from pipeline.training import train
 
 def main(job_path: str) -> None:
     job = read_json(job_path)
+    tokens = pl.read_parquet(job["token_columns"]).to_dict(as_series=False) if job.get("token_columns") else None
     metrics = train(job["model"], pl.read_parquet(job["examples"]), job["output_dir"], job["cfg"], seed=job["seed"],
-                    weights=job["weights"])
+                    weights=job["weights"], token_columns=tokens)
     if int(os.environ.get("RANK", "0")) == 0:
         metrics["world_size"] = int(os.environ.get("WORLD_SIZE", "1"))
         write_json(Path(job["output_dir"]) / "train_metrics_worker.json", metrics)

@@ -148,6 +148,7 @@ def train(model_name: str, examples: pl.DataFrame, output_dir: str | Path, cfg: 
         processing_class=tokenizer,
         loss=loss,
         masked_thought=masked,
+        callbacks=crash_callbacks(),
     )
     resume = _last_checkpoint(output_dir / "checkpoints")
     result = trainer.train(resume_from_checkpoint=resume)
@@ -163,6 +164,13 @@ def train(model_name: str, examples: pl.DataFrame, output_dir: str | Path, cfg: 
         "model_dir": str(final),
         "resumed_from": resume,
     }
+
+
+def crash_callbacks() -> list:
+    """The crash-injection callback when SFT_PIPELINE_CRASH=train:N is set (resume tests), else none."""
+    from pipeline.faults import CrashAfterSave, crash_point
+
+    return [CrashAfterSave()] if crash_point("train") is not None else []
 
 
 def masked_thought(options: dict | None, tokenizer, model, seed: int):

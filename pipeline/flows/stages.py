@@ -192,11 +192,27 @@ def train_model(train: dict, selection: dict, model: str, model_rev: str, cfg: d
         weights = kept.get_column("weight").to_list()
         uniform = all(abs(w - 1.0) < 1e-12 for w in weights)
         log(f"training on {kept.height} examples with loss {cfg.get('loss', 'ce')}")
-        metrics = launch_training(model, kept.drop("weight"), out, cfg, seed=seed,
-                                  weights=None if uniform else weights)
+        kept = kept.drop("weight")
+        metrics = launch_training(model, kept, out, cfg, seed=seed, weights=None if uniform else weights,
+                                  token_columns=token_columns_for(kept, model, cfg, seed, cache_root))
         write_json(done, metrics)
         log(f"trained {metrics['steps']} steps in {metrics['runtime_s']:.0f}s, final loss {metrics['train_loss']:.4f}")
     return read_json(done)
+
+
+def token_columns_for(kept: pl.DataFrame, model: str, cfg: dict, seed: int, cache_root: str) -> dict | None:
+    """Per-token labels / reference NLLs when the loss needs them (forgetting, token_cleaning, rho1), else None."""
+    from pipeline.losses import get_loss
+    from pipeline.token_table import training_columns
+
+    loss = get_loss(cfg.get("loss", "ce"), **(cfg.get("loss_params") or {}))
+    if not getattr(loss, "requires", ()):
+        return None
+    t0 = time.perf_counter()
+    columns = training_columns(kept, str(cfg.get("loss")), model, int(cfg.get("max_length", 512)), cache_root,
+                               cfg.get("token_labels"), seed)
+    log(f"token labels ({', '.join(columns)}) from base and reference token losses in {time.perf_counter() - t0:.0f}s")
+    return columns
 
 
 @task(name="evaluate", **TASK_OPTIONS)

@@ -1,0 +1,97 @@
+"""sft-math runs with any loss by `--set train.loss=...`, and a training killed with SIGKILL resumes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from pipeline.cli import main
+from tests.test_flow import SMALL
+
+
+def _args(tmp_path, tiny_model_dir, run: str, *extra: str) -> list[str]:
+    args = ["run", "sft-math", "--run-dir", str(tmp_path / run), "--set", f"model={tiny_model_dir}",
+            "--set", f"cards_dir={tmp_path / 'cards'}", "--set", f"cache_dir={tmp_path / 'cache'}"]
+    for s in [*SMALL, *extra]:
+        args += ["--set", s]
+    return args
+
+
+@pytest.mark.parametrize("loss", ["forgetting", "rho1"])
+def test_token_label_losses_run_from_the_recipe(tmp_path, tiny_model_dir, loss, capsys):
+    """Losses that need per-token labels get them from base vs a trained reference, cached and reused."""
+    assert main(_args(tmp_path, tiny_model_dir, "a", f"train.loss={loss}")) == 0
+    out = capsys.readouterr().out
+    assert "token labels (" in out
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert metrics["train"]["steps"] == 2 and metrics["train"]["train_loss"] == metrics["train"]["train_loss"]
+    references = list((tmp_path / "cache" / "references").iterdir())
+    assert len(references) == 1 and (references[0] / "reference" / "model" / "config.json").exists()
+    tables = list((tmp_path / "cache" / "scorers" / "token_loss").iterdir())
+    assert len(tables) == 2  # base and reference token tables
+
+
+def test_dft_with_masked_thought_runs_from_the_recipe(tmp_path, tiny_model_dir):
+    args = _args(tmp_path, tiny_model_dir, "b", "train.loss=dft", "train.masked_thought.p=0.3")
+    assert main(args) == 0
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert metrics["train"]["steps"] == 2 and metrics["train"]["loss"] == "dft"
+
+
+def _cli(args: list[str], env: dict, log: Path) -> int:
+    """Run the CLI in its own process group; afterwards kill what is left of the group (Prefect's
+    temporary server outlives a SIGKILLed parent) so that nothing holds the test up."""
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            return proc.wait(timeout=600)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_training_killed_with_sigkill_resumes_with_same_metrics(tmp_path, tiny_model_dir):
+    """kill -9 right after checkpoint 2 of 4; the re-run resumes from it and matches an uninterrupted run."""
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    extra = ("train.max_steps=4", "train.batch_size=2", "train.save_steps=1")
+    log = tmp_path / "log.txt"
+    crashed = _cli(_args(tmp_path, tiny_model_dir, "killed", *extra), {**env, "SFT_PIPELINE_CRASH": "train:2"}, log)
+    assert crashed == -signal.SIGKILL, log.read_text()[-3000:]
+    checkpoints = list((tmp_path / "cache" / "train").glob("*/checkpoints/checkpoint-*"))
+    assert sorted(p.name for p in checkpoints) == ["checkpoint-1", "checkpoint-2"]
+
+    assert _cli(_args(tmp_path, tiny_model_dir, "killed", *extra), env, log) == 0, log.read_text()[-3000:]
+    assert "training on" in log.read_text()  # the re-run trained (from the checkpoint), not a cached result
+    clean = _args(tmp_path, tiny_model_dir, "clean", *extra, "cache_dir=" + str(tmp_path / "cache2"))
+    assert _cli(clean, env, log) == 0, log.read_text()[-3000:]
+
+    a = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "clean" / "metrics.json").read_text())
+    assert a["train"]["resumed_from"].endswith("checkpoint-2") and b["train"]["resumed_from"] is None
+    assert a["train"]["steps"] == b["train"]["steps"] == 4
+    assert a["tuned"]["nll"] == pytest.approx(b["tuned"]["nll"], abs=1e-5)
+    # the restored trainer state carries steps 1-2; steps 3-4 ran after the resume
+    assert [h["loss"] for h in a["train"]["loss_history"]] == pytest.approx(
+        [h["loss"] for h in b["train"]["loss_history"]], abs=1e-5)
+    assert pl.read_parquet(tmp_path / "killed" / "selection.parquet").equals(
+        pl.read_parquet(tmp_path / "clean" / "selection.parquet"))
+
+
+def test_sensitivity_selector_from_set(tmp_path, tiny_model_dir):
+    """The README's sensitivity example: two scorers, then importance weights that reach training."""
+    args = _args(tmp_path, tiny_model_dir, "c", "score.scorer=[perplexity, embedding]",
+                 "select={rule: sensitivity, m: 8, k: 4, loss: nll}")
+    assert main(args) == 0
+    selection = pl.read_parquet(tmp_path / "c" / "selection.parquet")
+    kept = selection.filter(pl.col("kept"))
+    assert selection.height == 16 and kept["draws"].sum() == 8
+    assert (kept["weight"] > 0).all() and (selection.filter(~pl.col("kept"))["weight"] == 0).all()
