@@ -19,6 +19,7 @@ from pipeline.assets import smollm2_dir
 from pipeline.data import load_math
 from pipeline.modeling import default_dtype, device, encode_examples, load_model, load_tokenizer
 from pipeline.scorers import ScoreContext, get_scorer
+from pipeline.scorers.engine import default_max_tokens
 
 
 def sync() -> None:
@@ -57,18 +58,18 @@ def naive_loop(model, encoded: list[dict]) -> float:
     return time.perf_counter() - start
 
 
-def scorer_run(model_name: str, model, examples, max_tokens: int) -> float:
+def scorer_run(model_name: str, model, examples, max_tokens: int | None, **params) -> float:
     """Seconds for the registered perplexity scorer over all examples (model already loaded)."""
     ctx = ScoreContext(model_name=model_name, max_tokens=max_tokens, progress=False)
     ctx._cache["model"] = model
     sync()
     start = time.perf_counter()
-    get_scorer("perplexity")(examples, ctx)
+    get_scorer("perplexity")(examples, ctx, **params)
     sync()
     return time.perf_counter() - start
 
 
-def mfu_cuda(max_tokens: int, ceiling: float) -> float:
+def mfu_cuda(max_tokens: int | None, ceiling: float) -> float:
     """Model FLOP utilization of the engine on a random ~0.5B Llama in bf16 (CUDA only)."""
     from transformers import AutoConfig, LlamaForCausalLM
 
@@ -99,7 +100,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    max_tokens = args.max_tokens or ScoreContext().max_tokens
+    max_tokens = args.max_tokens  # None: the engine's device default
     model_name = str(smollm2_dir())
     tok = load_tokenizer(model_name)
     model = load_model(model_name)
@@ -108,25 +109,29 @@ def main() -> None:
     encoded = encode_examples(tok, examples, ScoreContext().max_length)
     tokens = sum(len(e["input_ids"]) for e in encoded)
 
+    dev = device()
     naive_loop(model, encoded[:2])  # warm-up
     scorer_run(model_name, model, examples.head(4), max_tokens)
     ceiling = matmul_ceiling()
     t_naive = naive_loop(model, encoded)
     t_ours = scorer_run(model_name, model, examples, max_tokens)
+    t_full = scorer_run(model_name, model, examples, max_tokens, full_text=True)
     ceiling = max(ceiling, matmul_ceiling())  # take the better of two ceiling measurements
 
-    naive_tps, ours_tps = tokens / t_naive, tokens / t_ours
+    naive_tps, ours_tps, full_tps = tokens / t_naive, tokens / t_ours, tokens / t_full
     ceiling_tps = ceiling / (2 * params)
-    dev = device()
     name = torch.cuda.get_device_name() if dev.type == "cuda" else platform.processor() or platform.machine()
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"machine: {dev.type} {name}, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
           f"dtype {default_dtype()}, torch {torch.__version__}, load average after run {load}")
     print(f"model: SmolLM2-135M-Instruct ({params / 1e6:.1f}M params), {len(encoded)} gsm_symbolic examples, "
-          f"{tokens} tokens, max_tokens={max_tokens}")
+          f"{tokens} tokens, max_tokens={max_tokens or default_max_tokens(dev)}")
     print(f"ceiling: {ceiling / 1e9:.1f} GFLOP/s = {ceiling_tps:,.0f} tok/s at 2*params FLOP/token")
     print(f"naive per-example loop: {naive_tps:,.0f} tok/s ({naive_tps / ceiling_tps:.2f} of ceiling)")
-    print(f"perplexity scorer:      {ours_tps:,.0f} tok/s ({ours_tps / ceiling_tps:.2f} of ceiling)")
+    print(f"perplexity scorer:      {ours_tps:,.0f} tok/s ({ours_tps / ceiling_tps:.2f} of ceiling)"
+          " [default: LM head on response tokens only]")
+    print(f"  with full_text=true:  {full_tps:,.0f} tok/s ({full_tps / ceiling_tps:.2f} of ceiling, "
+          f"speedup {full_tps / naive_tps:.2f}) [LM head on every token]")
     line = f"speedup={ours_tps / naive_tps:.2f} efficiency={ours_tps / ceiling_tps:.2f}"
     if dev.type == "cuda":
         line += f" mfu={mfu_cuda(max_tokens, ceiling):.2f}"

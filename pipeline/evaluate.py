@@ -20,7 +20,8 @@ from pipeline.scorers.engine import response_mask, token_nll
 def mean_response_nll(model, tokenizer, examples: pl.DataFrame, max_length: int = 512, progress: bool = True) -> float:
     """Token-weighted mean NLL of the response tokens of `examples`."""
     encoded = encode_examples(tokenizer, examples, max_length)
-    nlls = token_nll(model, encoded, pad_id=tokenizer.pad_token_id or 0, progress=progress, desc="eval nll")
+    nlls = token_nll(model, encoded, pad_id=tokenizer.pad_token_id or 0, progress=progress, desc="eval nll",
+                     response_only=True)
     total = sum(float(n[response_mask(e)].sum()) for e, n in zip(encoded, nlls, strict=True))
     count = sum(int(response_mask(e).sum()) for e in encoded)
     return total / max(count, 1)

@@ -157,6 +157,19 @@ def test_token_nll_batched_equals_one_by_one(tiny_model_dir):
         assert a.shape == (len(b),) and np.allclose(a, b, atol=1e-4)
 
 
+def test_response_only_projects_only_response_tokens(tiny_model_dir):
+    from pipeline.modeling import encode_examples, load_model, load_tokenizer
+
+    tok, model = load_tokenizer(tiny_model_dir), load_model(tiny_model_dir, dtype=torch.float32)
+    enc = encode_examples(tok, make_examples(5), 64)
+    full = token_nll(model, enc, max_tokens=512, pad_id=tok.pad_token_id, progress=False)
+    resp = token_nll(model, enc, max_tokens=512, pad_id=tok.pad_token_id, progress=False, response_only=True)
+    for e, a, b in zip(enc, full, resp, strict=True):
+        mask = np.asarray(e["completion_mask"][1:], dtype=bool)
+        assert mask.any() and np.isnan(b[~mask]).all()
+        assert np.allclose(a[mask], b[mask], atol=1e-5)
+
+
 def test_ray_executor_matches_in_process(ctx, tmp_path):
     ray = pytest.importorskip("ray")
     ex = make_examples(8)

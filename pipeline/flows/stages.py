@@ -128,7 +128,7 @@ def score(train: dict, model: str, model_rev: str, cfg: dict, seed: int, cache_r
     if not out.exists():
         examples = pl.read_parquet(train["path"])
         ctx = ScoreContext(model_name=model, max_length=int(cfg.get("max_length", 512)),
-                           max_tokens=int(cfg.get("max_tokens", 8192)), seed=seed)
+                           max_tokens=cfg.get("max_tokens"), seed=seed)
         table = examples.select("id")
         for name, params in scorer_list(cfg):
             t0 = time.perf_counter()

@@ -14,7 +14,7 @@ class ScoreContext:
 
     model_name: str = DEFAULT_MODEL
     max_length: int = 512
-    max_tokens: int = 8192
+    max_tokens: int | None = None  # padded tokens per batch; None = 1024 on CPU, 16384 on GPU
     progress: bool = True
     seed: int = 0
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)

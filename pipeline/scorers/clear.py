@@ -163,7 +163,7 @@ def token_confidence(examples: pl.DataFrame, ctx: ScoreContext) -> pl.DataFrame:
     tok = ctx.tokenizer()
     encoded = encode_examples(tok, examples, ctx.max_length)
     nlls = token_nll(ctx.model(), encoded, max_tokens=ctx.max_tokens, pad_id=tok.pad_token_id or 0,
-                     progress=ctx.progress, desc="token confidence")
+                     progress=ctx.progress, desc="token confidence", response_only=True)
     conf = []
     for enc, nll in zip(encoded, nlls, strict=True):
         mask = response_mask(enc)
@@ -173,4 +173,4 @@ def token_confidence(examples: pl.DataFrame, ctx: ScoreContext) -> pl.DataFrame:
 
 clear_confidence.VERSION = "1"
 clear_confidence.key_models = ("embedder",)
-token_confidence.VERSION = "1"
+token_confidence.VERSION = "2"

@@ -47,8 +47,8 @@ def ensure_fused_head(model) -> None:
 # Config attributes that change the logits beyond `hidden @ W.T`; such models use TRL's fused head.
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
                      "logits_scaling")
-VOCAB_CHUNK = 16384
-TOKEN_CHUNK = 512
+VOCAB_CHUNK = 4096  # 1024 x 4096 tiles (16 MB) ran fastest on 2 CPU cores (150 vs 100 GFLOP/s at 512 x 16384)
+TOKEN_CHUNK = 1024
 
 
 def plain_head(model) -> bool:
@@ -91,42 +91,65 @@ def _padded(encoded: Sequence[dict], idx: list[int], pad_id: int, dev: torch.dev
     return ids.to(dev), attn.to(dev)
 
 
-def _batch_nll(model, ids: torch.Tensor, attn: torch.Tensor, plain: bool) -> list[np.ndarray]:
-    """Per-row NLL arrays (length L_row - 1) for one right-padded batch.
+def _completion(encoded: Sequence[dict], idx: list[int], width: int, dev: torch.device) -> torch.Tensor:
+    mask = torch.zeros((len(idx), width), dtype=torch.bool)
+    for row, i in enumerate(idx):
+        seq = encoded[i]["completion_mask"]
+        mask[row, : len(seq)] = torch.tensor(seq, dtype=torch.bool)
+    return mask.to(dev)
+
+
+def _batch_nll(model, ids: torch.Tensor, attn: torch.Tensor, plain: bool,
+               wanted: torch.Tensor | None = None) -> list[np.ndarray]:
+    """Per-row NLL arrays (length L_row - 1) for one right-padded batch; NaN where `wanted` is False.
 
     No attention mask is passed: with right padding a causal model's real tokens never attend to
     the padding after them, so their outputs are exact, and attention keeps its fast causal kernel
-    instead of materializing a (batch x heads x L x L) padding mask.
+    instead of materializing a (batch x heads x L x L) padding mask. Only `wanted` positions
+    (default: every real one) go through the LM head, the other part of the cost.
     """
     lengths = attn.sum(1).tolist()
+    real = attn[:, 1:].bool()
+    keep = real if wanted is None else wanted[:, 1:].bool() & real
     if plain:
         hidden = model.base_model(input_ids=ids, use_cache=False).last_hidden_state
-        mask = attn[:, 1:].bool()
-        flat = -head_log_probs(hidden[:, :-1][mask], model.get_output_embeddings().weight, ids[:, 1:][mask])
-        return [a.numpy() for a in flat.cpu().split([n - 1 for n in lengths])]
-    ensure_fused_head(model)
-    labels = ids.masked_fill(attn == 0, -100)
-    result = model(input_ids=ids, labels=labels, fused_lm_head=True)
-    nll = (-result.log_probs.float()).cpu().numpy()
+        full = torch.full(real.shape, float("nan"), dtype=torch.float32, device=ids.device)
+        full[keep] = -head_log_probs(hidden[:, :-1][keep], model.get_output_embeddings().weight, ids[:, 1:][keep])
+        nll = full.cpu().numpy()
+    else:
+        ensure_fused_head(model)
+        labels = ids.masked_fill(attn == 0, -100)
+        result = model(input_ids=ids, labels=labels, fused_lm_head=True)
+        nll = (-result.log_probs.float()).masked_fill(~keep, float("nan")).cpu().numpy()
     return [nll[row, : n - 1].copy() for row, n in enumerate(lengths)]
+
+
+def default_max_tokens(dev: torch.device) -> int:
+    """Tokens per batch: small on CPU (bigger batches run slower there: cache-bound), large on GPU."""
+    return 16384 if dev.type == "cuda" else 1024
 
 
 @torch.inference_mode()
 def token_nll(
     model,
     encoded: Sequence[dict],
-    max_tokens: int = 8192,
+    max_tokens: int | None = None,
     max_batch: int = 64,
     pad_id: int = 0,
     progress: bool = True,
     desc: str = "scoring",
+    response_only: bool = False,
 ) -> list[np.ndarray]:
     """Per-example arrays of next-token NLL for positions 1..L-1 (float32, length L-1).
 
     `encoded[i]["input_ids"]` is a list of ids; position j of the result is -log p(x_{j+1} | x_<=j).
     Bias-free heads use `head_log_probs` (only real tokens are projected); others TRL's fused head.
+    `response_only` projects only response tokens (`completion_mask`) and leaves NaN elsewhere:
+    scorers that read response tokens only skip about half of the LM-head work.
+    `max_tokens` (padded tokens per batch) defaults to `default_max_tokens` of the model's device.
     """
     dev = next(model.parameters()).device
+    max_tokens = max_tokens or default_max_tokens(dev)
     plain = plain_head(model)
     lengths = [len(e["input_ids"]) for e in encoded]
     out: list[np.ndarray | None] = [None] * len(encoded)
@@ -134,7 +157,8 @@ def token_nll(
     done_tokens, start = 0, time.perf_counter()
     for b, idx in enumerate(length_batches(lengths, max_tokens, max_batch)):
         ids, attn = _padded(encoded, idx, pad_id, dev)
-        for i, nll in zip(idx, _batch_nll(model, ids, attn, plain), strict=True):
+        wanted = _completion(encoded, idx, ids.shape[1], dev) if response_only else None
+        for i, nll in zip(idx, _batch_nll(model, ids, attn, plain, wanted), strict=True):
             out[i] = nll
         done_tokens += sum(lengths[i] for i in idx)
         if progress:

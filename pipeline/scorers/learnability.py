@@ -30,7 +30,7 @@ REFERENCE_TRAIN: dict[str, Any] = {"epochs": 1, "learning_rate": 5e-5}
 def response_losses(model, tok, encoded: list[dict], ctx: ScoreContext, desc: str) -> np.ndarray:
     """Mean response NLL per example (NaN when an example has no response token)."""
     nlls = token_nll(model, encoded, max_tokens=ctx.max_tokens, pad_id=tok.pad_token_id or 0,
-                     progress=ctx.progress, desc=desc)
+                     progress=ctx.progress, desc=desc, response_only=True)
     out = []
     for enc, nll in zip(encoded, nlls, strict=True):
         mask = response_mask(enc)
@@ -76,6 +76,6 @@ def prepare(examples: pl.DataFrame, ctx: ScoreContext, params: dict, workdir: Pa
     return {**params, "reference": str(model_dir)}
 
 
-learnability.VERSION = "1"
+learnability.VERSION = "2"
 learnability.prepare = prepare
 learnability.key_models = ("reference",)

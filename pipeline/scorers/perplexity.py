@@ -2,7 +2,8 @@
 
 Lower base-model perplexity on SFT data predicted larger downstream gains in their study. We keep
 both variants because which one the paper used is unverified: `ppl` over response tokens only
-(default) and `ppl_full` over all tokens after the first. Only comparable within one tokenizer.
+(always) and, with `full_text: true`, `ppl_full` over all tokens after the first. Only comparable
+within one tokenizer.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from pipeline.scorers.engine import response_mask, token_nll
 
 
 @register_scorer("perplexity")
-def perplexity(examples: pl.DataFrame, ctx: ScoreContext) -> pl.DataFrame:
-    """Columns: id, nll (mean response NLL), ppl = exp(nll), nll_full, ppl_full, n_tokens."""
+def perplexity(examples: pl.DataFrame, ctx: ScoreContext, full_text: bool = False) -> pl.DataFrame:
+    """Columns: id, nll (mean response NLL), ppl = exp(nll), n_tokens (response tokens); with
+    `full_text` also nll_full, ppl_full over all tokens after the first (the LM head then projects
+    every token, not only the response: about twice the head work)."""
     tok = ctx.tokenizer()
     encoded = encode_examples(tok, examples, ctx.max_length)
     nlls = token_nll(
         ctx.model(), encoded, max_tokens=ctx.max_tokens, pad_id=tok.pad_token_id or 0,
-        progress=ctx.progress, desc="perplexity",
+        progress=ctx.progress, desc="perplexity", response_only=not full_text,
     )
     resp, full, n_tokens = [], [], []
     for enc, nll in zip(encoded, nlls, strict=True):
@@ -31,17 +34,12 @@ def perplexity(examples: pl.DataFrame, ctx: ScoreContext) -> pl.DataFrame:
         resp.append(float(nll[mask].mean()) if mask.any() else float("nan"))
         full.append(float(nll.mean()) if len(nll) else float("nan"))
         n_tokens.append(int(mask.sum()))
-    resp_arr, full_arr = np.asarray(resp), np.asarray(full)
-    return pl.DataFrame(
-        {
-            "id": examples.get_column("id"),
-            "nll": resp_arr,
-            "ppl": np.exp(resp_arr),
-            "nll_full": full_arr,
-            "ppl_full": np.exp(full_arr),
-            "n_tokens": n_tokens,
-        }
-    )
+    resp_arr = np.asarray(resp)
+    columns = {"id": examples.get_column("id"), "nll": resp_arr, "ppl": np.exp(resp_arr)}
+    if full_text:
+        full_arr = np.asarray(full)
+        columns |= {"nll_full": full_arr, "ppl_full": np.exp(full_arr)}
+    return pl.DataFrame({**columns, "n_tokens": n_tokens})
 
 
-perplexity.VERSION = "1"
+perplexity.VERSION = "2"
