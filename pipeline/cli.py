@@ -128,6 +128,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_regenerate(args: argparse.Namespace) -> int:
+    """Recompute a data card's subset from the config it recorded; exit 1 unless it is identical."""
+    from pipeline.cards import regenerate
+
+    report = regenerate(args.card_dir, args.out, args.cache_dir)
+    print(json.dumps(report, indent=2))
+    return 0 if report["identical"] else 1
+
+
 def cmd_assets(args: argparse.Namespace) -> int:
     from pipeline.assets import download_all
 
@@ -187,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--compare", metavar="OTHER", help="compare kept subsets with OTHER (a run or data card directory)")
     n.add_argument("--export", metavar="PATH", help="write the filtered joined table to PATH (.parquet or .jsonl)")
     n.set_defaults(fn=cmd_inspect)
+
+    g = sub.add_parser("regenerate", help="recompute a data card's subset and check it is identical")
+    g.add_argument("card_dir", help="a data card directory (with card.json and subset.parquet)")
+    g.add_argument("--out", required=True, help="folder for the regenerated run, cache and card")
+    g.add_argument("--cache-dir", help="stage cache to use (default: a fresh one under --out: recompute all)")
+    g.set_defaults(fn=cmd_regenerate)
 
     a = sub.add_parser("assets", help="offline default assets")
     a_sub = a.add_subparsers(dest="assets_command", required=True)

@@ -58,3 +58,10 @@ def test_sft_math_end_to_end(tmp_path, tiny_model_dir, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["counts"] == {"read": 16, "kept": 8, "dropped": 8}
     assert len(report["kept_examples"]) == 3 and report["kept_examples"][0]["reason"].startswith("kept:")
+
+    # The card regenerates its subset exactly: every curation stage recomputed in a fresh cache.
+    assert main(["regenerate", str(card_dir), "--out", str(tmp_path / "regen")]) == 0
+    assert not (tmp_path / "cache" / "scores").samefile(tmp_path / "regen" / "cache" / "scores")
+    (regenerated,) = (tmp_path / "regen" / "cards").iterdir()
+    assert regenerated.name == card_dir.name
+    assert pl.read_parquet(regenerated / "subset.parquet").equals(pl.read_parquet(card_dir / "subset.parquet"))
