@@ -33,6 +33,10 @@ def _print_summary(m: dict) -> None:
         print(f"  base  accuracy {b['accuracy']:.3f}   response NLL {b['nll']:.4f}")
         print(f"  tuned accuracy {t['accuracy']:.3f}   response NLL {t['nll']:.4f}")
         print(f"  selection: kept {m['selection']['kept']} of {m['selection']['read']}")
+    if "eval" in m:
+        print(f"\n  {m['model']}: accuracy {m['eval']['accuracy']:.3f}   response NLL {m['eval']['nll']:.4f}")
+    if "model_dir" in m:
+        print(f"  model:     {m['model_dir']}")
     print(f"  data card: {m.get('data_card')}")
     print(f"  metrics:   {Path(m['run_dir']) / 'metrics.json'}")
     print(f"  seconds:   {json.dumps(m.get('seconds', {}))}")

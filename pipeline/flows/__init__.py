@@ -17,6 +17,8 @@ os.environ.setdefault("PREFECT_LOGGING_LOG_PRINTS", "false")
 FLOWS = {
     "sft_math": "pipeline.flows.sft_math:sft_math_flow",
     "curate": "pipeline.flows.curate:curate_flow",
+    "train": "pipeline.flows.train:train_flow",
+    "evaluate": "pipeline.flows.evaluate:evaluate_flow",
 }
 
 

@@ -108,6 +108,37 @@ def load_data(cfg: dict, seed: int, cache_root: str) -> dict[str, Any]:
     return info
 
 
+def subset_file(subset: str) -> Path:
+    """The parquet of `data.subset`: a data card folder's subset.parquet, or the file itself."""
+    path = Path(subset)
+    path = path / "subset.parquet" if path.is_dir() else path
+    if not path.exists():
+        raise FileNotFoundError(f"data.subset: {path} does not exist (a data card folder or a parquet file)")
+    return path
+
+
+@task(name="load-subset", **TASK_OPTIONS)
+def load_subset(path: str, content_hash: str, cache_root: str) -> dict[str, Any]:
+    """A selected subset's parquet (see `subset_file`) as a train split plus an all-kept selection carrying
+    its `weight` column (1.0 when absent). `content_hash` keys Prefect's cache on the file's bytes."""
+    from pipeline.data import fingerprint
+
+    df = pl.read_parquet(path)
+    missing = {"id", "prompt", "response"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{path}: missing columns {sorted(missing)} (need id, prompt, response)")
+    weights = df.get_column("weight").cast(pl.Float64) if "weight" in df.columns else pl.Series([1.0] * df.height)
+    out = stage_dir(cache_root, "subset", content_hash)
+    train_path, sel_path = out / "train.parquet", out / "selection.parquet"
+    if not sel_path.exists():
+        write_parquet(train_path, df.drop("weight", strict=False))
+        write_parquet(sel_path, pl.DataFrame({"id": df.get_column("id"), "kept": [True] * df.height,
+                                              "weight": weights, "reason": ["kept: data.subset"] * df.height}))
+    log(f"subset: {df.height} examples from {path}")
+    return {"train": {"path": str(train_path), "rows": df.height, "fingerprint": fingerprint(df)},
+            "selection": {"path": str(sel_path), "hash": file_hash(sel_path)}}
+
+
 def scorer_list(cfg: dict) -> list[tuple[str, dict]]:
     """`score.scorer` names one scorer or a list; `score.params` holds one scorer's parameters, or a
     mapping from scorer name to its parameters when several run."""

@@ -1,0 +1,29 @@
+"""`evaluate`: final-answer accuracy and response NLL of any model on the held-out math test split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+
+from pipeline.flows import stages
+from pipeline.flows.common import cache_root, ensure_run_dir, publish_artifacts
+from pipeline.io import write_json
+
+
+@flow(name="evaluate")
+def evaluate_flow(config: dict, run_dir: str | None = None) -> dict:
+    """Evaluate `model` (an id or a trained folder, e.g. a train run's `model`) on the recipe's test split."""
+    run_dir = ensure_run_dir(config, run_dir)
+    seed, root = int(config.get("seed", 0)), cache_root(config)
+    data = stages.run_stage(stages.load_data, config["data"], seed, root)
+    model_rev = stages.model_revision(config["model"])
+    result = stages.run_stage(stages.evaluate, config["model"], model_rev, "model", data["test"], config["eval"], root)
+    run = Path(run_dir)
+    stages.publish(result["path"], run / "eval" / "model.json")
+    stages.publish(Path(result["path"]).with_suffix(".parquet"), run / "eval" / "model.parquet")
+    metrics = {"recipe": config["name"], "model": config["model"], "model_rev": model_rev, "eval": result,
+               "run_dir": run_dir}
+    write_json(run / "metrics.json", metrics)
+    publish_artifacts(config["name"], {"run_dir": run_dir, "tuned": result}, [])
+    return metrics
