@@ -10,11 +10,11 @@ variant and is left out, which makes the ratios stricter, not looser.
 - Time: all variants in ONE process on one model, interleaved round-robin (baseline, ce, dft, ...,
   then again), median over `--steps` rounds after `--warmup` rounds. Interleaving matters on a
   shared machine: load from other processes drifts over minutes and hits every variant alike.
-- Peak memory: one fresh subprocess per variant (peak RSS is monotone, so it cannot be reset):
-  load, one measured step, then `resource.getrusage(RUSAGE_SELF).ru_maxrss` on CPU (weights +
-  grads + activations of the step), `torch.cuda.max_memory_allocated` on CUDA. Peak RSS varies
-  by tens of MiB between identical processes (allocator fragmentation), so each variant runs
-  `--mem-repeats` times with `MALLOC_ARENA_MAX=1` and the minimum is kept.
+- Peak memory (`mem_ratio`): parameter bytes + the peak of tensor memory allocated during one
+  measured step, from the torch profiler's allocation events (exact and repeatable on CPU);
+  `torch.cuda.max_memory_allocated` on CUDA. `--mem-repeats N` adds peak RSS of N fresh
+  processes per variant (minimum kept, `MALLOC_ARENA_MAX=1`): RSS moves by tens of MiB between
+  identical processes, so it is a coarse cross-check only.
 
 CPU: SmolLM2-135M (`pipeline.assets.smollm2_dir()`), fp32, batch 4 x 256 by default. CUDA: a
 random-initialized Qwen2.5-0.5B-like config in bf16 at sequence length 2048 (this path has not
@@ -147,8 +147,31 @@ def setup(names: list[str], batch: int, seq: int):
     return trainers, batches
 
 
+def allocated_peak(trainer, batch: dict) -> int:
+    """Parameter bytes + the peak of tensor memory allocated during one measured step (activations,
+    gradients, temporaries), from the profiler's allocation events: exact and repeatable on CPU,
+    where peak RSS moves in allocator-sized steps. On CUDA, `torch.cuda.max_memory_allocated`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    params = sum(p.numel() * p.element_size() for p in trainer.model.parameters())
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        measured_step(trainer, batch)
+        return torch.cuda.max_memory_allocated()
+    trainer.model.zero_grad(set_to_none=True)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        measured_step(trainer, batch)
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    live = peak = 0
+    for e in events:
+        live += e.nbytes()
+        peak = max(peak, live)
+    return params + peak
+
+
 def time_worker(names: list[str], batch: int, seq: int, warmup: int, steps: int) -> dict:
-    """Interleaved round-robin timing of all variants in this process."""
+    """Interleaved round-robin timing of all variants in this process, then each one's allocated peak."""
     trainers, batches = setup(names, batch, seq)
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(warmup + steps):
@@ -156,7 +179,7 @@ def time_worker(names: list[str], batch: int, seq: int, warmup: int, steps: int)
             dt = measured_step(trainers[n], batches[n])
             if r >= warmup:
                 times[n].append(dt)
-    return times
+    return {"times": times, "alloc": {n: allocated_peak(trainers[n], batches[n]) for n in names}}
 
 
 def mem_worker(name: str, batch: int, seq: int) -> int:
@@ -200,8 +223,8 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                     help="torch threads on CPU; use 1 on a machine shared with other jobs (less spin-wait)")
-    ap.add_argument("--mem-repeats", type=int, default=2,
-                    help="fresh processes per variant for peak memory; the minimum is kept")
+    ap.add_argument("--mem-repeats", type=int, default=0,
+                    help="also measure peak RSS in this many fresh processes per variant (minimum kept); 0 = off")
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--worker", choices=["time", "mem"], help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -219,16 +242,20 @@ def main() -> None:
         return
 
     started = time.time()
-    times = run_worker("time", names, opts)
-    peaks = {n: min(run_worker("mem", [n], opts) for _ in range(opts.mem_repeats)) for n in names}
+    result = run_worker("time", names, opts)
+    times, peaks = result["times"], result["alloc"]
+    rss = ({n: min(run_worker("mem", [n], opts) for _ in range(opts.mem_repeats)) for n in names}
+           if opts.mem_repeats > 0 else {})
     base_t, base_m = statistics.median(times["trl_nll"]), peaks["trl_nll"]
     print(f"# {machine()}, {opts.threads} torch thread(s); batch {opts.batch} x {opts.seq}; median of {opts.steps} interleaved rounds "
           f"after {opts.warmup} warmup")
-    print(f"{'variant':<20}{'step_s':>9}{'time_ratio':>12}{'peak_MiB':>10}{'mem_ratio':>11}")
+    print(f"{'variant':<20}{'step_s':>9}{'time_ratio':>12}{'alloc_MiB':>10}{'mem_ratio':>11}"
+          + (f"{'rss_MiB':>9}{'rss_ratio':>10}" if rss else ""))
     worst_t = worst_m = 0.0
     for n in names:
         t, m = statistics.median(times[n]), peaks[n]
-        print(f"{n:<20}{t:>9.3f}{t / base_t:>12.3f}{m / 2**20:>10.0f}{m / base_m:>11.3f}")
+        extra = f"{rss[n] / 2**20:>9.0f}{rss[n] / rss['trl_nll']:>10.3f}" if rss else ""
+        print(f"{n:<20}{t:>9.3f}{t / base_t:>12.3f}{m / 2**20:>10.1f}{m / base_m:>11.4f}{extra}")
         if n != "trl_nll":
             worst_t, worst_m = max(worst_t, t / base_t), max(worst_m, m / base_m)
     spread = max(times["trl_nll"]) / min(times["trl_nll"])
