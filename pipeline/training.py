@@ -36,7 +36,11 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "save_steps": 0,
     # Masked Thought input corruption (pipeline.losses.masked_thought); p=0 is off.
     "masked_thought": {"p": 0.0, "cap": 0.4, "ramp_steps": 0, "replace": "random"},
+    # LoRA through peft (e.g. {"r": 16, "alpha": 32}); null = full fine-tuning. The saved model is merged.
+    "lora": None,
 }
+
+LORA_DEFAULTS: dict[str, Any] = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
 
 
 def build_dataset(tokenizer, examples: pl.DataFrame, max_length: int, weights: list[float] | None = None,
@@ -149,11 +153,15 @@ def train(model_name: str, examples: pl.DataFrame, output_dir: str | Path, cfg: 
         loss=loss,
         masked_thought=masked,
         callbacks=crash_callbacks(),
+        peft_config=lora_config(cfg.get("lora")),
     )
     resume = _last_checkpoint(output_dir / "checkpoints")
     result = trainer.train(resume_from_checkpoint=resume)
     final = output_dir / "model"
-    trainer.save_model(str(final))
+    if cfg.get("lora"):  # save base + adapter merged: a plain model folder every stage can load
+        trainer.model.merge_and_unload().save_pretrained(str(final))
+    else:
+        trainer.save_model(str(final))
     tokenizer.save_pretrained(str(final))
     history = [h for h in trainer.state.log_history if "loss" in h]
     return {
@@ -164,6 +172,20 @@ def train(model_name: str, examples: pl.DataFrame, output_dir: str | Path, cfg: 
         "model_dir": str(final),
         "resumed_from": resume,
     }
+
+
+def lora_config(options: dict | None):
+    """A peft `LoraConfig` from `train.lora` ({r, alpha, dropout, target_modules}), or None for full fine-tuning."""
+    if not options:
+        return None
+    from peft import LoraConfig
+
+    unknown = set(options) - set(LORA_DEFAULTS)
+    if unknown:
+        raise ValueError(f"train.lora: unknown keys {sorted(unknown)} (known: {sorted(LORA_DEFAULTS)})")
+    o = {**LORA_DEFAULTS, **options}
+    return LoraConfig(r=int(o["r"]), lora_alpha=int(o["alpha"]), lora_dropout=float(o["dropout"]),
+                      target_modules=o["target_modules"], task_type="CAUSAL_LM")
 
 
 def crash_callbacks() -> list:

@@ -6,9 +6,9 @@ this data lowered its loss a lot relative to where it started. The plain differe
 `L_base - L_ref` is kept as `loss_diff`; it correlates with length, which the ratio removes.
 
 The reference is either given (`reference`: a folder or model id) or trained once per candidate
-set by `prepare` through our own trainer (`pipeline.training.train`, full fine-tune, settings in
-`reference_train`); the trained folder lives in the score cache entry, so a resumed run reuses it.
-LoRA references are not implemented here (set `reference` to a merged LoRA model instead).
+set by `prepare` through our own trainer (`pipeline.training.train`, full fine-tune by default, settings in
+`reference_train`, e.g. `{lora: {r: 16}}` for a LoRA reference via peft, saved merged); the trained
+folder lives in the score cache entry, so a resumed run reuses it.
 """
 
 from __future__ import annotations
