@@ -10,6 +10,8 @@ variant and is left out, which makes the ratios stricter, not looser.
 - Time: all variants in ONE process on one model, interleaved round-robin (baseline, ce, dft, ...,
   then again), median over `--steps` rounds after `--warmup` rounds. Interleaving matters on a
   shared machine: load from other processes drifts over minutes and hits every variant alike.
+  `min_ratio` (fastest round / baseline's fastest round) is printed beside it: noise only adds time,
+  so it is the steadier estimate when the baseline's own rounds spread by several percent.
 - Peak memory (`mem_ratio`): parameter bytes + the peak of tensor memory allocated during one
   measured step, from the torch profiler's allocation events (exact and repeatable on CPU);
   `torch.cuda.max_memory_allocated` on CUDA. `--mem-repeats N` adds peak RSS of N fresh
@@ -249,13 +251,14 @@ def main() -> None:
     base_t, base_m = statistics.median(times["trl_nll"]), peaks["trl_nll"]
     print(f"# {machine()}, {opts.threads} torch thread(s); batch {opts.batch} x {opts.seq}; median of {opts.steps} interleaved rounds "
           f"after {opts.warmup} warmup")
-    print(f"{'variant':<20}{'step_s':>9}{'time_ratio':>12}{'alloc_MiB':>10}{'mem_ratio':>11}"
+    print(f"{'variant':<20}{'step_s':>9}{'time_ratio':>12}{'min_ratio':>11}{'alloc_MiB':>10}{'mem_ratio':>11}"
           + (f"{'rss_MiB':>9}{'rss_ratio':>10}" if rss else ""))
     worst_t = worst_m = 0.0
     for n in names:
         t, m = statistics.median(times[n]), peaks[n]
         extra = f"{rss[n] / 2**20:>9.0f}{rss[n] / rss['trl_nll']:>10.3f}" if rss else ""
-        print(f"{n:<20}{t:>9.3f}{t / base_t:>12.3f}{m / 2**20:>10.1f}{m / base_m:>11.4f}{extra}")
+        tmin = min(times[n]) / min(times["trl_nll"])
+        print(f"{n:<20}{t:>9.3f}{t / base_t:>12.3f}{tmin:>11.3f}{m / 2**20:>10.1f}{m / base_m:>11.4f}{extra}")
         if n != "trl_nll":
             worst_t, worst_m = max(worst_t, t / base_t), max(worst_m, m / base_m)
     spread = max(times["trl_nll"]) / min(times["trl_nll"])

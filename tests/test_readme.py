@@ -44,3 +44,12 @@ def test_readme_loss_example_matches_its_formula(tmp_path, monkeypatch):
     torch.testing.assert_close(value, expected)
     torch.testing.assert_close(grad, ref_grad)
     assert get_loss("focal").gamma == 2.0  # importing it registered the name too
+
+
+def test_readme_python_api_example_runs(capsys):
+    """The README's Python API example, as written (real SmolLM2 from the offline asset)."""
+    section = README.read_text().split("## Python API", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    exec(compile(code, "README.md#python-api", "exec"), {})
+    out = capsys.readouterr().out
+    assert "kept: quantile" in out and out.count("│") > 10  # the kept rows with their reasons
