@@ -102,7 +102,7 @@ def sft_config(cfg: dict, output_dir: Path, seed: int):
         adam_beta2=float(cfg["adam_beta2"]),
         max_length=int(cfg["max_length"]),
         completion_only_loss=True,
-        gradient_checkpointing=bool(cfg["gradient_checkpointing"]),
+        **{_checkpointing_field(): bool(cfg["gradient_checkpointing"])},
         bf16=on_gpu and torch.cuda.is_bf16_supported(),
         use_cpu=not on_gpu,
         logging_steps=int(cfg["logging_steps"]),
@@ -117,6 +117,16 @@ def sft_config(cfg: dict, output_dir: Path, seed: int):
         # keep example_weight / token_label / ref_nll for our collator
         remove_unused_columns=False,
     )
+
+
+def _checkpointing_field() -> str:
+    """transformers 5.x renamed `gradient_checkpointing` to `activation_checkpointing` (the old name warns)."""
+    import dataclasses
+
+    from trl import SFTConfig
+
+    names = {f.name for f in dataclasses.fields(SFTConfig)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
 def _trl_loss_type(name: str) -> str:
