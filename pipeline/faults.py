@@ -1,5 +1,6 @@
 """Crash injection for resume tests: `SFT_PIPELINE_CRASH=train:2` kills the process with SIGKILL
-right after training checkpoint 2 is saved, exactly like `kill -9` at that moment."""
+right after training checkpoint 2 is saved, `score:1` right after the first score shard is
+written, exactly like `kill -9` at that moment."""
 
 from __future__ import annotations
 

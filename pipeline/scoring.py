@@ -20,6 +20,7 @@ from typing import Any
 import polars as pl
 
 from pipeline.data import fingerprint
+from pipeline.faults import maybe_crash
 from pipeline.io import read_json, write_json, write_parquet
 from pipeline.scorers import ScoreContext, get_scorer
 
@@ -206,8 +207,9 @@ def score_cached(
     todo = [i for i in range(len(starts)) if not _shard_path(entry, i).exists()]
     shards = {i: examples.slice(starts[i], shard_size) for i in todo}
     if executor == "local":
-        for i in todo:
+        for n, i in enumerate(todo, 1):
             _write_shard(entry, i, fn(shards[i], ctx, **run_params), shards[i], scorer)
+            maybe_crash("score", n)  # resume tests: SFT_PIPELINE_CRASH=score:N = kill -9 after N shards
     elif executor == "ray":
         from pipeline.scorers.ray_executor import score_shards
 

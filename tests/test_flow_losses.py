@@ -95,3 +95,28 @@ def test_sensitivity_selector_from_set(tmp_path, tiny_model_dir):
     kept = selection.filter(pl.col("kept"))
     assert selection.height == 16 and kept["draws"].sum() == 8
     assert (kept["weight"] > 0).all() and (selection.filter(~pl.col("kept"))["weight"] == 0).all()
+
+
+def test_scoring_killed_with_sigkill_resumes_byte_identical(tmp_path, tiny_model_dir):
+    """kill -9 after the first of three score shards; the re-run scores only the rest, and the table
+    and selection equal those of an uninterrupted run."""
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    log = tmp_path / "log.txt"
+
+    def curate(run: str, cache: str) -> list[str]:
+        args = ["run", "curate-math", "--run-dir", str(tmp_path / run), "--set", f"model={tiny_model_dir}",
+                "--set", f"cache_dir={tmp_path / cache}", "--set", f"cards_dir={tmp_path / 'cards'}"]
+        for s in ("data.n_train=12", "data.n_val=2", "data.n_test=2", "score.max_length=128", "score.shard_size=4"):
+            args += ["--set", s]
+        return args
+
+    assert _cli(curate("killed", "cache"), {**env, "SFT_PIPELINE_CRASH": "score:1"}, log) == -signal.SIGKILL
+    (entry,) = (tmp_path / "cache" / "scorers" / "perplexity").iterdir()
+    (first,) = (entry / "shards").glob("*.parquet")
+    assert not (entry / "scores.parquet").exists()
+    written = first.stat().st_mtime_ns
+    assert _cli(curate("killed", "cache"), env, log) == 0, log.read_text()[-3000:]
+    assert first.stat().st_mtime_ns == written  # the finished shard was kept, not recomputed
+    assert _cli(curate("clean", "cache2"), env, log) == 0, log.read_text()[-3000:]
+    for name in ("scores.parquet", "selection.parquet"):
+        assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "clean" / name).read_bytes()
