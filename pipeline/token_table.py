@@ -135,7 +135,7 @@ def token_columns(base_path: str | Path, ref_path: str | Path, method: str, ids:
     return {"token_label": aligned_column(labels, "token_label", ids)}
 
 
-TOKEN_METHODS = {"forgetting": "forgetting", "token_cleaning": "token_cleaning", "rho1": "rho1"}
+TOKEN_METHODS = ("forgetting", "token_cleaning", "rho1")
 
 
 def training_columns(examples: pl.DataFrame, loss_name: str, model: str, max_length: int,
@@ -156,7 +156,7 @@ def training_columns(examples: pl.DataFrame, loss_name: str, model: str, max_len
     from pipeline.scoring import score_cached
 
     options = dict(options or {})
-    method = options.get("method") or TOKEN_METHODS.get(loss_name)
+    method = options.get("method") or (loss_name if loss_name in TOKEN_METHODS else None)
     if method is None:
         raise ValueError(f"loss {loss_name!r} needs per-token labels: set train.token_labels.method "
                          "to forgetting, token_cleaning or rho1")

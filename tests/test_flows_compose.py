@@ -44,3 +44,14 @@ def test_train_flow_needs_a_subset(tmp_path, tiny_model_dir, capsys):
     args = ["run", "train-subset", "--run-dir", str(tmp_path / "t"), *_common(tmp_path, tiny_model_dir)]
     assert main(args) == 2
     assert "needs data.subset" in capsys.readouterr().err
+
+
+def test_train_flow_rejects_bad_weights_with_file_row_and_field(tmp_path, tiny_model_dir, capsys):
+    subset = tmp_path / "subset.parquet"
+    pl.DataFrame({"id": ["a", "b"], "prompt": ["p", "q"], "response": ["r", "s"],
+                  "weight": [1.0, float("nan")]}).write_parquet(subset)
+    args = ["run", "train-subset", "--run-dir", str(tmp_path / "t"), *_common(tmp_path, tiny_model_dir),
+            "--set", f"data.subset={subset}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{subset}: row 1 (id b), field weight" in err

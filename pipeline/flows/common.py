@@ -26,11 +26,12 @@ def publish_artifacts(name: str, metrics: dict[str, Any], stages: list[dict[str,
 
     key = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
     lines = [f"# {name}", "", f"run dir: `{metrics.get('run_dir')}`", ""]
-    for side in ("base", "tuned"):
+    for side in ("base", "tuned", "eval"):
         if side in metrics:
-            m = metrics[side]
-            lines.append(f"- {side}: accuracy {m['accuracy']:.3f}, response NLL {m['nll']:.4f}")
+            m, label = metrics[side], metrics.get("model", side) if side == "eval" else side
+            lines.append(f"- {label}: accuracy {m['accuracy']:.3f}, response NLL {m['nll']:.4f}")
     if metrics.get("data_card"):
         lines.append(f"- data card: `{metrics['data_card']}`")
     create_markdown_artifact(markdown="\n".join(lines), key=f"{key}-summary", description=f"{name} summary")
-    create_table_artifact(table=stages, key=f"{key}-stages", description="kept/dropped per stage")
+    if stages:
+        create_table_artifact(table=stages, key=f"{key}-stages", description="kept/dropped per stage")

@@ -25,5 +25,5 @@ def evaluate_flow(config: dict, run_dir: str | None = None) -> dict:
     metrics = {"recipe": config["name"], "model": config["model"], "model_rev": model_rev, "eval": result,
                "run_dir": run_dir}
     write_json(run / "metrics.json", metrics)
-    publish_artifacts(config["name"], {"run_dir": run_dir, "tuned": result}, [])
+    publish_artifacts(config["name"], metrics, [])
     return metrics

@@ -128,6 +128,10 @@ def load_subset(path: str, content_hash: str, cache_root: str) -> dict[str, Any]
     if missing:
         raise ValueError(f"{path}: missing columns {sorted(missing)} (need id, prompt, response)")
     weights = df.get_column("weight").cast(pl.Float64) if "weight" in df.columns else pl.Series([1.0] * df.height)
+    bad = df.with_row_index("row").filter(weights.is_null() | ~weights.is_finite() | (weights <= 0))
+    if bad.height:
+        raise ValueError(f"{path}: row {bad['row'][0]} (id {bad['id'][0]}), field weight: {bad.height} weights "
+                         "are missing, non-finite or <= 0 (a training weight must be a positive number)")
     out = stage_dir(cache_root, "subset", content_hash)
     train_path, sel_path = out / "train.parquet", out / "selection.parquet"
     if not sel_path.exists():
