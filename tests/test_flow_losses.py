@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -32,7 +33,7 @@ def test_token_label_losses_run_from_the_recipe(tmp_path, tiny_model_dir, loss, 
     out = capsys.readouterr().out
     assert "token labels (" in out
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
-    assert metrics["train"]["steps"] == 2 and metrics["train"]["train_loss"] == metrics["train"]["train_loss"]
+    assert metrics["train"]["steps"] == 2 and math.isfinite(metrics["train"]["train_loss"])
     references = list((tmp_path / "cache" / "references").iterdir())
     assert len(references) == 1 and (references[0] / "reference" / "model" / "config.json").exists()
     tables = list((tmp_path / "cache" / "scorers" / "token_loss").iterdir())
