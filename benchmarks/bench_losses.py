@@ -18,7 +18,7 @@ variant and is left out, which makes the ratios stricter, not looser.
   processes per variant (minimum kept, `MALLOC_ARENA_MAX=1`): RSS moves by tens of MiB between
   identical processes, so it is a coarse cross-check only.
 
-CPU: SmolLM2-135M (`pipeline.assets.smollm2_dir()`), fp32, batch 4 x 256 by default. CUDA: a
+CPU: SmolLM2-135M (`pipeline.models.assets.smollm2_dir()`), fp32, batch 4 x 256 by default. CUDA: a
 random-initialized Qwen2.5-0.5B-like config in bf16 at sequence length 2048 (this path has not
 been run: no GPU was available when it was written). Prints a table and a last line
 `worst_time_ratio=X worst_mem_ratio=Y`. Run: `python benchmarks/bench_losses.py [--steps 3]`.
@@ -61,7 +61,7 @@ def build_model():
     """SmolLM2-135M fp32 on CPU; a random Qwen2.5-0.5B-like model in bf16 on CUDA."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.assets import smollm2_dir
+    from pipeline.models.assets import smollm2_dir
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir())
     if tokenizer.pad_token is None:
@@ -100,7 +100,7 @@ def make_trainer(name: str, model, tokenizer, dataset, batch: int, seq: int):
     from trl import SFTConfig, SFTTrainer
 
     from pipeline.losses import MaskedThought, get_loss
-    from pipeline.trainer import TokenLossSFTTrainer
+    from pipeline.training.trainer import TokenLossSFTTrainer
 
     spec = VARIANTS[name]
     on_gpu = torch.cuda.is_available()

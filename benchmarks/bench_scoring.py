@@ -15,11 +15,17 @@ import time
 
 import torch
 
-from pipeline.assets import smollm2_dir
 from pipeline.data import load_math
-from pipeline.modeling import default_dtype, device, encode_examples, load_model, load_tokenizer
+from pipeline.models.assets import smollm2_dir
+from pipeline.models.engine import default_max_tokens
+from pipeline.models.loading import (
+    default_dtype,
+    device,
+    encode_examples,
+    load_model,
+    load_tokenizer,
+)
 from pipeline.scorers import ScoreContext, get_scorer
-from pipeline.scorers.engine import default_max_tokens
 
 
 def sync() -> None:
@@ -73,7 +79,7 @@ def mfu_cuda(max_tokens: int | None, ceiling: float) -> float:
     """Model FLOP utilization of the engine on a random ~0.5B Llama in bf16 (CUDA only)."""
     from transformers import AutoConfig, LlamaForCausalLM
 
-    from pipeline.scorers.engine import token_nll
+    from pipeline.models.engine import token_nll
 
     config = AutoConfig.from_pretrained(smollm2_dir())
     config.update({"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,

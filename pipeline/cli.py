@@ -13,8 +13,8 @@ from pathlib import Path
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.config import load_recipe
-    from pipeline.runs import new_run_dir
+    from pipeline.core.config import load_recipe
+    from pipeline.core.runs import new_run_dir
 
     config = load_recipe(args.recipe, args.set)
     run_dir = new_run_dir(config, args.run_dir)
@@ -44,7 +44,7 @@ def _print_summary(m: dict) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a recipe's flow on a cron schedule (Prefect `serve`); each run gets its own run dir."""
-    from pipeline.config import load_recipe
+    from pipeline.core.config import load_recipe
     from pipeline.flows import get_flow
 
     config = load_recipe(args.recipe, args.set)
@@ -60,7 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    from pipeline.config import list_recipes
+    from pipeline.core.config import list_recipes
 
     for r in list_recipes():
         print(f"{r['name']:<20} {r['description']}")
@@ -68,8 +68,8 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    from pipeline.core.io import write_json, write_parquet
     from pipeline.data import DataError, fingerprint, ingest
-    from pipeline.io import write_json, write_parquet
 
     fields = dict(kv.split("=", 1) for kv in args.field or [])
     try:
@@ -95,7 +95,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Summary, --list, --id, --compare, --export or a filtered listing; rich tables or --json."""
-    from pipeline import inspect as ins
+    from pipeline.reports import inspect as ins
 
     modes = [f"--{m}" for m, v in (("list", args.list), ("id", args.example_id), ("compare", args.compare),
                                    ("export", args.export)) if v]
@@ -134,7 +134,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_regenerate(args: argparse.Namespace) -> int:
     """Recompute a data card's subset from the config it recorded; exit 1 unless it is identical."""
-    from pipeline.cards import regenerate
+    from pipeline.flows.regenerate import regenerate
 
     report = regenerate(args.card_dir, args.out, args.cache_dir)
     print(json.dumps(report, indent=2))
@@ -142,7 +142,7 @@ def cmd_regenerate(args: argparse.Namespace) -> int:
 
 
 def cmd_assets(args: argparse.Namespace) -> int:
-    from pipeline.assets import download_all
+    from pipeline.models.assets import download_all
 
     for name, path in download_all().items():
         print(f"{name:<12} {path}")

@@ -19,7 +19,7 @@ torch.set_num_threads(2)
 @pytest.fixture(scope="session")
 def smollm2_dir():
     """The real SmolLM2-135M-Instruct folder (installed and converted by `pipeline assets download`)."""
-    from pipeline.assets import smollm2_dir as path
+    from pipeline.models.assets import smollm2_dir as path
 
     return path()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import apply_overrides, list_recipes, load_recipe
+from pipeline.core.config import apply_overrides, list_recipes, load_recipe
 
 
 def test_overrides_parse_yaml_values():

@@ -35,7 +35,7 @@ def test_token_label_losses_run_from_the_recipe(tmp_path, tiny_model_dir, loss, 
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert metrics["train"]["steps"] == 2 and math.isfinite(metrics["train"]["train_loss"])
     references = list((tmp_path / "cache" / "references").iterdir())
-    assert len(references) == 1 and (references[0] / "reference" / "model" / "config.json").exists()
+    assert len(references) == 1 and (references[0] / "model" / "config.json").exists()
     tables = list((tmp_path / "cache" / "scorers" / "token_loss").iterdir())
     assert len(tables) == 2  # base and reference token tables
 

@@ -12,7 +12,7 @@ import yaml
 from polars.testing import assert_frame_equal
 
 from pipeline.cli import main
-from pipeline.inspect import load_table, parse_where
+from pipeline.reports.inspect import load_table, parse_where
 
 IDS = ["e1", "e2", "e3", "e4", "e5", "e6"]
 PPL = [2.0, 1.0, 4.0, 3.0, 6.0, 5.0]

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from pipeline.data import load_math
-from pipeline.launch import launch_training
+from pipeline.training.launch import launch_training
 
 
 @pytest.mark.parametrize("launcher,procs", [("torchrun", 2), ("accelerate", 1)])

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from pipeline.data import load_math
-from pipeline.modeling import load_model
-from pipeline.training import lora_config, train
+from pipeline.models.loading import load_model
+from pipeline.training.train import lora_config, train
 
 
 def test_lora_trains_and_saves_a_merged_model(tmp_path, tiny_model_dir):

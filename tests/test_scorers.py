@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from pipeline.data import SCHEMA, example_id
-from pipeline.modeling import encode_example, encode_examples, load_model, load_tokenizer
+from pipeline.models.loading import encode_example, encode_examples, load_model, load_tokenizer
 from pipeline.scorers import ScoreContext, get_scorer
 from pipeline.scorers.clear import agreement, combine
 from pipeline.scorers.information_gain import measure_ig
-from pipeline.token_table import (
+from pipeline.scorers.token_table import (
     align_to_input_ids,
     aligned_column,
     cleaning_labels,
@@ -175,11 +175,11 @@ def test_token_confidence_is_mean_token_probability(examples, ctx, tiny_model_di
 def test_embedding_matches_direct_mean_pooling(examples, ctx):
     from transformers import AutoModel, AutoTokenizer
 
-    from pipeline.assets import minilm_dir
-    from pipeline.scorers.embedding import embedding_matrix
+    from pipeline.models.assets import minilm_dir
+    from pipeline.selectors.sensitivity import embedding_matrix
 
     table = get_scorer("embedding")(examples, ctx, field="response")
-    got = embedding_matrix(table)
+    got = embedding_matrix(table.get_column("embedding"))
     tok, model = AutoTokenizer.from_pretrained(minilm_dir()), AutoModel.from_pretrained(minilm_dir())
     for i, text in enumerate(examples.get_column("response").to_list()):
         enc = tok([text], return_tensors="pt")

@@ -10,11 +10,12 @@ import polars as pl
 import pytest
 import torch
 
-import pipeline.scoring as scoring
+import pipeline.scorers.cache as scoring
+from pipeline.core.hashing import model_revision
 from pipeline.data import SCHEMA, example_id
+from pipeline.models.engine import length_batches, token_nll
 from pipeline.scorers import SCORERS, ScoreContext, register_scorer
-from pipeline.scorers.engine import length_batches, token_nll
-from pipeline.scoring import compute_scores, model_revision, read_meta, score_cached
+from pipeline.scorers.cache import compute_scores, read_meta, score_cached
 
 
 def make_examples(n: int, tag: str = "") -> pl.DataFrame:
@@ -73,16 +74,19 @@ def test_cache_hit_and_miss_on_each_key_part(ctx, tmp_path, tiny_model_dir, monk
     assert len(CALLS) == 2 + 2 + 2 + 1 + 2
 
 
-def test_model_revision_tracks_weights_not_just_architecture(tmp_path, tiny_model_dir):
-    a = model_revision(tiny_model_dir)
-    assert a == model_revision(tiny_model_dir)
-    weights = next(p for p in os.scandir(tiny_model_dir) if p.name.endswith(".safetensors"))
-    st = os.stat(weights.path)
-    os.utime(weights.path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
-    try:
-        assert model_revision(tiny_model_dir) != a
-    finally:
-        os.utime(weights.path, ns=(st.st_atime_ns, st.st_mtime_ns))
+def test_model_revision_is_content_based(tmp_path, tiny_model_dir):
+    import shutil
+
+    folder = Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
+    a = model_revision(folder)
+    weights = next(p for p in folder.iterdir() if p.suffix == ".safetensors")
+    st = os.stat(weights)
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # touched, same bytes
+    assert model_revision(folder) == a
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of the last weight
+    weights.write_bytes(bytes(data))
+    assert model_revision(folder) != a
     assert model_revision("some-org/some-model") == "some-org/some-model"
 
 
@@ -129,11 +133,16 @@ def test_compute_scores_still_writes_one_table(ctx, tmp_path):
 
 
 def test_learnability_trains_its_reference_once(ctx, tmp_path):
+    from pipeline.flows.stages import with_reference
+    from pipeline.training.reference import reference_dir
+
     ex = make_examples(4)
     params = {"reference_train": {"max_steps": 2, "batch_size": 2, "learning_rate": 1e-2, "warmup_ratio": 0.0}}
-    path = score_cached(ex, "learnability", ctx, tmp_path, params)
-    ref_dir = path.parent / "prepare" / "reference" / "model"
-    assert (ref_dir / "config.json").exists()
+    wired = with_reference("learnability", params, ex, ctx, str(tmp_path))
+    assert Path(wired["reference"]).parent == reference_dir(
+        ctx.model_name, ex, tmp_path, {"max_length": ctx.max_length, **params["reference_train"]}, ctx.seed)
+    assert with_reference("learnability", params, ex, ctx, str(tmp_path)) == wired  # trained once, then reused
+    path = score_cached(ex, "learnability", ctx, tmp_path / "scorers", wired)
     table = pl.read_parquet(path)
     assert np.allclose(table["learnability"], 1 - table["loss_ref"] / table["loss_base"])
     assert (table["loss_ref"] != table["loss_base"]).all()  # the reference moved
@@ -147,7 +156,7 @@ def test_length_batches_respect_budget():
 
 
 def test_token_nll_batched_equals_one_by_one(tiny_model_dir):
-    from pipeline.modeling import encode_examples, load_model, load_tokenizer
+    from pipeline.models.loading import encode_examples, load_model, load_tokenizer
 
     tok, model = load_tokenizer(tiny_model_dir), load_model(tiny_model_dir, dtype=torch.float32)
     enc = encode_examples(tok, make_examples(5), 64)
@@ -158,7 +167,7 @@ def test_token_nll_batched_equals_one_by_one(tiny_model_dir):
 
 
 def test_response_only_projects_only_response_tokens(tiny_model_dir):
-    from pipeline.modeling import encode_examples, load_model, load_tokenizer
+    from pipeline.models.loading import encode_examples, load_model, load_tokenizer
 
     tok, model = load_tokenizer(tiny_model_dir), load_model(tiny_model_dir, dtype=torch.float32)
     enc = encode_examples(tok, make_examples(5), 64)

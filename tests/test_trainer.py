@@ -11,7 +11,7 @@ import torch
 
 from pipeline.losses import get_loss
 from pipeline.losses.base import shift_columns
-from pipeline.training import TRAIN_DEFAULTS, build_dataset, sft_config, train
+from pipeline.training.train import TRAIN_DEFAULTS, build_dataset, sft_config, train
 
 PROMPTS = ["What is 2+2?", "Name a color.", "Say hi.", "Count to three.", "Spell cat.", "Largest planet?"]
 RESPONSES = ["4", "Blue is a color I like.", "Hi there!", "One, two, three.", "C, A, T.", "Jupiter is."]
@@ -23,7 +23,7 @@ def examples() -> pl.DataFrame:
 
 
 def load(tiny_model_dir):
-    from pipeline.modeling import load_model, load_tokenizer
+    from pipeline.models.loading import load_model, load_tokenizer
 
     return load_tokenizer(tiny_model_dir), load_model(tiny_model_dir, dtype=torch.float32).train()
 
@@ -50,7 +50,7 @@ def make_trainer(tiny_model_dir, tmp_path, examples, loss_name="ce", trl_dft=Fal
 
         dataset = dataset.remove_columns(["example_weight", "token_label", "ref_nll"])
         return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    from pipeline.trainer import TokenLossSFTTrainer
+    from pipeline.training.trainer import TokenLossSFTTrainer
 
     return TokenLossSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                loss=get_loss(loss_name, **loss_params))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.assets import cache_dir
+from pipeline.models.assets import cache_dir
 
 
 def cache_root(config: dict) -> str:
@@ -15,7 +15,7 @@ def cache_root(config: dict) -> str:
 
 def ensure_run_dir(config: dict, run_dir: str | None) -> str:
     """The given run dir, or a fresh timestamped one (scheduled runs get one each)."""
-    from pipeline.runs import new_run_dir
+    from pipeline.core.runs import new_run_dir
 
     return str(new_run_dir(config, run_dir))
 

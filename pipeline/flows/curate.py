@@ -7,19 +7,21 @@ from typing import Any
 
 from prefect import flow
 
+from pipeline.core.io import write_json
 from pipeline.flows import stages
 from pipeline.flows.common import cache_root, ensure_run_dir, publish_artifacts
-from pipeline.io import write_json
+from pipeline.models.loading import model_key
 
 
 def curate_stages(config: dict, run_dir: str) -> dict[str, Any]:
     """Run the curation stages and return paths, counts and cache keys (no flow wrapper)."""
     seed, root = int(config.get("seed", 0)), cache_root(config)
-    model_rev = stages.model_revision(config["model"])
-    data = stages.run_stage(stages.load_data, config["data"], seed, root)
-    scores = stages.run_stage(stages.score, data["train"], config["model"], model_rev, config["score"], seed, root)
+    model_rev = model_key(config["model"])
+    data = stages.run_stage(stages.load_data, config["data"], seed, root, stages.stage_code("data"))
+    scores = stages.run_stage(stages.score, data["train"], config["model"], model_rev, config["score"], seed, root,
+                              stages.stage_code("score", config["score"]))
     selection = stages.run_stage(stages.select, scores, data["train"], config["model"], model_rev,
-                                 config["select"], seed, root)
+                                 config["select"], seed, root, stages.stage_code("select", config["select"]))
     run = Path(run_dir)
     for name in ("train", "validation", "test"):
         stages.publish(data[name]["path"], run / "data" / f"{name}.parquet")

@@ -6,9 +6,10 @@ from pathlib import Path
 
 from prefect import flow
 
+from pipeline.core.io import write_json
 from pipeline.flows import stages
 from pipeline.flows.common import cache_root, ensure_run_dir, publish_artifacts
-from pipeline.io import write_json
+from pipeline.models.loading import model_key
 
 
 @flow(name="evaluate")
@@ -16,9 +17,10 @@ def evaluate_flow(config: dict, run_dir: str | None = None) -> dict:
     """Evaluate `model` (an id or a trained folder, e.g. a train run's `model`) on the recipe's test split."""
     run_dir = ensure_run_dir(config, run_dir)
     seed, root = int(config.get("seed", 0)), cache_root(config)
-    data = stages.run_stage(stages.load_data, config["data"], seed, root)
-    model_rev = stages.model_revision(config["model"])
-    result = stages.run_stage(stages.evaluate, config["model"], model_rev, "model", data["test"], config["eval"], root)
+    data = stages.run_stage(stages.load_data, config["data"], seed, root, stages.stage_code("data"))
+    model_rev = model_key(config["model"])
+    result = stages.run_stage(stages.evaluate, config["model"], model_rev, "model", data["test"], config["eval"], root,
+                             stages.stage_code("eval"))
     run = Path(run_dir)
     stages.publish(result["path"], run / "eval" / "model.json")
     stages.publish(Path(result["path"]).with_suffix(".parquet"), run / "eval" / "model.parquet")

@@ -7,10 +7,11 @@ from pathlib import Path
 
 from prefect import flow
 
+from pipeline.core.io import write_json
 from pipeline.flows import stages
 from pipeline.flows.common import cache_root, ensure_run_dir, publish_artifacts
 from pipeline.flows.curate import curate_stages, stage_counts
-from pipeline.io import write_json
+from pipeline.models.loading import model_key
 
 
 @flow(name="sft-math")
@@ -24,15 +25,17 @@ def sft_math_flow(config: dict, run_dir: str | None = None) -> dict:
     test = cur["data"]["test"]
 
     t0 = time.perf_counter()
-    base = stages.run_stage(stages.evaluate, config["model"], cur["model_rev"], "base", test, config["eval"], root)
+    base = stages.run_stage(stages.evaluate, config["model"], cur["model_rev"], "base", test, config["eval"], root,
+                             stages.stage_code("eval"))
     seconds["eval_base"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
     trained = stages.run_stage(stages.train_model, cur["data"]["train"], cur["selection"], config["model"],
-                               cur["model_rev"], config["train"], seed, root)
+                               cur["model_rev"], config["train"], seed, root, stages.stage_code("train", config["train"]))
     seconds["train"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
-    tuned_rev = stages.model_revision(trained["model_dir"])
-    tuned = stages.run_stage(stages.evaluate, trained["model_dir"], tuned_rev, "tuned", test, config["eval"], root)
+    tuned_rev = model_key(trained["model_dir"])
+    tuned = stages.run_stage(stages.evaluate, trained["model_dir"], tuned_rev, "tuned", test, config["eval"], root,
+                             stages.stage_code("eval"))
     run = Path(run_dir)
     stages.publish(trained["model_dir"], run / "model")
     for label, m in (("base", base), ("tuned", tuned)):

@@ -1,15 +1,16 @@
 """The stages every flow is wired from, as Prefect tasks that pass paths and fingerprints.
 
 Each stage writes into a content-addressed folder `<cache_root>/<stage>/<key>` whose key hashes
-everything its output depends on (input fingerprints, model revision, the stage's config, seed),
+everything its output depends on (input fingerprints, model revision, the stage's config, seed and
+the code: `pipeline.core.hashing.code_version` of the layers it runs plus any `module:attr` part),
 and skips the work when that folder is complete. On top, Prefect caches each task on its inputs
-and source (`INPUTS + TASK_SOURCE`, results persisted), so re-running a flow after a
-crash, or with one changed parameter, recomputes only the stages downstream of the change.
+(the code version is one) and source (`INPUTS + TASK_SOURCE`, results persisted), so re-running a
+flow after a crash, or with one changed parameter or edited file, recomputes only the stages
+downstream of the change.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import time
@@ -20,8 +21,8 @@ import polars as pl
 from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-from pipeline.config import config_hash
-from pipeline.io import read_json, write_json, write_parquet
+from pipeline.core.hashing import code_version, config_hash, file_hash, fingerprint
+from pipeline.core.io import read_json, write_json, write_parquet
 
 CACHE = INPUTS + TASK_SOURCE
 TASK_OPTIONS: dict[str, Any] = {"cache_policy": CACHE, "persist_result": True}
@@ -36,24 +37,22 @@ def stage_dir(cache_root: str, stage: str, *parts: Any) -> Path:
     return Path(cache_root) / stage / config_hash(list(parts))
 
 
-def file_hash(path: str | Path) -> str:
-    """Short sha256 of a file's bytes (selection tables, small configs)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+def stage_code(stage: str, cfg: Any = None) -> str:
+    """The code version a stage's output depends on: the layers it runs (`pipeline.core.hashing`) and
+    the source of any `module:attr` scorer, rule or loss its config names. Stages that train a
+    reference model (learnability, CLEAR's correction, data-mix proxies) also depend on training."""
+    from pipeline.scorers import get_scorer
 
-
-def model_revision(name_or_dir: str) -> str:
-    """What identifies a model's weights: a local folder's config + weight file sizes and times, else the id."""
-    from pipeline.assets import resolve_model
-
-    path = Path(resolve_model(name_or_dir)) if not Path(name_or_dir).exists() else Path(name_or_dir)
-    if not path.is_dir():
-        return name_or_dir  # a hub id: its revision is whatever the hub serves (pin with name@rev online)
-    h = hashlib.sha256()
-    for f in sorted(path.glob("*")):
-        if f.suffix in {".json", ".safetensors", ".bin"}:
-            st = f.stat()
-            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return f"{path.name}@{h.hexdigest()[:12]}"
+    if stage == "score":
+        names = [name for name, _ in scorer_list(cfg)]
+        trains = any(getattr(get_scorer(n), "trains_reference", False) for n in names)
+        return code_version("training" if trains else "scorers", names)
+    if stage == "select":
+        rules = [step.get("rule", "") for step in select_steps(cfg)]
+        return code_version("training" if set(rules) & {"clear", "datamix"} else "selectors", rules)
+    if stage == "train":
+        return code_version("training", [cfg.get("loss", "ce")])
+    return code_version({"data": "data", "eval": "evaluation"}[stage])
 
 
 def publish(src: str | Path, dest: str | Path) -> Path:
@@ -90,11 +89,11 @@ def _paths(obj: Any) -> list[str]:
 
 
 @task(name="load-data", **TASK_OPTIONS)
-def load_data(cfg: dict, seed: int, cache_root: str) -> dict[str, Any]:
+def load_data(cfg: dict, seed: int, cache_root: str, code: str) -> dict[str, Any]:
     """Train/validation/test parquet files with disjoint questions, and their fingerprints."""
-    from pipeline.data import fingerprint, load_math
+    from pipeline.data import load_math
 
-    out = stage_dir(cache_root, "data", cfg, seed)
+    out = stage_dir(cache_root, "data", cfg, seed, code)
     info_path = out / "splits.json"
     if not info_path.exists():
         splits = load_math(cfg["dataset"], int(cfg["n_train"]), int(cfg["n_val"]), int(cfg["n_test"]), seed)
@@ -121,8 +120,6 @@ def subset_file(subset: str) -> Path:
 def load_subset(path: str, content_hash: str, cache_root: str) -> dict[str, Any]:
     """A selected subset's parquet (see `subset_file`) as a train split plus an all-kept selection carrying
     its `weight` column (1.0 when absent). `content_hash` keys Prefect's cache on the file's bytes."""
-    from pipeline.data import fingerprint
-
     df = pl.read_parquet(path)
     missing = {"id", "prompt", "response"} - set(df.columns)
     if missing:
@@ -154,12 +151,12 @@ def scorer_list(cfg: dict) -> list[tuple[str, dict]]:
 
 
 @task(name="score", **TASK_OPTIONS)
-def score(train: dict, model: str, model_rev: str, cfg: dict, seed: int, cache_root: str) -> dict:
+def score(train: dict, model: str, model_rev: str, cfg: dict, seed: int, cache_root: str, code: str) -> dict:
     """Score every training example with each scorer (cached per scorer, resumable per shard)."""
     from pipeline.scorers import ScoreContext
-    from pipeline.scoring import score_cached
+    from pipeline.scorers.cache import score_cached
 
-    out = stage_dir(cache_root, "scores", train["fingerprint"], model_rev, cfg, seed) / "scores.parquet"
+    out = stage_dir(cache_root, "scores", train["fingerprint"], model_rev, cfg, seed, code) / "scores.parquet"
     if not out.exists():
         examples = pl.read_parquet(train["path"])
         ctx = ScoreContext(model_name=model, max_length=int(cfg.get("max_length", 512)),
@@ -167,6 +164,7 @@ def score(train: dict, model: str, model_rev: str, cfg: dict, seed: int, cache_r
         table = examples.select("id")
         for name, params in scorer_list(cfg):
             t0 = time.perf_counter()
+            params = with_reference(name, params, examples, ctx, cache_root)
             path = score_cached(examples, name, ctx, Path(cache_root) / "scorers", params,
                                 shard_size=int(cfg.get("shard_size", 1024)),
                                 executor=cfg.get("executor", "local"))
@@ -182,6 +180,21 @@ def score(train: dict, model: str, model_rev: str, cfg: dict, seed: int, cache_r
     return {"path": str(out), "key": out.parent.name}
 
 
+def with_reference(scorer: str, params: dict, examples: pl.DataFrame, ctx, cache_root: str) -> dict:
+    """A scorer that compares with a reference model (learnability) gets one: the recipe's `reference`,
+    else the base fine-tuned on the candidate set with `reference_train` (trained once, cached)."""
+    from pipeline.scorers import get_scorer
+    from pipeline.training.reference import reference_model
+
+    if not getattr(get_scorer(scorer), "trains_reference", False) or params.get("reference"):
+        return params
+    t0 = time.perf_counter()
+    cfg = {"max_length": ctx.max_length, **(params.get("reference_train") or {})}
+    reference = reference_model(ctx.model_name, examples, cache_root, cfg, ctx.seed)
+    log(f"{scorer}: reference model {reference} ({time.perf_counter() - t0:.0f}s)")
+    return {**params, "reference": reference}
+
+
 def select_steps(cfg: dict | list) -> list[dict]:
     """A recipe's `select` is one rule (a mapping) or a list of rules applied in order."""
     return [dict(step) for step in (cfg if isinstance(cfg, list) else [cfg])]
@@ -189,16 +202,17 @@ def select_steps(cfg: dict | list) -> list[dict]:
 
 @task(name="select", **TASK_OPTIONS)
 def select(scores: dict, train: dict, model: str, model_rev: str, cfg: dict | list, seed: int,
-           cache_root: str) -> dict[str, Any]:
+           cache_root: str, code: str) -> dict[str, Any]:
     """Apply the selection rule(s); every id gets kept/dropped, a reason and a weight."""
     from pipeline.selectors import SelectContext, compose
     from pipeline.selectors.base import summarize
+    from pipeline.training.reference import reference_trainer
 
-    out_dir = stage_dir(cache_root, "selection", scores["key"], train["fingerprint"], model_rev, cfg, seed)
+    out_dir = stage_dir(cache_root, "selection", scores["key"], train["fingerprint"], model_rev, cfg, seed, code)
     out, stages_path = out_dir / "selection.parquet", out_dir / "stages.json"
     if not out.exists():
         context = SelectContext(examples=pl.read_parquet(train["path"]), model_name=model,
-                                run_dir=str(out_dir / "work"))
+                                run_dir=str(out_dir / "work"), train_fn=reference_trainer(model, cache_root))
         selection, stage_counts = compose(pl.read_parquet(scores["path"]), select_steps(cfg), seed, context)
         write_json(stages_path, stage_counts)
         write_parquet(out, selection)
@@ -211,11 +225,11 @@ def select(scores: dict, train: dict, model: str, model_rev: str, cfg: dict | li
 
 @task(name="train", **TASK_OPTIONS)
 def train_model(train: dict, selection: dict, model: str, model_rev: str, cfg: dict, seed: int,
-                cache_root: str) -> dict:
+                cache_root: str, code: str) -> dict:
     """Fine-tune on the kept examples (selection weights reach the loss); resumes from checkpoints."""
-    from pipeline.launch import launch_training
+    from pipeline.training.launch import launch_training
 
-    out = stage_dir(cache_root, "train", train["fingerprint"], selection["hash"], model_rev, cfg, seed)
+    out = stage_dir(cache_root, "train", train["fingerprint"], selection["hash"], model_rev, cfg, seed, code)
     done = out / "train_metrics.json"
     if not done.exists():
         from pipeline.selectors.clear import apply_corrections
@@ -238,7 +252,7 @@ def train_model(train: dict, selection: dict, model: str, model_rev: str, cfg: d
 def token_columns_for(kept: pl.DataFrame, model: str, cfg: dict, seed: int, cache_root: str) -> dict | None:
     """Per-token labels / reference NLLs when the loss needs them (forgetting, token_cleaning, rho1), else None."""
     from pipeline.losses import get_loss
-    from pipeline.token_table import training_columns
+    from pipeline.training.token_labels import training_columns
 
     loss = get_loss(cfg.get("loss", "ce"), **(cfg.get("loss_params") or {}))
     if not getattr(loss, "requires", ()):
@@ -251,11 +265,11 @@ def token_columns_for(kept: pl.DataFrame, model: str, cfg: dict, seed: int, cach
 
 
 @task(name="evaluate", **TASK_OPTIONS)
-def evaluate(model: str, model_rev: str, label: str, test: dict, cfg: dict, cache_root: str) -> dict:
+def evaluate(model: str, model_rev: str, label: str, test: dict, cfg: dict, cache_root: str, code: str) -> dict:
     """Accuracy of the final answer and mean response NLL on the held-out test split."""
-    from pipeline.evaluate import evaluate_model
+    from pipeline.evaluation.heldout import evaluate_model
 
-    out = stage_dir(cache_root, "eval", model_rev, test["fingerprint"], cfg) / "eval.json"
+    out = stage_dir(cache_root, "eval", model_rev, test["fingerprint"], cfg, code) / "eval.json"
     if not out.exists():
         t0 = time.perf_counter()
         metrics, table = evaluate_model(model, pl.read_parquet(test["path"]), cfg)
@@ -272,7 +286,7 @@ def evaluate(model: str, model_rev: str, label: str, test: dict, cfg: dict, cach
 @task(name="data-card")
 def card(config: dict, data: dict, scores: dict, selection: dict, run_dir: str, cache_keys: dict) -> str:
     """Write the data card of the selected subset into `cards_dir` (cheap, so never cached)."""
-    from pipeline.cards import write_card
+    from pipeline.reports.cards import write_card
 
     score_table = pl.read_parquet(scores["path"])
     columns = [c for c in score_table.columns if c != "id" and score_table.schema[c].is_numeric()]

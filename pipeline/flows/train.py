@@ -7,9 +7,11 @@ from pathlib import Path
 
 from prefect import flow
 
+from pipeline.core.hashing import file_hash
+from pipeline.core.io import write_json
 from pipeline.flows import stages
 from pipeline.flows.common import cache_root, ensure_run_dir, publish_artifacts
-from pipeline.io import write_json
+from pipeline.models.loading import model_key
 
 
 @flow(name="train")
@@ -21,12 +23,12 @@ def train_flow(config: dict, run_dir: str | None = None) -> dict:
     if not subset:
         raise ValueError("the train flow needs data.subset: a data card folder or a parquet file of examples "
                          "(e.g. --set data.subset=data_cards/<name>)")
-    model_rev = stages.model_revision(config["model"])
+    model_rev = model_key(config["model"])
     path = stages.subset_file(str(subset))
-    data = stages.run_stage(stages.load_subset, str(path), stages.file_hash(path), root)
+    data = stages.run_stage(stages.load_subset, str(path), file_hash(path), root)
     t0 = time.perf_counter()
     trained = stages.run_stage(stages.train_model, data["train"], data["selection"], config["model"], model_rev,
-                               config["train"], seed, root)
+                               config["train"], seed, root, stages.stage_code("train", config["train"]))
     stages.publish(trained["model_dir"], Path(run_dir) / "model")
     metrics = {
         "recipe": config["name"],

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.registry import Registry
+from pipeline.core.registry import Registry
 
 LOSSES = Registry("loss", "pipeline.losses")
 register_loss = LOSSES.register

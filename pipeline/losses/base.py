@@ -7,7 +7,7 @@ points end there:
 - `loss(outputs, labels, num_items_in_batch)`: full logits and unshifted labels, the signature of
   transformers' `Trainer(compute_loss_func=...)` (the reference path);
 - `loss.from_log_probs(log_probs, mask, ...)`: per-token log-probs from TRL's fused LM head, no
-  full-vocabulary logits (the path `pipeline.trainer.TokenLossSFTTrainer` uses).
+  full-vocabulary logits (the path `pipeline.training.trainer.TokenLossSFTTrainer` uses).
 
 Per-token batch columns (`token_label`, `ref_nll`) are given aligned with `input_ids` to
 `__call__` and aligned with `log_probs` (i.e. `column[:, 1:]`) to `from_log_probs`;

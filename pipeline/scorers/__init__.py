@@ -7,7 +7,7 @@ returning one row per example id with its score columns. Register new ones with
 
 from __future__ import annotations
 
-from pipeline.registry import Registry
+from pipeline.core.registry import Registry
 from pipeline.scorers.base import ScoreContext
 
 SCORERS = Registry("scorer", "pipeline.scorers")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-from pipeline.assets import DEFAULT_MODEL
+from pipeline.models.assets import DEFAULT_MODEL
 
 
 @dataclass
@@ -19,16 +19,20 @@ class ScoreContext:
     seed: int = 0
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    def settings(self) -> dict[str, Any]:
+        """The settings without loaded models: what travels to a remote worker (Ray)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+
     def tokenizer(self):
         if "tok" not in self._cache:
-            from pipeline.modeling import load_tokenizer
+            from pipeline.models.loading import load_tokenizer
 
             self._cache["tok"] = load_tokenizer(self.model_name)
         return self._cache["tok"]
 
     def model(self):
         if "model" not in self._cache:
-            from pipeline.modeling import load_model
+            from pipeline.models.loading import load_model
 
             self._cache["model"] = load_model(self.model_name)
         return self._cache["model"]
@@ -39,7 +43,7 @@ class ScoreContext:
             return self.model()
         key = f"model:{name}"
         if key not in self._cache:
-            from pipeline.modeling import load_model
+            from pipeline.models.loading import load_model
 
             self._cache[key] = load_model(name)
         return self._cache[key]
@@ -48,7 +52,7 @@ class ScoreContext:
         """(tokenizer, encoder) of a sentence embedder, loaded once; see `pipeline.scorers.embedding`."""
         key = f"embedder:{name}"
         if key not in self._cache:
-            from pipeline.scorers.embedding import load_embedder
+            from pipeline.models.embedder import load_embedder
 
             self._cache[key] = load_embedder(name)
         return self._cache[key]

@@ -25,13 +25,13 @@ import numpy as np
 import polars as pl
 import torch
 
-from pipeline.assets import DEFAULT_EMBEDDER
 from pipeline.data import final_answer
-from pipeline.modeling import encode_examples, prompt_text
+from pipeline.models.assets import DEFAULT_EMBEDDER
+from pipeline.models.embedder import embed_texts
+from pipeline.models.engine import response_mask, token_nll
+from pipeline.models.loading import encode_examples, prompt_text
 from pipeline.scorers import register_scorer
 from pipeline.scorers.base import ScoreContext
-from pipeline.scorers.embedding import embed_texts
-from pipeline.scorers.engine import response_mask, token_nll
 
 REFLECTION = (
     "Question: {question}\nProposed Answer: {answer}\n"

@@ -20,12 +20,13 @@ import numpy as np
 import polars as pl
 import torch
 
-from pipeline.assets import DEFAULT_EMBEDDER
-from pipeline.modeling import encode_examples, load_model
+from pipeline.models.assets import DEFAULT_EMBEDDER
+from pipeline.models.embedder import embed_texts
+from pipeline.models.engine import ensure_fused_head, response_mask, token_nll
+from pipeline.models.loading import encode_examples, load_model
 from pipeline.scorers import register_scorer
 from pipeline.scorers.base import ScoreContext
-from pipeline.scorers.embedding import embed_texts, example_texts
-from pipeline.scorers.engine import ensure_fused_head, response_mask, token_nll
+from pipeline.scorers.embedding import example_texts
 
 
 def objective_loss(model, objective: list[dict], max_tokens: int, pad_id: int, measure: str = "nll") -> float:

@@ -13,18 +13,13 @@ folder lives in the score cache entry, so a resumed run reuses it.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import numpy as np
 import polars as pl
 
-from pipeline.modeling import encode_examples
+from pipeline.models.engine import response_mask, token_nll
+from pipeline.models.loading import encode_examples
 from pipeline.scorers import register_scorer
 from pipeline.scorers.base import ScoreContext
-from pipeline.scorers.engine import response_mask, token_nll
-
-REFERENCE_TRAIN: dict[str, Any] = {"epochs": 1, "learning_rate": 5e-5}
 
 
 def response_losses(model, tok, encoded: list[dict], ctx: ScoreContext, desc: str) -> np.ndarray:
@@ -48,7 +43,8 @@ def learnability(examples: pl.DataFrame, ctx: ScoreContext, reference: str | Non
                  reference_train: dict | None = None) -> pl.DataFrame:
     """Columns: id, loss_base, loss_ref, learnability (= 1 - loss_ref/loss_base), loss_diff (= base - ref)."""
     if reference is None:
-        raise ValueError("learnability needs a `reference` model; score_cached trains one (see `prepare`)")
+        raise ValueError("learnability needs a `reference` model folder or id (flows train one from "
+                         "`reference_train` with pipeline.training.reference)")
     tok = ctx.tokenizer()
     encoded = encode_examples(tok, examples, ctx.max_length)
     base = response_losses(ctx.model(), tok, encoded, ctx, "learnability base")
@@ -62,20 +58,7 @@ def learnability(examples: pl.DataFrame, ctx: ScoreContext, reference: str | Non
     })
 
 
-def prepare(examples: pl.DataFrame, ctx: ScoreContext, params: dict, workdir: Path) -> dict:
-    """Train the reference on the whole candidate set once (unless `reference` is given); return run params."""
-    if params.get("reference"):
-        return params
-    from pipeline.training import train
-
-    folder = Path(workdir) / "reference"
-    model_dir = folder / "model"
-    if not (model_dir / "config.json").exists():
-        cfg = {**REFERENCE_TRAIN, "max_length": ctx.max_length, **(params.get("reference_train") or {})}
-        train(ctx.model_name, examples, folder, cfg, seed=ctx.seed)
-    return {**params, "reference": str(model_dir)}
-
 
 learnability.VERSION = "2"
-learnability.prepare = prepare
+learnability.trains_reference = True
 learnability.key_models = ("reference",)

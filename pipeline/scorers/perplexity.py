@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from pipeline.modeling import encode_examples
+from pipeline.models.engine import response_mask, token_nll
+from pipeline.models.loading import encode_examples
 from pipeline.scorers import register_scorer
 from pipeline.scorers.base import ScoreContext
-from pipeline.scorers.engine import response_mask, token_nll
 
 
 @register_scorer("perplexity")

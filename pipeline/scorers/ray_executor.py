@@ -35,7 +35,6 @@ def score_shards(
     import torch
     from ray.util import ActorPool
 
-    from pipeline.scoring import context_args
 
     if not shards:
         return
@@ -44,7 +43,7 @@ def score_shards(
     resources = {"num_gpus": 1} if torch.cuda.is_available() else {"num_cpus": 1}
     actor_cls = ray.remote(**resources)(ShardScorer)
     n = max(1, min(num_workers, len(shards)))
-    actors = [actor_cls.remote(scorer, context_args(ctx)) for _ in range(n)]
+    actors = [actor_cls.remote(scorer, ctx.settings()) for _ in range(n)]
     pool = ActorPool(actors)
     for i, shard in shards.items():
         pool.submit(lambda a, v: a.score.remote(*v), (i, shard, params))

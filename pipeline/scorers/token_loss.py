@@ -2,7 +2,7 @@
 
 Token influence `L_base(t) - L_ref(t)` (forgetting tokens, arXiv 2508.04329; token cleaning, Pang et
 al. 2025; Rho-1's excess loss, arXiv 2404.07965) needs this table for the base model and for a
-reference model; `pipeline.token_table` derives the labels. Columns: id, nll (list[float32];
+reference model; `pipeline.scorers.token_table` derives the labels. Columns: id, nll (list[float32];
 position j scores token j+1 of `encode_examples`' input_ids), response_mask (list[bool]).
 """
 
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import polars as pl
 
-from pipeline.modeling import encode_examples
+from pipeline.models.engine import response_mask, token_nll
+from pipeline.models.loading import encode_examples
 from pipeline.scorers import register_scorer
 from pipeline.scorers.base import ScoreContext
-from pipeline.scorers.engine import response_mask, token_nll
-from pipeline.token_table import from_arrays
+from pipeline.scorers.token_table import from_arrays
 
 
 @register_scorer("token_loss")

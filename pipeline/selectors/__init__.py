@@ -10,7 +10,7 @@ parameter and receive a `SelectContext`; `compose` chains selectors. See docs/se
 
 from __future__ import annotations
 
-from pipeline.registry import Registry
+from pipeline.core.registry import Registry
 from pipeline.selectors.base import SELECTION_SCHEMA, SelectContext, row_filter, run_selector
 
 SELECTORS = Registry("selector", "pipeline.selectors")

@@ -9,7 +9,7 @@ extra columns `old_response`, `new_response` and `p_better`; the id stays the or
 
 The three steps are injectable through the context (`train_fn`, `generate_fn`, `confidence_fn`).
 The defaults fine-tune with `pipeline.training.train`, generate greedily with
-`pipeline.evaluate.generate`, and judge with a cheaper token-probability variant of the paper's
+`pipeline.evaluation.heldout.generate`, and judge with a cheaper token-probability variant of the paper's
 LLM-judge confidence: `p_better = sigmoid((nll_base(y) - nll_base(y')) / temperature)`, the base
 model's mean response NLL of old and new answers (a documented substitute, not the paper's judge).
 """
@@ -17,7 +17,6 @@ model's mean response NLL of old and new answers (a documented substitute, not t
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,23 +26,12 @@ from pipeline.selectors import register_selector
 from pipeline.selectors.base import SelectContext
 
 
-def default_train_fn(model_name: str, run_dir: str | Path, cfg: dict | None = None) -> Callable[[pl.DataFrame, int], str]:
-    """Fine-tune `model_name` on the kept rows with pipeline.training.train; returns the model folder."""
-
-    def train_fn(examples: pl.DataFrame, seed: int) -> str:
-        from pipeline.training import train
-
-        return train(model_name, examples, Path(run_dir) / "clear-correct", cfg or {}, seed=seed)["model_dir"]
-
-    return train_fn
-
-
 def default_generate_fn(max_new_tokens: int = 160, batch_size: int = 16) -> Callable[[Any, list[str]], list[str]]:
-    """Greedy completions from a model folder (or name) with pipeline.evaluate.generate."""
+    """Greedy completions from a model folder (or name) with pipeline.evaluation.heldout.generate."""
 
     def generate_fn(model: Any, prompts: list[str]) -> list[str]:
-        from pipeline.evaluate import generate
-        from pipeline.modeling import load_model, load_tokenizer
+        from pipeline.models.generate import generate
+        from pipeline.models.loading import load_model, load_tokenizer
 
         return generate(load_model(model), load_tokenizer(model), prompts, max_new_tokens, batch_size, progress=False)
 
@@ -79,13 +67,11 @@ def _callables(context: SelectContext | None) -> tuple[Callable, Callable, Calla
     """The injected train/generate/confidence callables, or the model-based defaults."""
     ctx = context or SelectContext()
     train_fn, generate_fn, confidence_fn = ctx.train_fn, ctx.generate_fn, ctx.confidence_fn
-    if train_fn is None or confidence_fn is None:
-        if not ctx.model_name:
-            raise ValueError("clear correct=True needs context.model_name or injected train_fn/confidence_fn")
     if train_fn is None:
-        if not ctx.run_dir:
-            raise ValueError("clear correct=True with the default train_fn needs context.run_dir")
-        train_fn = default_train_fn(ctx.model_name, ctx.run_dir, ctx.train_cfg)
+        raise ValueError("clear correct=True needs context.train_fn, (examples, seed) -> model folder: flows "
+                         "pass pipeline.training.reference.reference_trainer")
+    if confidence_fn is None and not ctx.model_name:
+        raise ValueError("clear correct=True needs context.model_name or an injected confidence_fn")
     return train_fn, generate_fn or default_generate_fn(), confidence_fn or default_confidence_fn(ctx.model_name)
 
 
@@ -159,4 +145,4 @@ def apply_corrections(examples: pl.DataFrame, selection: pl.DataFrame) -> pl.Dat
     ).drop("new_response")
 
 
-__all__ = ["apply_corrections", "clear", "default_confidence_fn", "default_generate_fn", "default_train_fn"]
+__all__ = ["apply_corrections", "clear", "default_confidence_fn", "default_generate_fn"]

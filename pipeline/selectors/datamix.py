@@ -11,7 +11,6 @@ N0 is measured in examples and rescaled internally by the median proxy budget (`
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import polars as pl
 from scipy.optimize import least_squares, minimize
 
+from pipeline.core.hashing import config_hash, fingerprint
 from pipeline.selectors import register_selector
 from pipeline.selectors.base import SelectContext
 
@@ -209,25 +209,21 @@ def plot_curves(params: dict[str, dict[str, float]], results: Sequence[dict[str,
 ProxyTrainFn = Callable[[pl.DataFrame, pl.DataFrame, int], dict[str, float]]
 
 
-def default_proxy_train_fn(model_name: str, run_dir: str | Path, train_cfg: dict | None = None) -> ProxyTrainFn:
-    """Proxy run: pipeline.training.train with a small budget, then the mean response NLL per validation domain."""
+def default_proxy_train_fn(train_fn: Callable[..., str], train_cfg: dict | None = None,
+                           max_length: int = 384) -> ProxyTrainFn:
+    """Proxy run: `train_fn(examples, seed, overrides)` (the flow's reference trainer) with a small budget,
+    then the token-weighted mean response NLL of the trained model per validation domain."""
 
     def proxy(train_examples: pl.DataFrame, validation: pl.DataFrame, seed: int) -> dict[str, float]:
-        from pipeline.evaluate import mean_response_nll
-        from pipeline.modeling import load_model, load_tokenizer
-        from pipeline.training import train
+        from pipeline.scorers import ScoreContext, get_scorer
 
-        out = Path(run_dir) / f"proxy-{_fingerprint(train_examples)}"
-        model_dir = train(model_name, train_examples, out, {"max_steps": 20, **(train_cfg or {})}, seed=seed)["model_dir"]
-        model, tok = load_model(model_dir), load_tokenizer(model_dir)
-        return {d: mean_response_nll(model, tok, validation.filter(pl.col("domain") == d), progress=False)
-                for d in sorted(set(validation.get_column("domain").to_list()))}
+        model_dir = train_fn(train_examples, seed, {"max_steps": 20, **(train_cfg or {})})
+        ctx = ScoreContext(model_name=model_dir, max_length=max_length, progress=False)
+        table = get_scorer("perplexity")(validation, ctx).with_columns(validation.get_column("domain"))
+        per_domain = table.group_by("domain").agg((pl.col("nll") * pl.col("n_tokens")).sum() / pl.col("n_tokens").sum())
+        return dict(per_domain.iter_rows())
 
     return proxy
-
-
-def _fingerprint(df: pl.DataFrame) -> str:
-    return hashlib.sha256("\n".join(df.get_column("id").to_list()).encode()).hexdigest()[:16]
 
 
 def _split(examples: pl.DataFrame, n_val: int, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -245,9 +241,9 @@ def run_proxies(pool: pl.DataFrame, validation: pl.DataFrame, plan: list[dict[st
     cache.mkdir(parents=True, exist_ok=True)
     results = []
     for entry in plan:
-        cfg = {"amounts": entry["amounts"], "seed": seed, "pool": _fingerprint(pool), "val": _fingerprint(validation),
+        cfg = {"amounts": entry["amounts"], "seed": seed, "pool": fingerprint(pool), "val": fingerprint(validation),
                **(key_extra or {})}
-        key = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        key = config_hash(cfg, 16)
         path = cache / f"proxy-{key}.json"
         if path.exists():
             results.append(json.loads(path.read_text()))
@@ -297,7 +293,8 @@ def datamix(scores: pl.DataFrame, seed: int = 0, context: SelectContext | None =
     run_dir = Path(ctx.run_dir or ".") / "datamix"
     proxy = ctx.proxy_train_fn
     if proxy is None:
-        if not ctx.model_name:
-            raise ValueError("datamix needs context.proxy_train_fn or context.model_name")
-        proxy = default_proxy_train_fn(ctx.model_name, run_dir, {**ctx.train_cfg, **cfg.get("train", {})})
+        if ctx.train_fn is None:
+            raise ValueError("datamix needs context.proxy_train_fn or context.train_fn, (examples, seed, overrides) "
+                             "-> model folder: flows pass pipeline.training.reference.reference_trainer")
+        proxy = default_proxy_train_fn(ctx.train_fn, {**ctx.train_cfg, **cfg.get("train", {})})
     return run_datamix(examples, proxy, cfg, run_dir, seed)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.io import read_json, write_json
-from pipeline.training import train
+from pipeline.core.io import read_json, write_json
+from pipeline.training.train import train
 
 
 def main(job_path: str) -> None:

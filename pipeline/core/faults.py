@@ -7,8 +7,6 @@ from __future__ import annotations
 import os
 import signal
 
-from transformers import TrainerCallback
-
 
 def crash_point(stage: str) -> int | None:
     """The step at which to crash in `stage`, if the environment asks for one."""
@@ -21,9 +19,3 @@ def maybe_crash(stage: str, step: int) -> None:
     if crash_point(stage) == step:
         os.kill(os.getpid(), signal.SIGKILL)
 
-
-class CrashAfterSave(TrainerCallback):
-    """Kill the process after the checkpoint of the configured step is on disk."""
-
-    def on_save(self, args, state, control, **kwargs):
-        maybe_crash("train", state.global_step)

@@ -1,7 +1,7 @@
 """Where training runs: in-process (default), or across processes with accelerate or torchrun.
 
-`train.launcher: accelerate` runs `pipeline.train_worker` under `accelerate launch` with the shipped
-FSDP config (`pipeline/configs/accelerate_fsdp.yaml`, or `train.accelerate_config`);
+`train.launcher: accelerate` runs `pipeline.training.worker` under `accelerate launch` with the shipped
+FSDP config (`pipeline/training/accelerate_fsdp.yaml`, or `train.accelerate_config`);
 `train.launcher: torchrun` runs it under `torch.distributed.run` (DDP; gloo on CPU). Both write the
 same model folder and metrics as the in-process path.
 """
@@ -15,9 +15,9 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from pipeline.io import read_json, write_json, write_parquet
+from pipeline.core.io import read_json, write_json, write_parquet
 
-FSDP_CONFIG = Path(__file__).parent / "configs" / "accelerate_fsdp.yaml"
+FSDP_CONFIG = Path(__file__).parent / "accelerate_fsdp.yaml"
 LAUNCHERS = ("local", "accelerate", "torchrun")
 
 
@@ -32,7 +32,7 @@ def launch_training(model: str, examples: pl.DataFrame, output_dir: str | Path, 
     accelerate_config = str(cfg.get("accelerate_config") or FSDP_CONFIG)
     cfg = {k: v for k, v in cfg.items() if k not in {"launcher", "num_processes", "accelerate_config"}}
     if launcher == "local":
-        from pipeline.training import train
+        from pipeline.training.train import train
 
         return train(model, examples, output_dir, cfg, seed=seed, weights=weights, token_columns=token_columns)
 
@@ -45,7 +45,7 @@ def launch_training(model: str, examples: pl.DataFrame, output_dir: str | Path, 
     write_json(job / "job.json", {"model": model, "output_dir": str(output_dir), "cfg": cfg, "seed": seed,
                                   "weights": weights, "examples": str(job / "examples.parquet"),
                                   "token_columns": tokens})
-    worker = ["-m", "pipeline.train_worker", str(job / "job.json")]
+    worker = ["-m", "pipeline.training.worker", str(job / "job.json")]
     if launcher == "accelerate":
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                accelerate_config, "--num_processes", n]

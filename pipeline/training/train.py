@@ -1,9 +1,9 @@
 """Fine-tuning through TRL's SFTTrainer on pre-tokenized examples (completion-only loss).
 
-Examples are tokenized by `pipeline.modeling.encode_examples`, the same path the scorers and the
+Examples are tokenized by `pipeline.models.loading.encode_examples`, the same path the scorers and the
 evaluation use, and handed to TRL as `input_ids` + `completion_mask`, from which TRL builds labels
 that ignore prompt tokens. The loss is a `pipeline.losses` token loss run by
-`pipeline.trainer.TokenLossSFTTrainer`; example weights and per-token columns (token labels,
+`pipeline.training.trainer.TokenLossSFTTrainer`; example weights and per-token columns (token labels,
 reference NLLs) travel with the examples to it.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 import polars as pl
 import torch
 
-from pipeline.modeling import encode_examples, load_model, load_tokenizer
+from pipeline.models.loading import encode_examples, load_model, load_tokenizer
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     "loss": "ce",
@@ -144,7 +144,7 @@ def train(model_name: str, examples: pl.DataFrame, output_dir: str | Path, cfg: 
     per-token columns (`token_label`, `ref_nll`) some losses need. Returns the training metrics.
     """
     from pipeline.losses import get_loss
-    from pipeline.trainer import TokenLossSFTTrainer, check_columns
+    from pipeline.training.trainer import TokenLossSFTTrainer, check_columns
 
     cfg = {**TRAIN_DEFAULTS, **cfg}
     loss = get_loss(cfg["loss"], **(cfg.get("loss_params") or {}))
@@ -200,7 +200,15 @@ def lora_config(options: dict | None):
 
 def crash_callbacks() -> list:
     """The crash-injection callback when SFT_PIPELINE_CRASH=train:N is set (resume tests), else none."""
-    from pipeline.faults import CrashAfterSave, crash_point
+    from transformers import TrainerCallback
+
+    from pipeline.core.faults import crash_point, maybe_crash
+
+    class CrashAfterSave(TrainerCallback):
+        """Kill the process after the checkpoint of the configured step is on disk."""
+
+        def on_save(self, args, state, control, **kwargs):
+            maybe_crash("train", state.global_step)
 
     return [CrashAfterSave()] if crash_point("train") is not None else []
 

@@ -8,8 +8,6 @@ overridden key exists, so a typo fails loudly instead of being ignored.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +97,3 @@ def load_recipe(name: str, overrides: list[str] | None = None) -> dict:
     config["_recipe_file"] = str(path)
     return config
 
-
-def config_hash(obj: Any) -> str:
-    """Stable short hash of any JSON-able configuration."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]

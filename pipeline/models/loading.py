@@ -11,7 +11,8 @@ from typing import Any
 import polars as pl
 import torch
 
-from pipeline.assets import resolve_model
+from pipeline.core.hashing import model_revision
+from pipeline.models.assets import resolve_model
 
 
 def device() -> torch.device:
@@ -23,6 +24,12 @@ def default_dtype() -> torch.dtype:
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
+
+
+def model_key(name: str) -> str:
+    """What a result computed with model `name` depends on: its content revision and the device and
+    dtype it runs in here (bf16 on a GPU gives other numbers than fp32 on a CPU)."""
+    return f"{model_revision(resolve_model(name))}:{device().type}-{str(default_dtype()).removeprefix('torch.')}"
 
 
 def load_tokenizer(name: str):

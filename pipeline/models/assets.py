@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.io import atomic_dir
+from pipeline.core.io import atomic_dir
 
 
 @dataclass(frozen=True)

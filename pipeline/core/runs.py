@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.io import write_text
+from pipeline.core.io import write_text
 
 
 def new_run_dir(config: dict, run_dir: str | Path | None = None) -> Path:

@@ -8,20 +8,18 @@ shards run in this process (default) or on Ray actors that each hold one model (
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import inspect
-import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from pipeline.data import fingerprint
-from pipeline.faults import maybe_crash
-from pipeline.io import read_json, write_json, write_parquet
+from pipeline.core.faults import maybe_crash
+from pipeline.core.hashing import code_version, config_hash, fingerprint, model_revision
+from pipeline.core.io import read_json, write_json, write_parquet
+from pipeline.models.assets import resolve_embedder, resolve_model
+from pipeline.models.loading import model_key
 from pipeline.scorers import ScoreContext, get_scorer
 
 TABLE = "scores.parquet"
@@ -70,50 +68,6 @@ def compute_scores(
 # Cache key parts.
 
 
-def model_revision(name_or_path: str) -> str:
-    """What identifies a model's weights.
-
-    A local folder: sha256 of its config.json and tokenizer files, plus name, size and mtime of
-    each weights file (hashing gigabytes of weights on every run would cost more than scoring).
-    A hub id: the commit of its locally cached snapshot when there is one, else the id itself.
-    """
-    from pipeline.assets import resolve_model
-
-    path = Path(name_or_path) if Path(name_or_path).exists() else Path(resolve_model(name_or_path))
-    if not path.is_dir():
-        return _hub_revision(name_or_path)
-    h = hashlib.sha256()
-    for f in sorted(path.iterdir()):
-        if f.name in {"config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"}:
-            h.update(f.name.encode() + f.read_bytes())
-        elif f.suffix in {".safetensors", ".bin", ".pt", ".gguf"}:
-            st = f.stat()
-            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return f"{path.name}@{h.hexdigest()[:16]}"
-
-
-def _hub_revision(repo_id: str) -> str:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(repo_id, "config.json")
-    except Exception:  # noqa: BLE001 - any failure just means "not cached"
-        cached = None
-    if isinstance(cached, str):
-        return f"{repo_id}@{Path(cached).parent.name}"
-    return repo_id
-
-
-def code_version(fn: Callable) -> str:
-    """A scorer's declared `VERSION` plus a hash of its module's source: edits invalidate its cache."""
-    module = sys.modules.get(getattr(fn, "__module__", ""), None)
-    try:
-        source = inspect.getsource(module) if module is not None else inspect.getsource(fn)
-    except (OSError, TypeError):
-        source = getattr(fn, "__qualname__", repr(fn))
-    return f"{getattr(fn, 'VERSION', '0')}:{hashlib.sha256(source.encode()).hexdigest()[:12]}"
-
-
 def _param_value(value: Any) -> Any:
     """A parameter as it enters the key: a model folder also contributes its revision."""
     if isinstance(value, str) and Path(value).is_dir() and (Path(value) / "config.json").exists():
@@ -132,10 +86,10 @@ def cache_key_parts(examples: pl.DataFrame, scorer: str, ctx: ScoreContext, para
         "dataset": fingerprint(examples),
         "models": _key_models(fn, params),
         "model": ctx.model_name,
-        "model_revision": model_revision(ctx.model_name) if getattr(fn, "uses_model", True) else None,
+        "model_revision": model_key(ctx.model_name) if getattr(fn, "uses_model", True) else None,
         "scorer": scorer,
         "params": _param_value(dict(params)),
-        "code_version": code_version(fn),
+        "code_version": f"{getattr(fn, 'VERSION', '0')}:{code_version('scorers', [scorer])}",
         "max_length": ctx.max_length,
         "seed": ctx.seed,
     }
@@ -143,8 +97,6 @@ def cache_key_parts(examples: pl.DataFrame, scorer: str, ctx: ScoreContext, para
 
 def _key_models(fn: Callable, params: dict[str, Any]) -> dict[str, str]:
     """Revisions of the extra models a scorer names in `key_models` (embedder, reference), defaults included."""
-    from pipeline.assets import resolve_embedder
-
     out = {}
     for name in getattr(fn, "key_models", ()):
         value = params.get(name)
@@ -152,14 +104,13 @@ def _key_models(fn: Callable, params: dict[str, Any]) -> dict[str, str]:
             default = inspect.signature(fn).parameters.get(name)
             value = None if default is None or default.default is inspect.Parameter.empty else default.default
         if isinstance(value, str):
-            out[name] = model_revision(resolve_embedder(value) if name == "embedder" else value)
+            out[name] = model_revision(resolve_embedder(value) if name == "embedder" else resolve_model(value))
     return out
 
 
 def cache_key(parts: dict) -> str:
-    """Short sha256 of the key parts."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:20]
+    """Short hash of the key parts."""
+    return config_hash(parts, 20)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,12 +119,6 @@ def cache_key(parts: dict) -> str:
 
 def _shard_path(entry: Path, i: int) -> Path:
     return entry / "shards" / f"{i:05d}.parquet"
-
-
-def _prepare(fn: Callable, examples: pl.DataFrame, ctx: ScoreContext, params: dict, entry: Path) -> dict:
-    """Run a scorer's once-per-table preparation (e.g. training a reference model) before sharding."""
-    prepare = getattr(fn, "prepare", None)
-    return dict(prepare(examples, ctx, dict(params), entry / "prepare")) if prepare else dict(params)
 
 
 def score_cached(
@@ -202,7 +147,7 @@ def score_cached(
         return final
     if not getattr(fn, "shardable", True):
         shard_size = max(examples.height, 1)
-    run_params = _prepare(fn, examples, ctx, params, entry)
+    run_params = params
     starts = list(range(0, examples.height, shard_size)) or [0]
     todo = [i for i in range(len(starts)) if not _shard_path(entry, i).exists()]
     shards = {i: examples.slice(starts[i], shard_size) for i in todo}
@@ -233,8 +178,3 @@ def _write_shard(entry: Path, i: int, result: Any, shard: pl.DataFrame, scorer: 
     if meta:
         write_json(meta_path(path), meta)
     write_parquet(path, table)
-
-
-def context_args(ctx: ScoreContext) -> dict[str, Any]:
-    """A ScoreContext's settings without its loaded model (what travels to a remote worker)."""
-    return {f.name: getattr(ctx, f.name) for f in dataclasses.fields(ctx) if not f.name.startswith("_")}

@@ -18,7 +18,7 @@ from typing import Any
 import polars as pl
 import yaml
 
-from pipeline.io import atomic_path, read_json
+from pipeline.core.io import atomic_path, read_json
 
 FRONT = ("id", "kept", "weight", "reason")
 OPS: dict[str, Callable[[Any, Any], Any]] = {
@@ -409,7 +409,7 @@ def card_entry(card: Path) -> dict[str, Any]:
 
 def list_report(output_dir: str | Path = "runs", cards_dir: str | Path = "data_cards") -> dict[str, Any]:
     """Runs under `output_dir` and data cards under `cards_dir`."""
-    from pipeline.runs import list_runs
+    from pipeline.core.runs import list_runs
 
     root = Path(cards_dir)
     cards = sorted(p for p in root.iterdir() if is_card(p)) if root.is_dir() else []

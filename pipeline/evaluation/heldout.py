@@ -6,15 +6,12 @@ sensitive signal; both are reported for the base and the tuned model.
 
 from __future__ import annotations
 
-import sys
-
-import numpy as np
 import polars as pl
-import torch
 
 from pipeline.data import final_answer
-from pipeline.modeling import encode_examples, prompt_text
-from pipeline.scorers.engine import response_mask, token_nll
+from pipeline.models.engine import response_mask, token_nll
+from pipeline.models.generate import generate
+from pipeline.models.loading import encode_examples
 
 
 def mean_response_nll(model, tokenizer, examples: pl.DataFrame, max_length: int = 512, progress: bool = True) -> float:
@@ -25,36 +22,6 @@ def mean_response_nll(model, tokenizer, examples: pl.DataFrame, max_length: int 
     total = sum(float(n[response_mask(e)].sum()) for e, n in zip(encoded, nlls, strict=True))
     count = sum(int(response_mask(e).sum()) for e in encoded)
     return total / max(count, 1)
-
-
-@torch.inference_mode()
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 160, batch_size: int = 16,
-             progress: bool = True) -> list[str]:
-    """Greedy completions for `prompts`, batched with left padding, longest prompts first."""
-    dev = next(model.parameters()).device
-    texts = [prompt_text(tokenizer, p) for p in prompts]
-    order = np.argsort([-len(t) for t in texts], kind="stable")
-    out: list[str] = [""] * len(texts)
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
-            gen = model.generate(
-                **enc, max_new_tokens=max_new_tokens, do_sample=False,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-            )
-            for row, i in enumerate(idx):
-                out[i] = tokenizer.decode(gen[row, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-            if progress:
-                print(f"\r[generate] {min(start + batch_size, len(order))}/{len(order)} prompts", end="",
-                      file=sys.stderr, flush=True)
-    finally:
-        tokenizer.padding_side = side
-    if progress and texts:
-        print(file=sys.stderr, flush=True)
-    return out
 
 
 def math_accuracy(model, tokenizer, examples: pl.DataFrame, max_new_tokens: int = 160, batch_size: int = 16,
@@ -71,7 +38,7 @@ def math_accuracy(model, tokenizer, examples: pl.DataFrame, max_new_tokens: int 
 
 def evaluate_model(model_name_or_dir: str, test: pl.DataFrame, cfg: dict, progress: bool = True) -> tuple[dict, pl.DataFrame]:
     """Accuracy on the first `cfg['n_generate']` test examples and NLL on all of them."""
-    from pipeline.modeling import load_model, load_tokenizer
+    from pipeline.models.loading import load_model, load_tokenizer
 
     tok = load_tokenizer(model_name_or_dir)
     model = load_model(model_name_or_dir)

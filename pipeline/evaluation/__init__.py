@@ -1,0 +1,1 @@
+"""Evaluation: held-out final-answer accuracy and response NLL of any model."""

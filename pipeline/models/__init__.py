@@ -1,0 +1,1 @@
+"""Models: offline assets, loading and tokenization, the batched token-NLL engine, generation, sentence embeddings."""

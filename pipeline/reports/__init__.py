@@ -1,0 +1,1 @@
+"""Reports: data cards and `pipeline inspect` over runs and cards."""
