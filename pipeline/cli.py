@@ -12,11 +12,20 @@ import sys
 from pathlib import Path
 
 
+def _recipe(args: argparse.Namespace) -> dict:
+    """The resolved recipe (every key and part checked before anything runs); notes go to stderr."""
+    from pipeline.flows.recipe import resolve_recipe
+
+    config, notes = resolve_recipe(args.recipe, args.set)
+    for note in notes:
+        print(f"[pipeline] note: {note}", file=sys.stderr, flush=True)
+    return config
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.core.config import load_recipe
     from pipeline.core.runs import new_run_dir
 
-    config = load_recipe(args.recipe, args.set)
+    config = _recipe(args)
     run_dir = new_run_dir(config, args.run_dir)
     print(f"[pipeline] recipe {config['name']} -> run dir {run_dir}", flush=True)
     from pipeline.flows import get_flow
@@ -44,10 +53,9 @@ def _print_summary(m: dict) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a recipe's flow on a cron schedule (Prefect `serve`); each run gets its own run dir."""
-    from pipeline.core.config import load_recipe
     from pipeline.flows import get_flow
 
-    config = load_recipe(args.recipe, args.set)
+    config = _recipe(args)
     flow_fn = get_flow(config.get("flow", "sft_math"))
     name = args.name or config["name"]
     if args.dry_run:
@@ -60,6 +68,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
+    """List recipes, or print one resolved (every default filled in, overrides applied) as YAML."""
+    if args.show:
+        import yaml
+
+        config = _recipe(argparse.Namespace(recipe=args.show, set=args.set))
+        print(yaml.safe_dump(config, sort_keys=False), end="")
+        return 0
     from pipeline.core.config import list_recipes
 
     for r in list_recipes():
@@ -168,7 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true", help="build and print the deployment, do not serve")
     s.set_defaults(fn=cmd_serve)
 
-    sub.add_parser("recipes", help="list recipes").set_defaults(fn=cmd_recipes)
+    c = sub.add_parser("recipes", help="list recipes, or --show one with every default resolved")
+    c.add_argument("--show", metavar="RECIPE", help="print the resolved recipe as YAML (with --set overrides)")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    c.set_defaults(fn=cmd_recipes)
 
     i = sub.add_parser("ingest", help="validate a JSONL/parquet/datasets source into examples + quarantine")
     i.add_argument("source")

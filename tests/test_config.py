@@ -1,34 +1,86 @@
-"""Recipes: YAML plus key=value overrides, with typos rejected."""
+"""Recipes: YAML plus key=value overrides, checked against typed sections and each part's parameters."""
 
 from __future__ import annotations
 
 import pytest
 
-from pipeline.core.config import apply_overrides, list_recipes, load_recipe
+from pipeline.core.config import (
+    ConfigError,
+    apply_overrides,
+    list_recipes,
+    load_recipe,
+    section_defaults,
+)
+from pipeline.flows.recipe import resolve_recipe
 
 
-def test_overrides_parse_yaml_values():
+def test_overrides_parse_yaml_values_and_defaults_fill_in():
     cfg = load_recipe("sft-math", ["train.max_steps=20", "select.fraction=0.25", "eval.n_generate=4",
-                                   "train.loss_params.tau=0.5", "select.keep=[0.1, 0.9]", "model=some/hub-id"])
+                                   "train.loss=talr", "train.loss_params.tau=0.5", "model=some/hub-id"])
     assert cfg["train"]["max_steps"] == 20
     assert cfg["select"]["fraction"] == 0.25
     assert cfg["train"]["loss_params"] == {"tau": 0.5}
-    assert cfg["select"]["keep"] == [0.1, 0.9]
     assert cfg["model"] == "some/hub-id"
+    assert cfg["train"]["masked_thought"] == section_defaults("train")["masked_thought"]  # not in the file
+    assert cfg["score"]["max_length"] == cfg["train"]["max_length"] == cfg["eval"]["max_length"] == 384
 
 
-def test_unknown_keys_fail_loudly():
-    with pytest.raises(KeyError, match="train.max_step"):
-        load_recipe("sft-math", ["train.max_step=20"])
-    with pytest.raises(KeyError, match="unknown section"):
-        apply_overrides({"a": {}}, ["b.c=1"])
-    with pytest.raises(ValueError, match="key=value"):
+@pytest.mark.parametrize("override, key", [
+    ("train.max_step=20", "train.max_step: unknown key (allowed here:"),
+    ("data.n_train=0", "data.n_train: input should be greater than 0"),
+    ("data.n_train=-3", "data.n_train: input should be greater than 0"),
+    ("select.keep=[0.1,", "select.keep: value '[0.1,' is not valid YAML"),
+    ("train.masked_thought.replace=foo", "train.masked_thought.replace: input should be 'random' or 'mask'"),
+    ("train.lora.rank=8", "train.lora.rank: unknown key (allowed here: alpha, dropout, r, target_modules)"),
+    ("score.executor=spark", "score.executor: input should be 'local' or 'ray'"),
+    ("train.max_steps.x=1", "train.max_steps: input should be a valid integer"),
+])
+def test_mistakes_name_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        load_recipe("sft-math", [override])
+    assert str(err.value).startswith(key)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["train.loss_params.gama=2"], "train.loss_params.gama: ce has no parameter 'gama'"),
+    (["train.loss=talr", "train.loss_params.tau=hot"], "train.loss_params.tau:"),
+    (["train.loss=nope"], "train.loss: unknown loss 'nope'"),
+    (["train.loss=no_such_module:Loss"], "train.loss: cannot load 'no_such_module:Loss'"),
+    (["select.fraktion=0.3"], "select.fraktion: fraction has no parameter 'fraktion'"),
+    (["select.column=ppl", "select.keep=0.5", "select.rule=quantile"], "select.keep:"),
+    (["select.rule=top_k", "select.k=5", "select.order=sideways"], "select.order:"),
+    (["score.params.ful_text=true"], "score.params.ful_text: perplexity has no parameter 'ful_text'"),
+    (["flow=nope"], "flow: unknown flow 'nope'"),
+])
+def test_part_parameters_are_checked_before_anything_runs(overrides, key):
+    with pytest.raises(ConfigError) as err:
+        resolve_recipe("sft-math", overrides)
+    assert str(err.value).startswith(key)
+
+
+def test_switching_the_rule_drops_the_old_rules_parameters():
+    """The README's example: the recipe's `fraction` rule keys go, the shared `column` stays."""
+    cfg, notes = resolve_recipe("sft-math", ["select.rule=quantile", "select.keep=[0.1, 0.9]"])
+    assert cfg["select"] == {"rule": "quantile", "column": "ppl", "keep": [0.1, 0.9]}
+    assert notes and "fraction, order" in notes[0]
+    cfg, _ = resolve_recipe("sft-math", ["select.rule=top_k", "select.k=5"])
+    assert cfg["select"] == {"rule": "top_k", "column": "ppl", "k": 5}
+    with pytest.raises(ConfigError, match="select.fraction: quantile has no parameter"):
+        resolve_recipe("sft-math", ["select.rule=quantile", "select.fraction=0.3"])  # given, so checked
+
+
+def test_apply_overrides_rejects_non_assignments():
+    with pytest.raises(ConfigError, match="key=value"):
         apply_overrides({"a": 1}, ["a"])
 
 
-def test_recipes_are_listed_with_descriptions():
+def test_recipes_are_listed_with_descriptions(tmp_path, monkeypatch):
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "broken.yaml").write_text("name: [unclosed\n")
+    monkeypatch.chdir(tmp_path)
     names = {r["name"]: r["description"] for r in list_recipes()}
     assert "sft-math" in names and names["sft-math"]
+    assert names["broken"].startswith("(invalid:") and "broken.yaml:2: not valid YAML" in names["broken"]
 
 
 def test_unknown_recipe_names_known_ones():

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from pipeline.cli import main
 
@@ -49,3 +50,47 @@ def test_serve_builds_a_cron_deployment(capsys):
     assert main(["serve", "curate-math", "--cron", "0 2 * * *", "--dry-run"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out == {"deployment": "curate-math", "flow": "curate", "schedules": ["0 2 * * *"]}
+
+
+USER_LOSS = '''
+from pipeline.losses.base import LossContext, TokenLoss
+
+
+class Scaled(TokenLoss):
+    """Cross-entropy times a constant: editing the constant must retrain."""
+
+    def per_token(self, nll, ctx: LossContext):
+        return {scale} * nll / ctx.counts["tokens"]
+'''
+
+
+def test_editing_a_user_loss_file_retrains_and_nothing_else_does(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    """Cache keys cover the code: a `module:attr` loss edited between two runs retrains; an unedited run reuses."""
+    from pipeline.data import load_math
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "edited_loss_mod.py").write_text(USER_LOSS.format(scale=1.0))
+    subset = tmp_path / "subset.parquet"
+    load_math("gsm_symbolic", n_train=4, n_val=1, n_test=1, seed=0)["train"].write_parquet(subset)
+
+    def run(name: str) -> dict:
+        args = ["run", "train-subset", "--run-dir", str(tmp_path / name)]
+        for s in (f"model={tiny_model_dir}", f"cache_dir={tmp_path / 'cache'}", f"data.subset={subset}",
+                  "train.loss=edited_loss_mod:Scaled", "train.max_steps=1", "train.batch_size=4",
+                  "train.max_length=128"):
+            args += ["--set", s]
+        assert main(args) == 0
+        return json.loads((tmp_path / name / "metrics.json").read_text())
+
+    first = run("a")
+    assert "training on 4 examples" in capsys.readouterr().out
+    again = run("b")
+    assert "training on" not in capsys.readouterr().out  # nothing edited: nothing recomputed
+    assert (tmp_path / "b" / "model").resolve() == (tmp_path / "a" / "model").resolve()
+    assert again["train"]["train_loss"] == first["train"]["train_loss"]
+
+    (tmp_path / "edited_loss_mod.py").write_text(USER_LOSS.format(scale=3.0))
+    edited = run("c")
+    assert "training on 4 examples" in capsys.readouterr().out
+    assert (tmp_path / "c" / "model").resolve() != (tmp_path / "a" / "model").resolve()
+    assert edited["train"]["train_loss"] == pytest.approx(3.0 * first["train"]["train_loss"], rel=1e-4)

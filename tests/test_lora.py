@@ -26,6 +26,6 @@ def test_lora_trains_and_saves_a_merged_model(tmp_path, tiny_model_dir):
 def test_lora_config_rejects_unknown_keys():
     assert lora_config(None) is None
     assert lora_config({"r": 8}).r == 8
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match="train.lora.rank: unknown key"):
         lora_config({"rank": 8})
 

@@ -11,7 +11,7 @@ import torch
 
 from pipeline.losses import get_loss
 from pipeline.losses.base import shift_columns
-from pipeline.training.train import TRAIN_DEFAULTS, build_dataset, sft_config, train
+from pipeline.training.train import build_dataset, sft_config, train, train_settings
 
 PROMPTS = ["What is 2+2?", "Name a color.", "Say hi.", "Count to three.", "Spell cat.", "Largest planet?"]
 RESPONSES = ["4", "Blue is a color I like.", "Hi there!", "One, two, three.", "C, A, T.", "Jupiter is."]
@@ -40,7 +40,7 @@ def token_columns(tokenizer, examples):
 def make_trainer(tiny_model_dir, tmp_path, examples, loss_name="ce", trl_dft=False, **loss_params):
     """Our trainer (or TRL's plain SFTTrainer with loss_type=dft) on a fresh tiny model, no shuffling."""
     tokenizer, model = load(tiny_model_dir)
-    cfg = {**TRAIN_DEFAULTS, "loss": "dft" if trl_dft else loss_name, "max_steps": 10, "batch_size": 6}
+    cfg = train_settings({"loss": "dft" if trl_dft else loss_name, "max_steps": 10, "batch_size": 6})
     args = sft_config(cfg, tmp_path / ("trl" if trl_dft else loss_name), 0)
     args.shuffle_dataset = False
     cols = token_columns(tokenizer, examples)

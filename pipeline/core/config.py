@@ -1,25 +1,173 @@
-"""Recipes: plain YAML data (name, description, flow, configs) with torchtune-style overrides.
+"""Recipes: plain YAML data with torchtune-style `key=value` overrides, checked against typed sections.
 
 `pipeline run sft-math --set train.max_steps=20 --set select.fraction=0.5` loads
-`recipes/sft-math.yaml`, applies each `key=value` (value parsed as YAML) and checks every
-overridden key exists, so a typo fails loudly instead of being ignored.
+`recipes/sft-math.yaml`, applies each override (values parsed as YAML) and validates the whole
+recipe against `Recipe`, whose sections hold the one default of every key: a recipe file only says
+what it changes. A misspelt key, a value of the wrong type or a bad YAML value raises `ConfigError`
+naming the key path and the keys allowed there. A part's own free parameters (`select`,
+`score.params`, `train.loss_params`) are checked against that part's declared parameters by
+`pipeline.flows.recipe`, which knows the registries.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import pydantic
 import yaml
+from pydantic import BaseModel, ConfigDict, Field
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from pipeline.core.registry import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+
+# Short names a recipe may use for the offline defaults (see pipeline.models.assets).
+DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_EMBEDDER = "all-minilm-l6-v2"
+# Tokens per example where scoring, training and evaluation tokenize (sft-math's examples fit).
+DEFAULT_MAX_LENGTH = 384
+
+
+def cache_dir() -> Path:
+    """Where converted models, stage outputs and references live ($SFT_PIPELINE_CACHE)."""
+    root = os.environ.get("SFT_PIPELINE_CACHE") or Path.home() / ".cache" / "sft-pipeline"
+    return Path(root)
+
+
+# ---------------------------------------------------------------------------------------------
+# Typed sections: the one default of every recipe key.
+
+
+class Section(BaseModel):
+    """A recipe section: unknown keys are errors, values are validated on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataSection(Section):
+    dataset: str = "gsm_symbolic"  # offline (reasoning-gym); gsm8k loads openai/gsm8k online
+    n_train: int = Field(96, gt=0)
+    n_val: int = Field(16, gt=0)
+    n_test: int = Field(48, gt=0)
+    subset: str | None = None  # the train flow's input: a data card folder or a parquet of examples
+
+
+class ScoreSection(Section):
+    scorer: str | list[str] = "perplexity"  # a registered scorer, module:attr, or a list of them
+    params: dict[str, Any] = {}  # the scorer's parameters; with a list, {scorer: {...}}
+    max_length: int = Field(DEFAULT_MAX_LENGTH, gt=0)  # tokens per example (prompt truncated from the left)
+    max_tokens: int | None = Field(None, gt=0)  # padded tokens per batch; None = 1024 on CPU, 16384 on GPU
+    shard_size: int = Field(1024, gt=0)  # rows per resumable shard
+    executor: Literal["local", "ray"] = "local"
+    num_workers: int = Field(2, gt=0)  # Ray actors
+
+
+class MaskedThoughtSection(Section):
+    """Masked Thought (arXiv 2403.02178): corrupt response input tokens; p=0 is off."""
+
+    p: float = Field(0.0, ge=0, le=1)
+    cap: float = Field(0.4, ge=0, le=1)
+    ramp_steps: int = Field(0, ge=0)
+    replace: Literal["random", "mask"] = "random"
+
+
+class TokenLabelsSection(Section):
+    """Per-token labels for forgetting / token_cleaning / rho1 from base vs a reference model."""
+
+    method: Literal["forgetting", "token_cleaning", "rho1"] | None = None  # default: the loss name
+    fraction: float | None = Field(None, ge=0, le=1)  # rho (forgetting, 0.7) / keep (token_cleaning, 0.6)
+    reference: str | None = None  # a reference model; None = fine-tune the base on the kept set (cached)
+    reference_train: dict[str, Any] = {}  # train settings of that reference (pipeline.training.reference)
+
+
+class LoraSection(Section):
+    """LoRA through peft; the saved model is merged."""
+
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"
+
+
+class TrainSection(Section):
+    loss: str = "ce"  # ce | dft | talr | forgetting | token_cleaning | rho1 | module:attr
+    loss_params: dict[str, Any] = {}
+    masked_thought: MaskedThoughtSection = MaskedThoughtSection()
+    token_labels: TokenLabelsSection = TokenLabelsSection()
+    epochs: float = Field(1, gt=0)
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = Field(8, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    learning_rate: float = Field(5e-5, gt=0)
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_beta2: float = Field(0.95, gt=0, lt=1)
+    max_length: int = Field(DEFAULT_MAX_LENGTH, gt=0)
+    gradient_checkpointing: bool = False
+    logging_steps: int = Field(1, gt=0)
+    save_steps: int = Field(0, ge=0)  # > 0 writes checkpoints that a re-run resumes from
+    lora: LoraSection | None = None  # e.g. {r: 16, alpha: 32}; None = full fine-tune
+    launcher: Literal["local", "accelerate", "torchrun"] = "local"
+    num_processes: int | None = Field(None, gt=0)  # default: the GPU count (1 on CPU)
+    accelerate_config: str | None = None  # default: the shipped FSDP config
+
+
+class EvalSection(Section):
+    n_generate: int = Field(24, ge=0)  # greedy generations for accuracy (the slow part on CPU)
+    max_new_tokens: int = Field(160, gt=0)
+    batch_size: int = Field(12, gt=0)
+    max_length: int = Field(DEFAULT_MAX_LENGTH, gt=0)
+
+
+class Recipe(Section):
+    """A whole recipe: which flow, on what model and data, and each stage's settings."""
+
+    name: str
+    description: str = ""
+    flow: str = "sft_math"
+    seed: int = 0
+    model: str = DEFAULT_MODEL  # offline default; any hub id or local folder works online
+    output_dir: str = "runs"
+    cards_dir: str = "data_cards"
+    cache_dir: str | None = None  # stage cache; None = $SFT_PIPELINE_CACHE/stages
+    data: DataSection = DataSection()
+    score: ScoreSection = ScoreSection()
+    select: dict[str, Any] | list[dict[str, Any]] = {"rule": "all"}  # a rule and its parameters, or a list
+    train: TrainSection = TrainSection()
+    eval: EvalSection = EvalSection()
+    recipe_file: str | None = None  # where it was loaded from (not part of any cache key)
+
+
+def section_defaults(section: str) -> dict[str, Any]:
+    """The defaults of one section (`train`, `eval`, ...) as a plain dict."""
+    return Recipe.model_fields[section].default.model_dump()
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding and loading recipes.
 
 
 def recipe_dirs() -> list[Path]:
     """Folders searched for recipes: ./recipes, then the project's own recipes/."""
     dirs = [Path.cwd() / "recipes", REPO_ROOT / "recipes"]
     return [d for d in dict.fromkeys(dirs) if d.is_dir()]
+
+
+def read_yaml(path: Path) -> dict:
+    """A recipe file as a mapping, or a ConfigError naming the file and line."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(where, f"not valid YAML ({getattr(err, 'problem', None) or err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), "a recipe must be a mapping at the top level")
+    return data
 
 
 def find_recipe(name: str) -> Path:
@@ -37,63 +185,92 @@ def find_recipe(name: str) -> Path:
 
 
 def list_recipes() -> list[dict[str, str]]:
-    """Name, description and file of every recipe found."""
+    """Name, description and file of every recipe found; a broken file is listed with its error."""
     seen: dict[str, dict[str, str]] = {}
     for d in recipe_dirs():
         for path in sorted(d.glob("*.y*ml")):
-            data = yaml.safe_load(path.read_text()) or {}
-            name = data.get("name", path.stem)
-            seen.setdefault(name, {"name": name, "description": data.get("description", ""), "file": str(path)})
+            try:
+                data = read_yaml(path)
+                name, desc = str(data.get("name", path.stem)), str(data.get("description", ""))
+            except ConfigError as err:
+                name, desc = path.stem, f"(invalid: {err})"
+            seen.setdefault(name, {"name": name, "description": desc, "file": str(path)})
     return list(seen.values())
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`a.b.c=value` -> (['a','b','c'], parsed value); values are YAML (numbers, lists, null...)."""
     key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise ValueError(f"override {text!r} is not key=value")
-    return key.strip().split("."), yaml.safe_load(value) if value.strip() else ""
+    if not sep or not key.strip():
+        raise ConfigError("--set", f"{text!r} is not key=value")
+    keys = key.strip().split(".")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(key.strip(), f"value {value!r} is not valid YAML "
+                                       f"({getattr(err, 'problem', None) or 'parse error'})") from None
+    return keys, parsed
 
 
-def apply_overrides(config: dict, overrides: list[str], allow_new: bool = False) -> dict:
-    """Return a copy of `config` with every `key=value` applied; unknown keys are an error."""
+def apply_overrides(config: dict, overrides: list[str]) -> dict:
+    """A copy of `config` with every `key=value` set (sections created as needed; `validate` checks keys)."""
     config = copy.deepcopy(config)
     for text in overrides:
         keys, value = parse_override(text)
         node = config
         for i, k in enumerate(keys[:-1]):
-            if not isinstance(node.get(k), dict):
-                if k in node and node[k] is not None and not allow_new:
-                    raise KeyError(f"override {text!r}: {'.'.join(keys[: i + 1])} is not a section")
-                if k not in node and not allow_new and not _is_open(keys[:i]):
-                    raise KeyError(f"override {text!r}: unknown section {'.'.join(keys[: i + 1])!r}")
+            if node.get(k) is None:
                 node[k] = {}
+            elif not isinstance(node[k], dict):
+                raise ConfigError(".".join(keys[: i + 1]), f"is a value ({node[k]!r}), not a section: "
+                                                           f"cannot set {'.'.join(keys)}")
             node = node[k]
-        last = keys[-1]
-        if last not in node and not allow_new and not _is_open(keys[:-1]):
-            known = ", ".join(sorted(node)) or "none"
-            raise KeyError(f"override {text!r}: unknown key {'.'.join(keys)!r} (known here: {known})")
-        node[last] = value
+        node[keys[-1]] = value
     return config
 
 
-OPEN_SECTIONS = {"select"}
+def validate(config: dict) -> Recipe:
+    """The recipe as typed sections with every default filled in, or a ConfigError naming the key."""
+    return check_section(Recipe, config)
 
 
-def _is_open(path: list[str]) -> bool:
-    """Sections that hold a part's own free options accept new keys: `select` (the rule's parameters)
-    and any section named `*params` (a loss's, a scorer's)."""
-    return any(k.endswith("params") or k in OPEN_SECTIONS for k in path)
+def check_section(model: type[Section], data: dict | None, prefix: str = "") -> Any:
+    """`data` validated as `model` (defaults filled in); a ConfigError names `prefix.key` and the allowed keys."""
+    try:
+        return model.model_validate(data or {})
+    except pydantic.ValidationError as err:
+        e = err.errors()[0]
+        loc = [str(x) for x in e["loc"] if not isinstance(x, int)]
+        key = ".".join([prefix, *loc] if prefix else loc)
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model, loc[:-1])
+            raise ConfigError(key, f"unknown key (allowed here: {', '.join(allowed)})") from None
+        if e["type"] == "missing":
+            raise ConfigError(key, "is required") from None
+        raise ConfigError(key, f"{e['msg'][:1].lower()}{e['msg'][1:]}, got {e.get('input')!r}") from None
+
+
+def _allowed_keys(model: Any, path: list[str]) -> list[str]:
+    """Field names of the section at `path` below `model` (e.g. ['train', 'masked_thought'])."""
+    for part in path:
+        field = model.model_fields.get(part)
+        ann = field.annotation if field else None
+        model = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)),
+                     None)
+        if model is None:
+            return []
+    return sorted(model.model_fields)
+
+
+def load_raw(name: str, overrides: list[str] | None = None) -> dict:
+    """A recipe file by name or path with overrides applied, not yet validated."""
+    path = find_recipe(name)
+    config = apply_overrides(read_yaml(path), overrides or [])
+    config.setdefault("name", path.stem)
+    config["recipe_file"] = str(path)
+    return config
 
 
 def load_recipe(name: str, overrides: list[str] | None = None) -> dict:
-    """Load a recipe by name or path and apply overrides; the result is the resolved config."""
-    path = find_recipe(name)
-    config = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: a recipe must be a mapping at the top level")
-    config = apply_overrides(config, overrides or [])
-    config.setdefault("name", path.stem)
-    config["_recipe_file"] = str(path)
-    return config
-
+    """Load, override and validate a recipe; the result is the resolved config with every default."""
+    return validate(load_raw(name, overrides)).model_dump()

@@ -102,6 +102,8 @@ class Registry:
         """Decorator: `@registry.register("name")`."""
 
         def deco(obj: Any) -> Any:
+            if isinstance(obj, type) and issubclass(obj, Part):
+                obj.name = name
             self._items[name] = obj
             return obj
 
@@ -127,12 +129,26 @@ class Registry:
         return sorted(names)
 
 
+_LOADED: dict[str, bytes] = {}  # source of each user module as imported
+
+
 def import_user_module(module: str) -> Any:
-    """Import `module`, also from the working directory (as `python -m` would), where user parts live."""
+    """Import `module`, also from the working directory (as `python -m` would), where user parts live.
+
+    A module whose file changed since it was imported is reloaded, so a long-lived process
+    (`pipeline serve`, a notebook) runs the code its cache keys were computed from.
+    """
     try:
-        return importlib.import_module(module)
+        mod = importlib.import_module(module)
     except ModuleNotFoundError as err:
         if err.name != module.split(".")[0] or os.getcwd() in sys.path:
             raise
         sys.path.insert(0, os.getcwd())
-        return importlib.import_module(module)
+        mod = importlib.import_module(module)
+    path = getattr(mod, "__file__", None)
+    if path and os.path.exists(path):
+        source = open(path, "rb").read()  # noqa: SIM115 - small file, read once
+        if module in _LOADED and _LOADED[module] != source:
+            mod = importlib.reload(mod)
+        _LOADED[module] = source
+    return mod

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import polars as pl
 
+from pipeline.core.config import DEFAULT_MAX_LENGTH, EvalSection
 from pipeline.data import final_answer
 from pipeline.models.engine import response_mask, token_nll
 from pipeline.models.generate import generate
 from pipeline.models.loading import encode_examples
 
 
-def mean_response_nll(model, tokenizer, examples: pl.DataFrame, max_length: int = 512, progress: bool = True) -> float:
+def mean_response_nll(model, tokenizer, examples: pl.DataFrame, max_length: int = DEFAULT_MAX_LENGTH,
+                      progress: bool = True) -> float:
     """Token-weighted mean NLL of the response tokens of `examples`."""
     encoded = encode_examples(tokenizer, examples, max_length)
     nlls = token_nll(model, encoded, pad_id=tokenizer.pad_token_id or 0, progress=progress, desc="eval nll",
@@ -36,14 +38,14 @@ def math_accuracy(model, tokenizer, examples: pl.DataFrame, max_new_tokens: int 
     return (sum(correct) / max(len(correct), 1)), table
 
 
-def evaluate_model(model_name_or_dir: str, test: pl.DataFrame, cfg: dict, progress: bool = True) -> tuple[dict, pl.DataFrame]:
+def evaluate_model(model_name_or_dir: str, test: pl.DataFrame, cfg: dict | None = None, progress: bool = True) -> tuple[dict, pl.DataFrame]:
     """Accuracy on the first `cfg['n_generate']` test examples and NLL on all of them."""
     from pipeline.models.loading import load_model, load_tokenizer
 
     tok = load_tokenizer(model_name_or_dir)
     model = load_model(model_name_or_dir)
-    nll = mean_response_nll(model, tok, test, int(cfg.get("max_length", 512)), progress)
-    gen_set = test.head(int(cfg.get("n_generate", test.height)))
-    acc, table = math_accuracy(model, tok, gen_set, int(cfg.get("max_new_tokens", 160)),
-                               int(cfg.get("batch_size", 16)), progress)
+    settings = EvalSection.model_validate(cfg or {})
+    nll = mean_response_nll(model, tok, test, settings.max_length, progress)
+    gen_set = test.head(settings.n_generate)
+    acc, table = math_accuracy(model, tok, gen_set, settings.max_new_tokens, settings.batch_size, progress)
     return {"accuracy": acc, "nll": nll, "n_nll": test.height, "n_generate": gen_set.height}, table

@@ -10,6 +10,7 @@ from prefect import flow
 from pipeline.core.io import write_json
 from pipeline.flows import stages
 from pipeline.flows.common import cache_root, ensure_run_dir, publish_artifacts
+from pipeline.flows.recipe import resolve_config
 from pipeline.models.loading import model_key
 
 
@@ -42,6 +43,7 @@ def stage_counts(selection: dict) -> list[dict[str, Any]]:
 @flow(name="curate")
 def curate_flow(config: dict, run_dir: str | None = None) -> dict:
     """Score and select a subset and write its data card; returns the summary in run_dir/metrics.json."""
+    config = resolve_config(config)
     run_dir = ensure_run_dir(config, run_dir)
     out = curate_stages(config, run_dir)
     sel = out["selection"]

@@ -11,12 +11,14 @@ from pipeline.core.io import write_json
 from pipeline.flows import stages
 from pipeline.flows.common import cache_root, ensure_run_dir, publish_artifacts
 from pipeline.flows.curate import curate_stages, stage_counts
+from pipeline.flows.recipe import resolve_config
 from pipeline.models.loading import model_key
 
 
 @flow(name="sft-math")
 def sft_math_flow(config: dict, run_dir: str | None = None) -> dict:
     """Run the whole recipe; returns the metrics also written to run_dir/metrics.json."""
+    config = resolve_config(config)
     run_dir = ensure_run_dir(config, run_dir)
     seed, root = int(config.get("seed", 0)), cache_root(config)
     t0 = time.perf_counter()

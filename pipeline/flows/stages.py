@@ -23,6 +23,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from pipeline.core.hashing import code_version, config_hash, file_hash, fingerprint
 from pipeline.core.io import read_json, write_json, write_parquet
+from pipeline.flows.recipe import scorer_list, select_steps
 
 CACHE = INPUTS + TASK_SOURCE
 TASK_OPTIONS: dict[str, Any] = {"cache_policy": CACHE, "persist_result": True}
@@ -51,7 +52,7 @@ def stage_code(stage: str, cfg: Any = None) -> str:
         rules = [step.get("rule", "") for step in select_steps(cfg)]
         return code_version("training" if set(rules) & {"clear", "datamix"} else "selectors", rules)
     if stage == "train":
-        return code_version("training", [cfg.get("loss", "ce")])
+        return code_version("training", [cfg["loss"]])
     return code_version({"data": "data", "eval": "evaluation"}[stage])
 
 
@@ -140,16 +141,6 @@ def load_subset(path: str, content_hash: str, cache_root: str) -> dict[str, Any]
             "selection": {"path": str(sel_path), "hash": file_hash(sel_path)}}
 
 
-def scorer_list(cfg: dict) -> list[tuple[str, dict]]:
-    """`score.scorer` names one scorer or a list; `score.params` holds one scorer's parameters, or a
-    mapping from scorer name to its parameters when several run."""
-    names = cfg["scorer"] if isinstance(cfg["scorer"], list) else [cfg["scorer"]]
-    params = cfg.get("params") or {}
-    if len(names) == 1 and names[0] not in params:
-        return [(names[0], params)]
-    return [(name, params.get(name) or {}) for name in names]
-
-
 @task(name="score", **TASK_OPTIONS)
 def score(train: dict, model: str, model_rev: str, cfg: dict, seed: int, cache_root: str, code: str) -> dict:
     """Score every training example with each scorer (cached per scorer, resumable per shard)."""
@@ -159,15 +150,14 @@ def score(train: dict, model: str, model_rev: str, cfg: dict, seed: int, cache_r
     out = stage_dir(cache_root, "scores", train["fingerprint"], model_rev, cfg, seed, code) / "scores.parquet"
     if not out.exists():
         examples = pl.read_parquet(train["path"])
-        ctx = ScoreContext(model_name=model, max_length=int(cfg.get("max_length", 512)),
-                           max_tokens=cfg.get("max_tokens"), seed=seed)
+        ctx = ScoreContext(model_name=model, max_length=cfg["max_length"], max_tokens=cfg["max_tokens"], seed=seed)
         table = examples.select("id")
         for name, params in scorer_list(cfg):
             t0 = time.perf_counter()
             params = with_reference(name, params, examples, ctx, cache_root)
             path = score_cached(examples, name, ctx, Path(cache_root) / "scorers", params,
-                                shard_size=int(cfg.get("shard_size", 1024)),
-                                executor=cfg.get("executor", "local"))
+                                shard_size=cfg["shard_size"], executor=cfg["executor"],
+                                num_workers=cfg["num_workers"])
             part = pl.read_parquet(path)
             clash = (set(part.columns) & set(table.columns)) - {"id"}
             if clash:
@@ -193,11 +183,6 @@ def with_reference(scorer: str, params: dict, examples: pl.DataFrame, ctx, cache
     reference = reference_model(ctx.model_name, examples, cache_root, cfg, ctx.seed)
     log(f"{scorer}: reference model {reference} ({time.perf_counter() - t0:.0f}s)")
     return {**params, "reference": reference}
-
-
-def select_steps(cfg: dict | list) -> list[dict]:
-    """A recipe's `select` is one rule (a mapping) or a list of rules applied in order."""
-    return [dict(step) for step in (cfg if isinstance(cfg, list) else [cfg])]
 
 
 @task(name="select", **TASK_OPTIONS)
@@ -240,7 +225,7 @@ def train_model(train: dict, selection: dict, model: str, model_rev: str, cfg: d
         kept = examples.join(kept_sel.select("id", "weight"), on="id", how="inner", maintain_order="left")
         weights = kept.get_column("weight").to_list()
         uniform = all(abs(w - 1.0) < 1e-12 for w in weights)
-        log(f"training on {kept.height} examples with loss {cfg.get('loss', 'ce')}")
+        log(f"training on {kept.height} examples with loss {cfg['loss']}")
         kept = kept.drop("weight")
         metrics = launch_training(model, kept, out, cfg, seed=seed, weights=None if uniform else weights,
                                   token_columns=token_columns_for(kept, model, cfg, seed, cache_root))
@@ -254,12 +239,11 @@ def token_columns_for(kept: pl.DataFrame, model: str, cfg: dict, seed: int, cach
     from pipeline.losses import get_loss
     from pipeline.training.token_labels import training_columns
 
-    loss = get_loss(cfg.get("loss", "ce"), **(cfg.get("loss_params") or {}))
+    loss = get_loss(cfg["loss"], **cfg["loss_params"])
     if not getattr(loss, "requires", ()):
         return None
     t0 = time.perf_counter()
-    columns = training_columns(kept, str(cfg.get("loss")), model, int(cfg.get("max_length", 512)), cache_root,
-                               cfg.get("token_labels"), seed)
+    columns = training_columns(kept, cfg["loss"], model, cfg["max_length"], cache_root, cfg["token_labels"], seed)
     log(f"token labels ({', '.join(columns)}) from base and reference token losses in {time.perf_counter() - t0:.0f}s")
     return columns
 

@@ -11,12 +11,14 @@ from pipeline.core.hashing import file_hash
 from pipeline.core.io import write_json
 from pipeline.flows import stages
 from pipeline.flows.common import cache_root, ensure_run_dir, publish_artifacts
+from pipeline.flows.recipe import resolve_config
 from pipeline.models.loading import model_key
 
 
 @flow(name="train")
 def train_flow(config: dict, run_dir: str | None = None) -> dict:
     """Train `model` on `data.subset` (its `weight` column, if any, reaches the loss); cached and resumable."""
+    config = resolve_config(config)
     run_dir = ensure_run_dir(config, run_dir)
     seed, root = int(config.get("seed", 0)), cache_root(config)
     subset = (config.get("data") or {}).get("subset")

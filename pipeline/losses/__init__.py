@@ -18,8 +18,9 @@ register_loss = LOSSES.register
 
 
 def get_loss(name: str, **params: Any):
-    """Instantiate the loss registered (or importable) under `name` with `params`."""
-    return LOSSES.get(name)(**params)
+    """Instantiate the loss registered (or importable) under `name` with `params` (checked first)."""
+    cls = LOSSES.get(name)
+    return cls.create(params, where="train.loss_params") if hasattr(cls, "create") else cls(**params)
 
 
 from pipeline.losses import ce as _ce  # noqa: E402,F401  (each module registers itself)

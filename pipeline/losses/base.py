@@ -22,6 +22,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from pipeline.core.registry import Part
+
 EXAMPLE_WEIGHT = "example_weight"
 TOKEN_COLUMNS = ("token_label", "ref_nll")
 
@@ -64,8 +66,9 @@ def token_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     return logp.masked_fill(~mask, 0.0), mask
 
 
-class TokenLoss:
-    """Base class: subclasses define `per_token`; `requires` names the batch columns they need."""
+class TokenLoss(Part):
+    """Base class: subclasses define `per_token`; `requires` names the batch columns they need;
+    parameters are `__init__`'s keyword arguments (checked against a recipe's `train.loss_params`)."""
 
     trl_loss_type = "nll"
     requires: tuple[str, ...] = ()

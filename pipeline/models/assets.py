@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.core.config import DEFAULT_EMBEDDER, DEFAULT_MODEL, cache_dir
 from pipeline.core.io import atomic_dir
 
 
@@ -50,15 +51,6 @@ ASSETS: dict[str, Asset] = {
     ),
 }
 
-# Short names a recipe may use for the offline defaults.
-DEFAULT_MODEL = "smollm2-135m-instruct"
-DEFAULT_EMBEDDER = "all-minilm-l6-v2"
-
-
-def cache_dir() -> Path:
-    """Where converted models and other derived artifacts live ($SFT_PIPELINE_CACHE)."""
-    root = os.environ.get("SFT_PIPELINE_CACHE") or Path.home() / ".cache" / "sft-pipeline"
-    return Path(root)
 
 
 def package_dir(asset: Asset) -> Path | None:

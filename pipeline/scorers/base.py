@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from pipeline.models.assets import DEFAULT_MODEL
+from pipeline.core.config import DEFAULT_MAX_LENGTH, DEFAULT_MODEL
 
 
 @dataclass
@@ -13,7 +13,7 @@ class ScoreContext:
     """Model name plus lazily loaded models and tokenizer; `max_length` caps tokenized examples."""
 
     model_name: str = DEFAULT_MODEL
-    max_length: int = 512
+    max_length: int = DEFAULT_MAX_LENGTH
     max_tokens: int | None = None  # padded tokens per batch; None = 1024 on CPU, 16384 on GPU
     progress: bool = True
     seed: int = 0

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from pipeline.core.config import DEFAULT_MAX_LENGTH
 from pipeline.selectors import register_selector
 from pipeline.selectors.base import SelectContext
 
@@ -150,7 +151,7 @@ def _rows(scores: pl.DataFrame, context: SelectContext | None) -> pl.DataFrame:
     return scores
 
 
-def model_loss_fn(model_name: str, max_length: int = 512) -> Callable[[pl.DataFrame], np.ndarray]:
+def model_loss_fn(model_name: str, max_length: int = DEFAULT_MAX_LENGTH) -> Callable[[pl.DataFrame], np.ndarray]:
     """Default loss: the base model's mean response NLL of each row (through the perplexity scorer)."""
 
     def loss(rows: pl.DataFrame) -> np.ndarray:

@@ -16,31 +16,13 @@ from typing import Any
 import polars as pl
 import torch
 
+from pipeline.core.config import TrainSection, check_section
 from pipeline.models.loading import encode_examples, load_model, load_tokenizer
 
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "loss": "ce",
-    "loss_params": {},
-    "max_steps": -1,
-    "epochs": 1,
-    "batch_size": 8,
-    "grad_accum": 1,
-    "learning_rate": 5e-5,
-    "lr_scheduler": "cosine",
-    "warmup_ratio": 0.1,
-    "weight_decay": 0.0,
-    "adam_beta2": 0.95,
-    "max_length": 512,
-    "gradient_checkpointing": False,
-    "logging_steps": 1,
-    "save_steps": 0,
-    # Masked Thought input corruption (pipeline.losses.masked_thought); p=0 is off.
-    "masked_thought": {"p": 0.0, "cap": 0.4, "ramp_steps": 0, "replace": "random"},
-    # LoRA through peft (e.g. {"r": 16, "alpha": 32}); null = full fine-tuning. The saved model is merged.
-    "lora": None,
-}
 
-LORA_DEFAULTS: dict[str, Any] = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
+def train_settings(cfg: dict | None) -> dict[str, Any]:
+    """A `train` section with every default filled in and checked (`pipeline.core.config.TrainSection`)."""
+    return check_section(TrainSection, cfg, "train").model_dump()
 
 
 def build_dataset(tokenizer, examples: pl.DataFrame, max_length: int, weights: list[float] | None = None,
@@ -146,14 +128,14 @@ def train(model_name: str, examples: pl.DataFrame, output_dir: str | Path, cfg: 
     from pipeline.losses import get_loss
     from pipeline.training.trainer import TokenLossSFTTrainer, check_columns
 
-    cfg = {**TRAIN_DEFAULTS, **cfg}
-    loss = get_loss(cfg["loss"], **(cfg.get("loss_params") or {}))
+    cfg = train_settings(cfg)
+    loss = get_loss(cfg["loss"], **cfg["loss_params"])
     check_columns(loss, set(token_columns or {}))
     output_dir = Path(output_dir)
     torch.manual_seed(seed)
     tokenizer = load_tokenizer(model_name)
     model = load_model(model_name, dtype=torch.float32).train()
-    masked = masked_thought(cfg.get("masked_thought"), tokenizer, model, seed)
+    masked = masked_thought(cfg["masked_thought"], tokenizer, model, seed)
     dataset = build_dataset(tokenizer, examples, int(cfg["max_length"]), weights, token_columns)
     trainer = TokenLossSFTTrainer(
         model=model,
@@ -163,12 +145,12 @@ def train(model_name: str, examples: pl.DataFrame, output_dir: str | Path, cfg: 
         loss=loss,
         masked_thought=masked,
         callbacks=crash_callbacks(),
-        peft_config=lora_config(cfg.get("lora")),
+        peft_config=lora_config(cfg["lora"]),
     )
     resume = _last_checkpoint(output_dir / "checkpoints")
     result = trainer.train(resume_from_checkpoint=resume)
     final = output_dir / "model"
-    if cfg.get("lora"):  # save base + adapter merged: a plain model folder every stage can load
+    if cfg["lora"]:  # save base + adapter merged: a plain model folder every stage can load
         trainer.model.merge_and_unload().save_pretrained(str(final))
     else:
         trainer.save_model(str(final))
@@ -190,11 +172,8 @@ def lora_config(options: dict | None):
         return None
     from peft import LoraConfig
 
-    unknown = set(options) - set(LORA_DEFAULTS)
-    if unknown:
-        raise ValueError(f"train.lora: unknown keys {sorted(unknown)} (known: {sorted(LORA_DEFAULTS)})")
-    o = {**LORA_DEFAULTS, **options}
-    return LoraConfig(r=int(o["r"]), lora_alpha=int(o["alpha"]), lora_dropout=float(o["dropout"]),
+    o = train_settings({"lora": options})["lora"]
+    return LoraConfig(r=o["r"], lora_alpha=o["alpha"], lora_dropout=o["dropout"],
                       target_modules=o["target_modules"], task_type="CAUSAL_LM")
 
 
@@ -221,7 +200,7 @@ def masked_thought(options: dict | None, tokenizer, model, seed: int):
     """
     from pipeline.losses import MaskedThought
 
-    options = {**TRAIN_DEFAULTS["masked_thought"], **(options or {})}
+    options = train_settings({"masked_thought": options or {}})["masked_thought"]
     if float(options["p"]) <= 0:
         return None
     mask_id = None

@@ -1,0 +1,123 @@
+"""Resolve a recipe for a flow: overrides, typed sections, and every part's parameters checked first.
+
+`resolve_recipe("sft-math", ["select.rule=quantile", "select.keep=[0.1, 0.9]"])` returns the full
+config with every default, or raises `ConfigError` naming the key before any stage runs. When an
+override switches a part (`select.rule`, `train.loss`, a single `score.scorer`), the recipe's
+parameters that the new part does not declare are dropped with a note; parameters given on the
+command line are always checked against the new part.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.core.config import apply_overrides, load_raw, parse_override, validate
+from pipeline.core.registry import ConfigError
+
+SELECT_KEYS = {"rule", "weights"}
+WEIGHT_MODES = ("multiply", "replace")
+
+
+def select_steps(cfg: dict | list) -> list[dict]:
+    """A recipe's `select` is one rule (a mapping) or a list of rules applied in order."""
+    return [dict(step) for step in (cfg if isinstance(cfg, list) else [cfg])]
+
+
+def scorer_list(cfg: dict) -> list[tuple[str, dict]]:
+    """`score.scorer` names one scorer or a list; `score.params` holds one scorer's parameters, or a
+    mapping from scorer name to its parameters when several run."""
+    names = cfg["scorer"] if isinstance(cfg["scorer"], list) else [cfg["scorer"]]
+    params = cfg.get("params") or {}
+    if len(names) == 1 and names[0] not in params:
+        return [(names[0], params)]
+    return [(name, params.get(name) or {}) for name in names]
+
+
+def _part(registry, name: Any, key: str):
+    if not isinstance(name, str) or not name:
+        raise ConfigError(key, f"must name a {registry.kind}, got {name!r}")
+    try:
+        return registry.get(name)
+    except KeyError as err:
+        raise ConfigError(key, err.args[0]) from None
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(key, f"cannot load {name!r}: {err}") from None
+
+
+def _declared(cls) -> list[str] | None:
+    return cls.param_names() if hasattr(cls, "param_names") else None
+
+
+def switch_parts(before: dict, after: dict, overridden: set[tuple[str, ...]]) -> list[str]:
+    """Drop (in `after`) the recipe's parameters of a part an override replaced; return notes."""
+    from pipeline.losses import LOSSES
+    from pipeline.scorers import SCORERS
+    from pipeline.selectors import SELECTORS
+
+    notes = []
+
+    def prune(params: dict, prefix: tuple[str, ...], cls, keep: set[str], what: str) -> None:
+        declared = _declared(cls)
+        if declared is None:
+            return
+        gone = [k for k in params if k not in keep and k not in declared and (*prefix, k) not in overridden]
+        for k in gone:
+            del params[k]
+        if gone:
+            notes.append(f"{what}: dropped the recipe's {', '.join(gone)} (not parameters of the new part)")
+
+    sel = after.get("select")
+    if ("select", "rule") in overridden and isinstance(sel, dict) and sel.get("rule") != (before.get("select") or {}).get("rule"):
+        prune(sel, ("select",), _part(SELECTORS, sel.get("rule"), "select.rule"), SELECT_KEYS, f"select.rule={sel['rule']}")
+    train = after.get("train") or {}
+    if ("train", "loss") in overridden and isinstance(train.get("loss_params"), dict):
+        prune(train["loss_params"], ("train", "loss_params"), _part(LOSSES, train.get("loss"), "train.loss"), set(),
+              f"train.loss={train.get('loss')}")
+    score = after.get("score") or {}
+    if ("score", "scorer") in overridden and isinstance(score.get("scorer"), str) and isinstance(score.get("params"), dict):
+        prune(score["params"], ("score", "params"), _part(SCORERS, score["scorer"], "score.scorer"), set(),
+              f"score.scorer={score['scorer']}")
+    return notes
+
+
+def check_parts(config: dict) -> None:
+    """Every named part exists and accepts its parameters (values type-checked); else ConfigError."""
+    from pipeline.flows import FLOWS
+    from pipeline.losses import LOSSES
+    from pipeline.scorers import SCORERS
+    from pipeline.selectors import SELECTORS
+
+    if config["flow"] not in FLOWS and ":" not in config["flow"]:
+        raise ConfigError("flow", f"unknown flow {config['flow']!r} (known: {', '.join(FLOWS)}; or module:attr)")
+    steps = select_steps(config["select"])
+    for i, step in enumerate(steps):
+        where = "select" if len(steps) == 1 and isinstance(config["select"], dict) else f"select[{i}]"
+        cls = _part(SELECTORS, step.get("rule"), f"{where}.rule")
+        if step.get("weights", "multiply") not in WEIGHT_MODES:
+            raise ConfigError(f"{where}.weights", f"must be one of {', '.join(WEIGHT_MODES)}, got {step['weights']!r}")
+        if hasattr(cls, "check_params"):
+            cls.check_params({k: v for k, v in step.items() if k not in SELECT_KEYS}, where)
+    scorers = scorer_list(config["score"])
+    for name, params in scorers:
+        cls = _part(SCORERS, name, "score.scorer")
+        if hasattr(cls, "check_params"):
+            cls.check_params(params, "score.params" if len(scorers) == 1 else f"score.params.{name}")
+    loss = _part(LOSSES, config["train"]["loss"], "train.loss")
+    if hasattr(loss, "check_params"):
+        loss.check_params(config["train"]["loss_params"], "train.loss_params")
+
+
+def resolve_config(config: dict) -> dict:
+    """A config dict (e.g. a flow's parameter) validated, defaults filled in, parts checked."""
+    resolved = validate(config).model_dump()
+    check_parts(resolved)
+    return resolved
+
+
+def resolve_recipe(name: str, overrides: list[str] | None = None) -> tuple[dict, list[str]]:
+    """(resolved config, notes) for a recipe name or file plus `key=value` overrides."""
+    overrides = overrides or []
+    before = load_raw(name)
+    after = apply_overrides(before, overrides)
+    notes = switch_parts(before, after, {tuple(parse_override(o)[0]) for o in overrides})
+    return resolve_config(after), notes
