@@ -14,7 +14,7 @@ import pipeline.scorers.cache as scoring
 from pipeline.core.hashing import model_revision
 from pipeline.data import SCHEMA, example_id
 from pipeline.models.engine import length_batches, token_nll
-from pipeline.scorers import SCORERS, ScoreContext, register_scorer
+from pipeline.scorers import SCORERS, ScoreContext, Scorer, register_scorer
 from pipeline.scorers.cache import compute_scores, read_meta, score_cached
 
 
@@ -31,14 +31,18 @@ CALLS: list[int] = []
 
 
 @register_scorer("_test_length")
-def _test_length(examples: pl.DataFrame, ctx: ScoreContext, scale: float = 1.0) -> tuple[pl.DataFrame, dict]:
+class _TestLength(Scorer):
     """A model-free scorer that counts its calls: for cache-key tests."""
-    CALLS.append(examples.height)
-    table = pl.DataFrame({"id": examples["id"], "length": examples["response"].str.len_chars() * scale})
-    return table, {"rows": examples.height}
 
+    version = "1"
 
-_test_length.VERSION = "1"
+    def __init__(self, scale: float = 1.0):
+        self.scale = scale
+
+    def score(self, examples: pl.DataFrame, ctx: ScoreContext) -> tuple[pl.DataFrame, dict]:
+        CALLS.append(examples.height)
+        table = pl.DataFrame({"id": examples["id"], "length": examples["response"].str.len_chars() * self.scale})
+        return table, {"rows": examples.height}
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +72,7 @@ def test_cache_hit_and_miss_on_each_key_part(ctx, tmp_path, tiny_model_dir, monk
         (other_model / f).write_bytes((Path(tiny_model_dir) / f).read_bytes())
     misses.append(score_cached(ex, "_test_length", ScoreContext(model_name=str(other_model), max_length=64,
                                                               progress=False), tmp_path, {"scale": 1.0}))  # model
-    monkeypatch.setattr(_test_length, "VERSION", "2")
+    monkeypatch.setattr(_TestLength, "version", "2")
     misses.append(score_cached(ex, "_test_length", ctx, tmp_path, {"scale": 1.0}, shard_size=4))  # code version
     assert len({first, *misses}) == 5
     assert len(CALLS) == 2 + 2 + 2 + 1 + 2
@@ -119,7 +123,7 @@ def test_resume_after_crash_is_byte_identical(ctx, tmp_path, monkeypatch):
 
 
 def test_unshardable_scorer_runs_once(ctx, tmp_path, monkeypatch):
-    monkeypatch.setattr(_test_length, "shardable", False, raising=False)
+    monkeypatch.setattr(_TestLength, "shardable", False)
     CALLS.clear()
     path = score_cached(make_examples(7), "_test_length", ctx, tmp_path, shard_size=2)
     assert CALLS == [7] and read_meta(path)["rows"] == 7

@@ -1,11 +1,17 @@
-"""What every scorer receives: the model to score with, loaded once and shared."""
+"""What every scorer is and receives: a `Scorer` class with declared parameters, and the shared model context."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
+import polars as pl
+
+from pipeline.core.registry import Part
 from pipeline.models.assets import DEFAULT_MODEL
+
+ScoreResult = pl.DataFrame | tuple[pl.DataFrame, dict]
 
 
 @dataclass
@@ -56,3 +62,37 @@ class ScoreContext:
 
             self._cache[key] = load_embedder(name)
         return self._cache[key]
+
+
+class Scorer(Part, ABC):
+    """Base of every scorer: parameters are `__init__`'s typed keyword arguments, `score` does the work.
+
+    Class attributes declare what the score cache must know (a misspelt one fails loudly as an
+    unknown attribute of the class instead of silently doing nothing, as function attributes did):
+    `version` (bump when the numbers change), `uses_model` (the context's model enters the key),
+    `shardable` (False: needs the whole table at once), `model_params` (parameters naming another
+    model folder or id, whose content revision enters the key, defaults included) and
+    `trains_reference` (flows train a reference model and pass it as `reference` when missing).
+    """
+
+    version: ClassVar[str] = "1"
+    uses_model: ClassVar[bool] = True
+    shardable: ClassVar[bool] = True
+    model_params: ClassVar[tuple[str, ...]] = ()
+    trains_reference: ClassVar[bool] = False
+
+    @abstractmethod
+    def score(self, examples: pl.DataFrame, ctx: ScoreContext) -> ScoreResult:
+        """One row per example id, in the examples' order; optionally (table, run-level metadata)."""
+
+    def __call__(self, examples: pl.DataFrame, ctx: ScoreContext) -> ScoreResult:
+        """Score `examples`: an instance is called like the scorer functions it replaced."""
+        return self.score(examples, ctx)
+
+    def params(self) -> dict[str, Any]:
+        """The declared parameters' values (each stored as the attribute of the same name)."""
+        return {n: getattr(self, n) for n in self.param_names() if hasattr(self, n)}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
