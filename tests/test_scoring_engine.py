@@ -250,6 +250,42 @@ def test_register_scorer_takes_only_scorer_classes():
     assert "_test_plain" not in SCORERS.names() and "_test_no_score" not in SCORERS.names()
 
 
+@pytest.mark.parametrize("body, message", [
+    ("shardabel = False", "did you mean 'shardable'"),
+    ("VERSION = '2'", "did you mean 'version'"),
+    ("key_models = ('embedder',)", "did you mean 'model_params'"),
+    ("version = 2", "version must be a str"),
+    ("model_params = ('embeder',)", "'embeder', which is not a parameter"),
+    ("trains_reference = True", "needs a `reference` parameter"),
+])
+def test_misdeclared_scorer_fails_where_it_is_defined(body, message):
+    source = f"class Bad(Scorer):\n    {body}\n\n    def __init__(self, embedder: str = 'x'):\n" \
+             "        self.embedder = embedder\n\n    def score(self, examples, ctx):\n        return examples\n"
+    with pytest.raises(TypeError, match=message):
+        exec(source, {"Scorer": Scorer})
+
+
+def test_docs_write_your_own_scorer_example_runs(ctx, tmp_path, monkeypatch):
+    """docs/scorers.md's example scorer, saved as my_scorers.py, works by module:attr and by its name."""
+    import re
+    import sys
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "scorers.md"
+    section = docs.read_text().split("## Write your own scorer", 1)[1]
+    (tmp_path / "my_scorers.py").write_text(re.search(r"```python\n(.*?)```", section, re.S).group(1))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "my_scorers", raising=False)
+    monkeypatch.setattr(SCORERS, "_items", dict(SCORERS._items))
+    ex = pl.DataFrame([{"id": "a", "prompt": "Add 2 and 3.", "response": "add 2 and 3: five"},
+                       {"id": "b", "prompt": "Hi", "response": ""}])
+    path = score_cached(ex, "my_scorers:PromptOverlap", ctx, tmp_path / "cache", {"lowercase": True})
+    assert pl.read_parquet(path)["prompt_overlap"].to_list() == pytest.approx([3 / 5, 0.0])  # add, 2, and
+    assert get_scorer("prompt_overlap", lowercase=False)(ex, ctx)["prompt_overlap"].to_list() == [2 / 5, 0.0]
+    with pytest.raises(ConfigError, match=r"score\.params\.lowercas"):
+        get_scorer("my_scorers:PromptOverlap", lowercas=False)
+
+
 def test_user_scorer_round_trips_through_score_cached(ctx, tmp_path, monkeypatch):
     monkeypatch.setattr(SCORERS, "_items", dict(SCORERS._items))  # registered only for this test
     seen: list[int] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
@@ -12,6 +13,9 @@ from pipeline.core.registry import Part
 from pipeline.models.assets import DEFAULT_MODEL
 
 ScoreResult = pl.DataFrame | tuple[pl.DataFrame, dict]
+DECLARED: dict[str, type] = {"version": str, "uses_model": bool, "shardable": bool, "model_params": tuple,
+                             "trains_reference": bool}
+FORMER = {"VERSION": "version", "key_models": "model_params"}  # the old function attributes
 
 
 @dataclass
@@ -67,8 +71,8 @@ class ScoreContext:
 class Scorer(Part, ABC):
     """Base of every scorer: parameters are `__init__`'s typed keyword arguments, `score` does the work.
 
-    Class attributes declare what the score cache must know (a misspelt one fails loudly as an
-    unknown attribute of the class instead of silently doing nothing, as function attributes did):
+    Class attributes declare what the score cache must know (checked when a subclass is defined,
+    so a misspelt or mistyped one fails there instead of silently doing nothing):
     `version` (bump when the numbers change), `uses_model` (the context's model enters the key),
     `shardable` (False: needs the whole table at once), `model_params` (parameters naming another
     model folder or id, whose content revision enters the key, defaults included) and
@@ -80,6 +84,11 @@ class Scorer(Part, ABC):
     shardable: ClassVar[bool] = True
     model_params: ClassVar[tuple[str, ...]] = ()
     trains_reference: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any):
+        """Check the subclass's declarations as it is defined: names, types, and that model_params are parameters."""
+        super().__init_subclass__(**kwargs)
+        check_declarations(cls)
 
     @abstractmethod
     def score(self, examples: pl.DataFrame, ctx: ScoreContext) -> ScoreResult:
@@ -96,3 +105,23 @@ class Scorer(Part, ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({args})"
+
+
+def check_declarations(cls: type[Scorer]) -> None:
+    """TypeError for a misspelt, old-style or mistyped declaration, or a declared parameter `__init__` lacks."""
+    for attr, value in vars(cls).items():
+        if attr.startswith("_") or attr in DECLARED or callable(value) or isinstance(value, classmethod | property):
+            continue
+        close = FORMER.get(attr) or next(iter(difflib.get_close_matches(attr, DECLARED, n=1, cutoff=0.8)), None)
+        if close:
+            raise TypeError(f"{cls.__name__}.{attr}: did you mean {close!r}? (Scorer declares {', '.join(DECLARED)})")
+    for attr, kind in DECLARED.items():
+        if not isinstance(getattr(cls, attr), kind):
+            raise TypeError(f"{cls.__name__}.{attr} must be a {kind.__name__}, got {getattr(cls, attr)!r}")
+    params = cls.param_names()
+    if cls.trains_reference and "reference" not in params:
+        raise TypeError(f"{cls.__name__}.trains_reference needs a `reference` parameter in its __init__")
+    unknown = [p for p in cls.model_params if p not in params]
+    if unknown:
+        raise TypeError(f"{cls.__name__}.model_params names {unknown[0]!r}, which is not a parameter of its "
+                        f"__init__ (its parameters: {', '.join(params) or 'none'})")
