@@ -76,7 +76,7 @@ def hf_loss(model, enc: dict, response_only: bool = True) -> float:
 
 
 def test_perplexity_matches_hf_loss(examples, ctx, tiny_model_dir):
-    table = get_scorer("perplexity")(examples, ctx, full_text=True)
+    table = get_scorer("perplexity", full_text=True)(examples, ctx)
     response_only = get_scorer("perplexity")(examples, ctx)  # projects only response tokens
     assert "ppl_full" not in response_only.columns
     assert response_only["ppl"].to_list() == pytest.approx(table["ppl"].to_list(), rel=1e-5)
@@ -90,7 +90,7 @@ def test_perplexity_matches_hf_loss(examples, ctx, tiny_model_dir):
 
 
 def test_learnability_matches_direct_formula(examples, ctx, tiny_model_dir, tiny_model_dir_seed1):
-    table = get_scorer("learnability")(examples, ctx, reference=tiny_model_dir_seed1)
+    table = get_scorer("learnability", reference=tiny_model_dir_seed1)(examples, ctx)
     base = load_model(tiny_model_dir, dtype=torch.float32)
     ref = load_model(tiny_model_dir_seed1, dtype=torch.float32)
     tok = load_tokenizer(tiny_model_dir)
@@ -119,7 +119,7 @@ def test_information_gain_scorer_learner_and_metadata(ctx):
     rows = [(f"Question {i}: what is {i} plus {i}?", f"{i} + {i} = {2 * i}.\n#### {2 * i}", str(2 * i))
             for i in range(14)]
     ex = make_examples(rows)
-    table, meta = get_scorer("information_gain")(ex, ctx, sample_size=8, objective_size=3, lr=0.1)
+    table, meta = get_scorer("information_gain", sample_size=8, objective_size=3, lr=0.1)(ex, ctx)
     assert table.height == ex.height and table.get_column("ig_sampled").sum() == 8
     measured = table.filter(pl.col("ig_sampled")).get_column("ig_measured").to_numpy()
     assert abs(measured.mean()) < 1e-9 and measured.std() == pytest.approx(1.0)
@@ -154,13 +154,13 @@ def test_clear_agreement_math_and_text():
 
 def test_clear_confidence_in_unit_interval(examples, ctx):
     ex = examples.head(4)  # two math rows, two free-text rows
-    table = get_scorer("clear_confidence")(ex, ctx, k=2, max_new_tokens=6, batch_size=2)
+    table = get_scorer("clear_confidence", k=2, max_new_tokens=6, batch_size=2)(ex, ctx)
     for col in ("clear_confidence", "observed_consistency", "self_reflection", "sample_agreement"):
         values = table.get_column(col).to_numpy()
         assert np.all((values >= 0) & (values <= 1)), col
     recombined = 0.7 * table["observed_consistency"] + 0.3 * table["self_reflection"]
     assert np.allclose(table["clear_confidence"].to_numpy(), recombined.to_numpy())
-    again = get_scorer("clear_confidence")(ex, ctx, k=2, max_new_tokens=6, batch_size=2)
+    again = get_scorer("clear_confidence", k=2, max_new_tokens=6, batch_size=2)(ex, ctx)
     assert again.equals(table)  # seeded sampling
 
 
@@ -178,7 +178,7 @@ def test_embedding_matches_direct_mean_pooling(examples, ctx):
     from pipeline.models.assets import minilm_dir
     from pipeline.selectors.sensitivity import embedding_matrix
 
-    table = get_scorer("embedding")(examples, ctx, field="response")
+    table = get_scorer("embedding", field="response")(examples, ctx)
     got = embedding_matrix(table.get_column("embedding"))
     tok, model = AutoTokenizer.from_pretrained(minilm_dir()), AutoModel.from_pretrained(minilm_dir())
     for i, text in enumerate(examples.get_column("response").to_list()):
@@ -214,7 +214,7 @@ def test_token_labels_and_alignment():
 
 def test_token_columns_from_scored_tables(examples, ctx, tiny_model_dir, tiny_model_dir_seed1, tmp_path):
     base = get_scorer("token_loss")(examples, ctx)
-    ref = get_scorer("token_loss")(examples, ctx, model=tiny_model_dir_seed1)
+    ref = get_scorer("token_loss", model=tiny_model_dir_seed1)(examples, ctx)
     base.write_parquet(tmp_path / "base.parquet")
     ref.write_parquet(tmp_path / "ref.parquet")
     encoded = encode_examples(load_tokenizer(tiny_model_dir), examples, ctx.max_length)

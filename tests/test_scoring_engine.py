@@ -12,10 +12,11 @@ import torch
 
 import pipeline.scorers.cache as scoring
 from pipeline.core.hashing import model_revision
+from pipeline.core.registry import ConfigError
 from pipeline.data import SCHEMA, example_id
 from pipeline.models.engine import length_batches, token_nll
-from pipeline.scorers import SCORERS, ScoreContext, register_scorer
-from pipeline.scorers.cache import compute_scores, read_meta, score_cached
+from pipeline.scorers import SCORERS, ScoreContext, Scorer, get_scorer, register_scorer
+from pipeline.scorers.cache import cache_key_parts, compute_scores, read_meta, score_cached
 
 
 def make_examples(n: int, tag: str = "") -> pl.DataFrame:
@@ -31,14 +32,18 @@ CALLS: list[int] = []
 
 
 @register_scorer("_test_length")
-def _test_length(examples: pl.DataFrame, ctx: ScoreContext, scale: float = 1.0) -> tuple[pl.DataFrame, dict]:
+class _TestLength(Scorer):
     """A model-free scorer that counts its calls: for cache-key tests."""
-    CALLS.append(examples.height)
-    table = pl.DataFrame({"id": examples["id"], "length": examples["response"].str.len_chars() * scale})
-    return table, {"rows": examples.height}
 
+    version = "1"
 
-_test_length.VERSION = "1"
+    def __init__(self, scale: float = 1.0):
+        self.scale = scale
+
+    def score(self, examples: pl.DataFrame, ctx: ScoreContext) -> tuple[pl.DataFrame, dict]:
+        CALLS.append(examples.height)
+        table = pl.DataFrame({"id": examples["id"], "length": examples["response"].str.len_chars() * self.scale})
+        return table, {"rows": examples.height}
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +73,7 @@ def test_cache_hit_and_miss_on_each_key_part(ctx, tmp_path, tiny_model_dir, monk
         (other_model / f).write_bytes((Path(tiny_model_dir) / f).read_bytes())
     misses.append(score_cached(ex, "_test_length", ScoreContext(model_name=str(other_model), max_length=64,
                                                               progress=False), tmp_path, {"scale": 1.0}))  # model
-    monkeypatch.setattr(_test_length, "VERSION", "2")
+    monkeypatch.setattr(_TestLength, "version", "2")
     misses.append(score_cached(ex, "_test_length", ctx, tmp_path, {"scale": 1.0}, shard_size=4))  # code version
     assert len({first, *misses}) == 5
     assert len(CALLS) == 2 + 2 + 2 + 1 + 2
@@ -119,7 +124,7 @@ def test_resume_after_crash_is_byte_identical(ctx, tmp_path, monkeypatch):
 
 
 def test_unshardable_scorer_runs_once(ctx, tmp_path, monkeypatch):
-    monkeypatch.setattr(_test_length, "shardable", False, raising=False)
+    monkeypatch.setattr(_TestLength, "shardable", False)
     CALLS.clear()
     path = score_cached(make_examples(7), "_test_length", ctx, tmp_path, shard_size=2)
     assert CALLS == [7] and read_meta(path)["rows"] == 7
@@ -196,3 +201,124 @@ def test_registry_lists_all_scorers():
     names = set(SCORERS.names())
     assert {"perplexity", "learnability", "information_gain", "clear_confidence", "token_confidence",
             "embedding", "token_loss"} <= names
+
+
+def test_scorer_classes_declare_what_the_cache_needs():
+    declared = {name: (cls.version, cls.uses_model, cls.shardable, cls.model_params, cls.trains_reference)
+                for name in ("perplexity", "token_loss", "learnability", "information_gain", "clear_confidence",
+                             "token_confidence", "embedding") for cls in [SCORERS.get(name)]}
+    assert declared == {
+        "perplexity": ("2", True, True, (), False),
+        "token_loss": ("1", True, True, ("model",), False),
+        "learnability": ("2", True, True, ("reference",), True),
+        "information_gain": ("1", True, False, ("embedder",), False),
+        "clear_confidence": ("1", True, True, ("embedder",), False),
+        "token_confidence": ("2", True, True, (), False),
+        "embedding": ("1", False, True, ("embedder",), False),
+    }
+    assert all(SCORERS.get(n).name == n for n in declared)
+    assert isinstance(get_scorer("perplexity"), SCORERS.get("perplexity"))
+
+
+def test_wrong_parameters_fail_before_any_work(ctx, tmp_path):
+    with pytest.raises(ConfigError, match=r"score\.params\.ful_text") as err:
+        get_scorer("perplexity", ful_text=True)
+    assert err.value.key == "score.params.ful_text" and "full_text" in str(err.value)  # names what exists
+    with pytest.raises(ConfigError, match=r"score\.params\.full_text") as err:
+        get_scorer("perplexity", full_text="maybe")
+    assert err.value.key == "score.params.full_text"
+    with pytest.raises(ConfigError, match=r"score\.params\.mode"):
+        get_scorer("clear_confidence", mode="nli")
+    CALLS.clear()
+    with pytest.raises(ConfigError, match=r"score\.params\.scal"):
+        score_cached(make_examples(3), "_test_length", ctx, tmp_path / "cache", {"scal": 2.0})
+    assert CALLS == [] and not (tmp_path / "cache").exists()
+
+
+def test_register_scorer_takes_only_scorer_classes():
+    def plain(examples, ctx):
+        return examples.select("id")
+
+    with pytest.raises(TypeError, match="Scorer"):
+        register_scorer("_test_plain")(plain)
+
+    class NoScore(Scorer):
+        pass
+
+    with pytest.raises(TypeError, match="score"):
+        register_scorer("_test_no_score")(NoScore)
+    assert "_test_plain" not in SCORERS.names() and "_test_no_score" not in SCORERS.names()
+
+
+@pytest.mark.parametrize("body, message", [
+    ("shardabel = False", "did you mean 'shardable'"),
+    ("VERSION = '2'", "did you mean 'version'"),
+    ("key_models = ('embedder',)", "did you mean 'model_params'"),
+    ("version = 2", "version must be a str"),
+    ("model_params = ('embeder',)", "'embeder', which is not a parameter"),
+    ("trains_reference = True", "needs a `reference` parameter"),
+])
+def test_misdeclared_scorer_fails_where_it_is_defined(body, message):
+    source = f"class Bad(Scorer):\n    {body}\n\n    def __init__(self, embedder: str = 'x'):\n" \
+             "        self.embedder = embedder\n\n    def score(self, examples, ctx):\n        return examples\n"
+    with pytest.raises(TypeError, match=message):
+        exec(source, {"Scorer": Scorer})
+
+
+def test_docs_write_your_own_scorer_example_runs(ctx, tmp_path, monkeypatch):
+    """docs/scorers.md's example scorer, saved as my_scorers.py, works by module:attr and by its name."""
+    import re
+    import sys
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "scorers.md"
+    section = docs.read_text().split("## Write your own scorer", 1)[1]
+    (tmp_path / "my_scorers.py").write_text(re.search(r"```python\n(.*?)```", section, re.S).group(1))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "my_scorers", raising=False)
+    monkeypatch.setattr(SCORERS, "_items", dict(SCORERS._items))
+    ex = pl.DataFrame([{"id": "a", "prompt": "Add 2 and 3.", "response": "add 2 and 3: five"},
+                       {"id": "b", "prompt": "Hi", "response": ""}])
+    path = score_cached(ex, "my_scorers:PromptOverlap", ctx, tmp_path / "cache", {"lowercase": True})
+    assert pl.read_parquet(path)["prompt_overlap"].to_list() == pytest.approx([3 / 5, 0.0])  # add, 2, and
+    assert get_scorer("prompt_overlap", lowercase=False)(ex, ctx)["prompt_overlap"].to_list() == [2 / 5, 0.0]
+    with pytest.raises(ConfigError, match=r"score\.params\.lowercas"):
+        get_scorer("my_scorers:PromptOverlap", lowercas=False)
+
+
+def test_user_scorer_round_trips_through_score_cached(ctx, tmp_path, monkeypatch):
+    monkeypatch.setattr(SCORERS, "_items", dict(SCORERS._items))  # registered only for this test
+    seen: list[int] = []
+
+    @register_scorer("_test_words")
+    class WordCount(Scorer):
+        """Words per response, times `weight`: a user's scorer with one parameter and no model."""
+
+        uses_model = False
+
+        def __init__(self, weight: int = 1):
+            self.weight = weight
+
+        def score(self, examples: pl.DataFrame, ctx: ScoreContext) -> pl.DataFrame:
+            seen.append(examples.height)
+            words = examples["response"].str.split(" ").list.len() * self.weight
+            return pl.DataFrame({"id": examples["id"], "words": words})
+
+    ex = make_examples(5)
+    path = score_cached(ex, "_test_words", ctx, tmp_path, {"weight": 2}, shard_size=2)
+    assert WordCount.name == "_test_words" and seen == [2, 2, 1]
+    expected = pl.DataFrame({"id": ex["id"], "words": ex["response"].str.split(" ").list.len() * 2})
+    assert pl.read_parquet(path).equals(expected)
+    key = read_meta(path)["key"]
+    assert key["scorer"] == "_test_words" and key["params"] == {"weight": 2} and key["model_revision"] is None
+    assert key["code_version"].startswith("1:")  # the base class's default version
+    assert score_cached(ex, "_test_words", ctx, tmp_path, {"weight": 2}, shard_size=2) == path
+    assert seen == [2, 2, 1]  # hit
+
+
+def test_model_params_defaults_enter_the_key(ctx):
+    from pipeline.models.assets import DEFAULT_EMBEDDER, resolve_embedder
+
+    parts = cache_key_parts(make_examples(2), "embedding", ctx, {})
+    assert parts["models"] == {"embedder": model_revision(resolve_embedder(DEFAULT_EMBEDDER))}
+    assert parts["model_revision"] is None  # uses_model = False

@@ -1,11 +1,21 @@
-"""What every scorer receives: the model to score with, loaded once and shared."""
+"""What every scorer is and receives: a `Scorer` class with declared parameters, and the shared model context."""
 
 from __future__ import annotations
 
+import difflib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
+
+import polars as pl
 
 from pipeline.core.config import DEFAULT_MAX_LENGTH, DEFAULT_MODEL
+from pipeline.core.registry import Part
+
+ScoreResult = pl.DataFrame | tuple[pl.DataFrame, dict]
+DECLARED: dict[str, type] = {"version": str, "uses_model": bool, "shardable": bool, "model_params": tuple,
+                             "trains_reference": bool}
+FORMER = {"VERSION": "version", "key_models": "model_params"}  # the old function attributes
 
 
 @dataclass
@@ -56,3 +66,62 @@ class ScoreContext:
 
             self._cache[key] = load_embedder(name)
         return self._cache[key]
+
+
+class Scorer(Part, ABC):
+    """Base of every scorer: parameters are `__init__`'s typed keyword arguments, `score` does the work.
+
+    Class attributes declare what the score cache must know (checked when a subclass is defined,
+    so a misspelt or mistyped one fails there instead of silently doing nothing):
+    `version` (bump when the numbers change), `uses_model` (the context's model enters the key),
+    `shardable` (False: needs the whole table at once), `model_params` (parameters naming another
+    model folder or id, whose content revision enters the key, defaults included) and
+    `trains_reference` (flows train a reference model and pass it as `reference` when missing).
+    """
+
+    version: ClassVar[str] = "1"
+    uses_model: ClassVar[bool] = True
+    shardable: ClassVar[bool] = True
+    model_params: ClassVar[tuple[str, ...]] = ()
+    trains_reference: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any):
+        """Check the subclass's declarations as it is defined: names, types, and that model_params are parameters."""
+        super().__init_subclass__(**kwargs)
+        check_declarations(cls)
+
+    @abstractmethod
+    def score(self, examples: pl.DataFrame, ctx: ScoreContext) -> ScoreResult:
+        """One row per example id, in the examples' order; optionally (table, run-level metadata)."""
+
+    def __call__(self, examples: pl.DataFrame, ctx: ScoreContext) -> ScoreResult:
+        """Score `examples`: an instance is called like the scorer functions it replaced."""
+        return self.score(examples, ctx)
+
+    def params(self) -> dict[str, Any]:
+        """The declared parameters' values (each stored as the attribute of the same name)."""
+        return {n: getattr(self, n) for n in self.param_names() if hasattr(self, n)}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
+
+
+def check_declarations(cls: type[Scorer]) -> None:
+    """TypeError for a misspelt, old-style or mistyped declaration, or a declared parameter `__init__` lacks."""
+    for attr, value in vars(cls).items():
+        if attr.startswith("_") or attr in DECLARED or callable(value) or isinstance(value, classmethod | property):
+            continue
+        close = FORMER.get(attr) or next(iter(difflib.get_close_matches(attr, DECLARED, n=1, cutoff=0.8)), None)
+        if close:
+            raise TypeError(f"{cls.__name__}.{attr}: did you mean {close!r}? (Scorer declares {', '.join(DECLARED)})")
+    for attr, kind in DECLARED.items():
+        if not isinstance(getattr(cls, attr), kind):
+            raise TypeError(f"{cls.__name__}.{attr} must be a {kind.__name__}, got {getattr(cls, attr)!r}")
+    params = cls.param_names()
+    if cls.trains_reference and "reference" not in params:
+        raise TypeError(f"{cls.__name__}.trains_reference needs a `reference` parameter in its __init__")
+    unknown = [p for p in cls.model_params if p not in params]
+    if unknown:
+        raise TypeError(f"{cls.__name__}.model_params names {unknown[0]!r}, which is not a parameter of its "
+                        f"__init__ (its parameters: {', '.join(params) or 'none'})")

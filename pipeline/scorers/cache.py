@@ -9,7 +9,6 @@ shards run in this process (default) or on Ray actors that each hold one model (
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from pipeline.core.hashing import code_version, config_hash, fingerprint, model_
 from pipeline.core.io import read_json, write_json, write_parquet
 from pipeline.models.assets import resolve_embedder, resolve_model
 from pipeline.models.loading import model_key
-from pipeline.scorers import ScoreContext, get_scorer
+from pipeline.scorers import ScoreContext, Scorer, get_scorer
 
 TABLE = "scores.parquet"
 META = "meta.json"
@@ -56,7 +55,7 @@ def compute_scores(
     examples: pl.DataFrame, scorer: str, ctx: ScoreContext, out_path: str | Path, params: dict[str, Any] | None = None
 ) -> Path:
     """Score `examples` with the registered `scorer` and write the table atomically to `out_path`."""
-    table, meta = _split(get_scorer(scorer)(examples, ctx, **(params or {})))
+    table, meta = _split(get_scorer(scorer, **(params or {}))(examples, ctx))
     _check(table, examples, scorer)
     path = write_parquet(out_path, table)
     if meta:
@@ -81,27 +80,34 @@ def _param_value(value: Any) -> Any:
 
 def cache_key_parts(examples: pl.DataFrame, scorer: str, ctx: ScoreContext, params: dict[str, Any]) -> dict:
     """Everything a score table depends on, as a JSON-able dict (stored next to the table)."""
-    fn = get_scorer(scorer)
+    return _key_parts(examples, scorer, get_scorer(scorer, **params), ctx, params)
+
+
+def _key_parts(examples: pl.DataFrame, scorer: str, instance: Scorer, ctx: ScoreContext,
+               params: dict[str, Any]) -> dict:
+    """The key parts of an already built (so already checked) scorer: its class declares what enters."""
+    cls = type(instance)
     return {
         "dataset": fingerprint(examples),
-        "models": _key_models(fn, params),
+        "models": _key_models(cls, params),
         "model": ctx.model_name,
-        "model_revision": model_key(ctx.model_name) if getattr(fn, "uses_model", True) else None,
+        "model_revision": model_key(ctx.model_name) if cls.uses_model else None,
         "scorer": scorer,
         "params": _param_value(dict(params)),
-        "code_version": f"{getattr(fn, 'VERSION', '0')}:{code_version('scorers', [scorer])}",
+        "code_version": f"{cls.version}:{code_version('scorers', [scorer])}",
         "max_length": ctx.max_length,
         "seed": ctx.seed,
     }
 
 
-def _key_models(fn: Callable, params: dict[str, Any]) -> dict[str, str]:
-    """Revisions of the extra models a scorer names in `key_models` (embedder, reference), defaults included."""
+def _key_models(cls: type[Scorer], params: dict[str, Any]) -> dict[str, str]:
+    """Revisions of the extra models a scorer names in `model_params` (embedder, reference), defaults included."""
+    signature = inspect.signature(cls.__init__).parameters
     out = {}
-    for name in getattr(fn, "key_models", ()):
+    for name in cls.model_params:
         value = params.get(name)
         if value is None:
-            default = inspect.signature(fn).parameters.get(name)
+            default = signature.get(name)
             value = None if default is None or default.default is inspect.Parameter.empty else default.default
         if isinstance(value, str):
             out[name] = model_revision(resolve_embedder(value) if name == "embedder" else resolve_model(value))
@@ -139,26 +145,25 @@ def score_cached(
     shards on `num_workers` Ray actors that each load the model once.
     """
     params = dict(params or {})
-    fn = get_scorer(scorer)
-    parts = cache_key_parts(examples, scorer, ctx, params)
+    instance = get_scorer(scorer, **params)  # parameters are checked before any work
+    parts = _key_parts(examples, scorer, instance, ctx, params)
     entry = Path(cache_root) / scorer / cache_key(parts)
     final = entry / TABLE
     if final.exists():
         return final
-    if not getattr(fn, "shardable", True):
+    if not instance.shardable:
         shard_size = max(examples.height, 1)
-    run_params = params
     starts = list(range(0, examples.height, shard_size)) or [0]
     todo = [i for i in range(len(starts)) if not _shard_path(entry, i).exists()]
     shards = {i: examples.slice(starts[i], shard_size) for i in todo}
     if executor == "local":
         for n, i in enumerate(todo, 1):
-            _write_shard(entry, i, fn(shards[i], ctx, **run_params), shards[i], scorer)
+            _write_shard(entry, i, instance(shards[i], ctx), shards[i], scorer)
             maybe_crash("score", n)  # resume tests: SFT_PIPELINE_CRASH=score:N = kill -9 after N shards
     elif executor == "ray":
         from pipeline.scorers.ray_executor import score_shards
 
-        for i, result in score_shards(scorer, ctx, run_params, shards, num_workers):
+        for i, result in score_shards(scorer, ctx, params, shards, num_workers):
             _write_shard(entry, i, result, shards[i], scorer)
     else:
         raise ValueError(f"unknown executor {executor!r}: use 'local' or 'ray'")

@@ -20,6 +20,7 @@ the response's own tokens. It is not CLEAR; it ranks similarly only where the mo
 from __future__ import annotations
 
 import hashlib
+from typing import Literal
 
 import numpy as np
 import polars as pl
@@ -31,7 +32,7 @@ from pipeline.models.embedder import embed_texts
 from pipeline.models.engine import response_mask, token_nll
 from pipeline.models.loading import encode_examples, prompt_text
 from pipeline.scorers import register_scorer
-from pipeline.scorers.base import ScoreContext
+from pipeline.scorers.base import ScoreContext, Scorer
 
 REFLECTION = (
     "Question: {question}\nProposed Answer: {answer}\n"
@@ -128,49 +129,60 @@ def agreement(samples: list[list[str]], responses: list[str], is_math: list[bool
 
 
 @register_scorer("clear_confidence")
-def clear_confidence(examples: pl.DataFrame, ctx: ScoreContext, k: int = 5, alpha: float = 0.8, beta: float = 0.7,
-                     temperature: float = 1.0, max_new_tokens: int = 256, mode: str = "auto",
-                     embedder: str = DEFAULT_EMBEDDER, batch_size: int = 8) -> pl.DataFrame:
+class ClearConfidence(Scorer):
     """Columns: id, clear_confidence, observed_consistency, self_reflection, sample_agreement."""
-    if mode not in ("auto", "math", "text"):
-        raise ValueError(f"mode must be auto, math or text, got {mode!r}")
-    model, tok = ctx.model(), ctx.tokenizer()
-    ids = examples.get_column("id").to_list()
-    prompts, responses = examples.get_column("prompt").to_list(), examples.get_column("response").to_list()
-    answers = examples.get_column("answer").to_list() if "answer" in examples.columns else [None] * len(ids)
-    is_math = [mode == "math" or (mode == "auto" and a is not None) for a in answers]
-    samples = sample_answers(model, tok, prompts, ids, k, temperature, max_new_tokens, ctx.max_length,
-                             batch_size, ctx.seed)
 
-    def embed(texts: list[str]) -> np.ndarray:
-        return embed_texts(texts, *ctx.embedder(embedder))
+    version = "1"
+    model_params = ("embedder",)
 
-    s, r = agreement(samples, responses, is_math, embed)
-    refl = self_reflection(model, tok, prompts, responses, 2 * ctx.max_length, batch_size)
-    observed = combine(s, r, 0.0, alpha, beta=1.0)
-    return pl.DataFrame({
-        "id": ids,
-        "clear_confidence": combine(s, r, refl, alpha, beta),
-        "observed_consistency": observed,
-        "self_reflection": refl,
-        "sample_agreement": s.mean(-1) if k else np.zeros(len(ids)),
-    })
+    def __init__(self, k: int = 5, alpha: float = 0.8, beta: float = 0.7, temperature: float = 1.0,
+                 max_new_tokens: int = 256, mode: Literal["auto", "math", "text"] = "auto", embedder: str = DEFAULT_EMBEDDER,
+                 batch_size: int = 8):
+        if mode not in ("auto", "math", "text"):
+            raise ValueError(f"mode must be auto, math or text, got {mode!r}")
+        self.k, self.alpha, self.beta, self.temperature = k, alpha, beta, temperature
+        self.max_new_tokens, self.mode, self.embedder, self.batch_size = max_new_tokens, mode, embedder, batch_size
+
+    def score(self, examples: pl.DataFrame, ctx: ScoreContext) -> pl.DataFrame:
+        """CLEAR confidence of each given response from k sampled answers and the model's self-reflection."""
+        k, alpha, beta, batch_size = self.k, self.alpha, self.beta, self.batch_size
+        model, tok = ctx.model(), ctx.tokenizer()
+        ids = examples.get_column("id").to_list()
+        prompts, responses = examples.get_column("prompt").to_list(), examples.get_column("response").to_list()
+        answers = examples.get_column("answer").to_list() if "answer" in examples.columns else [None] * len(ids)
+        is_math = [self.mode == "math" or (self.mode == "auto" and a is not None) for a in answers]
+        samples = sample_answers(model, tok, prompts, ids, k, self.temperature, self.max_new_tokens,
+                                 ctx.max_length, batch_size, ctx.seed)
+
+        def embed(texts: list[str]) -> np.ndarray:
+            return embed_texts(texts, *ctx.embedder(self.embedder))
+
+        s, r = agreement(samples, responses, is_math, embed)
+        refl = self_reflection(model, tok, prompts, responses, 2 * ctx.max_length, batch_size)
+        observed = combine(s, r, 0.0, alpha, beta=1.0)
+        return pl.DataFrame({
+            "id": ids,
+            "clear_confidence": combine(s, r, refl, alpha, beta),
+            "observed_consistency": observed,
+            "self_reflection": refl,
+            "sample_agreement": s.mean(-1) if k else np.zeros(len(ids)),
+        })
 
 
 @register_scorer("token_confidence")
-def token_confidence(examples: pl.DataFrame, ctx: ScoreContext) -> pl.DataFrame:
+class TokenConfidence(Scorer):
     """Cheap confidence: mean probability of the response's own tokens under the base model (one forward)."""
-    tok = ctx.tokenizer()
-    encoded = encode_examples(tok, examples, ctx.max_length)
-    nlls = token_nll(ctx.model(), encoded, max_tokens=ctx.max_tokens, pad_id=tok.pad_token_id or 0,
-                     progress=ctx.progress, desc="token confidence", response_only=True)
-    conf = []
-    for enc, nll in zip(encoded, nlls, strict=True):
-        mask = response_mask(enc)
-        conf.append(float(np.exp(-nll[mask]).mean()) if mask.any() else float("nan"))
-    return pl.DataFrame({"id": examples.get_column("id"), "token_confidence": conf})
 
+    version = "2"
 
-clear_confidence.VERSION = "1"
-clear_confidence.key_models = ("embedder",)
-token_confidence.VERSION = "2"
+    def score(self, examples: pl.DataFrame, ctx: ScoreContext) -> pl.DataFrame:
+        """Mean response-token probability per example, from one batched forward pass."""
+        tok = ctx.tokenizer()
+        encoded = encode_examples(tok, examples, ctx.max_length)
+        nlls = token_nll(ctx.model(), encoded, max_tokens=ctx.max_tokens, pad_id=tok.pad_token_id or 0,
+                         progress=ctx.progress, desc="token confidence", response_only=True)
+        conf = []
+        for enc, nll in zip(encoded, nlls, strict=True):
+            mask = response_mask(enc)
+            conf.append(float(np.exp(-nll[mask]).mean()) if mask.any() else float("nan"))
+        return pl.DataFrame({"id": examples.get_column("id"), "token_confidence": conf})

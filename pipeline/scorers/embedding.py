@@ -6,14 +6,14 @@ free-text consistency.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import polars as pl
 
 from pipeline.models.assets import DEFAULT_EMBEDDER
 from pipeline.models.embedder import embed_texts
 from pipeline.scorers import register_scorer
-from pipeline.scorers.base import ScoreContext
-
-VERSION = "1"
+from pipeline.scorers.base import ScoreContext, Scorer
 
 
 def example_texts(examples: pl.DataFrame, field: str = "both") -> list[str]:
@@ -27,17 +27,23 @@ def example_texts(examples: pl.DataFrame, field: str = "both") -> list[str]:
 
 
 @register_scorer("embedding")
-def embedding(examples: pl.DataFrame, ctx: ScoreContext, embedder: str = DEFAULT_EMBEDDER, field: str = "both",
-              batch_size: int = 64, max_length: int = 256) -> pl.DataFrame:
+class Embedding(Scorer):
     """Columns: id, embedding (list[float32], unit norm)."""
-    tok, model = ctx.embedder(embedder)
-    vectors = embed_texts(example_texts(examples, field), tok, model, batch_size, max_length)
-    return pl.DataFrame(
-        {"id": examples.get_column("id"), "embedding": list(vectors)},
-        schema={"id": pl.String, "embedding": pl.List(pl.Float32)},
-    )
 
+    version = "1"
+    uses_model = False
+    model_params = ("embedder",)
 
-embedding.VERSION = VERSION
-embedding.uses_model = False
-embedding.key_models = ("embedder",)
+    def __init__(self, embedder: str = DEFAULT_EMBEDDER, field: Literal["both", "prompt", "response"] = "both",
+                 batch_size: int = 64,
+                 max_length: int = 256):
+        self.embedder, self.field, self.batch_size, self.max_length = embedder, field, batch_size, max_length
+
+    def score(self, examples: pl.DataFrame, ctx: ScoreContext) -> pl.DataFrame:
+        """Sentence embeddings of `examples` from the embedder alone (the context's model is not used)."""
+        tok, model = ctx.embedder(self.embedder)
+        vectors = embed_texts(example_texts(examples, self.field), tok, model, self.batch_size, self.max_length)
+        return pl.DataFrame(
+            {"id": examples.get_column("id"), "embedding": list(vectors)},
+            schema={"id": pl.String, "embedding": pl.List(pl.Float32)},
+        )

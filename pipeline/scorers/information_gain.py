@@ -14,7 +14,7 @@ Defaults (sample_size, objective_size, SGD with lr 1e-3) are UNVERIFIED choices 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -25,7 +25,7 @@ from pipeline.models.embedder import embed_texts
 from pipeline.models.engine import ensure_fused_head, response_mask, token_nll
 from pipeline.models.loading import encode_examples, load_model
 from pipeline.scorers import register_scorer
-from pipeline.scorers.base import ScoreContext
+from pipeline.scorers.base import ScoreContext, Scorer
 from pipeline.scorers.embedding import example_texts
 
 
@@ -105,7 +105,7 @@ def fit_learner(x: np.ndarray, y: np.ndarray, name: str, holdout: float, seed: i
     return make_learner(name, seed).fit(x, y), stats
 
 
-def _objective_rows(examples: pl.DataFrame, objective: str | None, objective_size: int,
+def _objective_rows(examples: pl.DataFrame, objective: str | Path | None, objective_size: int,
                     rng: np.random.Generator) -> tuple[pl.DataFrame, np.ndarray]:
     """The objective set (a given parquet/JSONL file, or a seeded sample of the candidates) and the rest's indices."""
     if objective is not None:
@@ -118,60 +118,69 @@ def _objective_rows(examples: pl.DataFrame, objective: str | None, objective_siz
 
 
 @register_scorer("information_gain")
-def information_gain(examples: pl.DataFrame, ctx: ScoreContext, sample_size: int = 64, objective_size: int = 16,
-                     objective: str | None = None, lr: float = 1e-3, optimizer: str = "sgd", measure: str = "nll",
-                     learner: str = "ridge", holdout: float = 0.25, embedder: str = DEFAULT_EMBEDDER,
-                     field: str = "both") -> tuple[pl.DataFrame, dict]:
+class InformationGain(Scorer):
     """Columns: id, information_gain (z; measured where sampled, else predicted), ig_measured, ig_raw,
     ig_predicted, ig_sampled. Metadata: learner R^2/Spearman on held-out sampled examples, objective loss."""
-    if optimizer not in ("sgd", "adamw") or measure not in ("nll", "ppl"):
-        raise ValueError("optimizer must be sgd|adamw and measure nll|ppl")
-    rng = np.random.default_rng(ctx.seed)
-    tok = ctx.tokenizer()
-    pad_id = tok.pad_token_id or 0
-    obj_table, pool = _objective_rows(examples, objective, objective_size, rng)
-    sampled = np.sort(rng.choice(pool, size=min(sample_size, pool.size), replace=False))
-    objective_enc = encode_examples(tok, obj_table, ctx.max_length)
-    sample_enc = encode_examples(tok, examples[sampled.tolist()], ctx.max_length)
 
-    model = load_model(ctx.model_name, dtype=torch.float32)  # own fp32 copy: the step must not hit bf16 rounding
-    torch.manual_seed(ctx.seed)
-    raw, before = measure_ig(model, sample_enc, objective_enc, lr, optimizer, measure, ctx.max_tokens, pad_id)
-    del model
-    z = zscore(raw)
+    version = "1"
+    shardable = False
+    model_params = ("embedder",)
 
-    x = embed_texts(example_texts(examples, field), *ctx.embedder(embedder))
-    fitted, stats = fit_learner(x[sampled], z, learner, holdout, ctx.seed)
-    predicted = fitted.predict(x).astype(np.float64)
+    def __init__(self, sample_size: int = 64, objective_size: int = 16, objective: str | Path | None = None,
+                 lr: float = 1e-3, optimizer: Literal["sgd", "adamw"] = "sgd",
+                 measure: Literal["nll", "ppl"] = "nll", learner: Literal["ridge", "gbr"] = "ridge",
+                 holdout: float = 0.25, embedder: str = DEFAULT_EMBEDDER,
+                 field: Literal["both", "prompt", "response"] = "both"):
+        if optimizer not in ("sgd", "adamw") or measure not in ("nll", "ppl"):
+            raise ValueError("optimizer must be sgd|adamw and measure nll|ppl")
+        self.sample_size, self.objective_size, self.objective = sample_size, objective_size, objective
+        self.lr, self.optimizer, self.measure, self.learner = lr, optimizer, measure, learner
+        self.holdout, self.embedder, self.field = holdout, embedder, field
 
-    n = examples.height
-    measured = np.full(n, np.nan)
-    raw_all = np.full(n, np.nan)
-    measured[sampled], raw_all[sampled] = z, raw
-    is_sampled = np.zeros(n, dtype=bool)
-    is_sampled[sampled] = True
-    table = pl.DataFrame({
-        "id": examples.get_column("id"),
-        "information_gain": np.where(is_sampled, measured, predicted),
-        "ig_measured": measured,
-        "ig_raw": raw_all,
-        "ig_predicted": predicted,
-        "ig_sampled": is_sampled,
-    }).with_columns(pl.col("ig_measured", "ig_raw").fill_nan(None))
-    meta = {
-        "information_gain": {
-            **stats,
-            "n_sampled": int(sampled.size),
-            "objective_ids": obj_table.get_column("id").to_list(),
-            "objective_loss_before": before,
-            "measure": measure,
-            "ig_raw_mean": float(raw.mean()) if raw.size else None,
-            "ig_raw_std": float(raw.std()) if raw.size else None,
+    def score(self, examples: pl.DataFrame, ctx: ScoreContext) -> tuple[pl.DataFrame, dict]:
+        """Measured IG on a seeded sample, z-scored, and a learner's prediction of it for every example."""
+        rng = np.random.default_rng(ctx.seed)
+        tok = ctx.tokenizer()
+        pad_id = tok.pad_token_id or 0
+        obj_table, pool = _objective_rows(examples, self.objective, self.objective_size, rng)
+        sampled = np.sort(rng.choice(pool, size=min(self.sample_size, pool.size), replace=False))
+        objective_enc = encode_examples(tok, obj_table, ctx.max_length)
+        sample_enc = encode_examples(tok, examples[sampled.tolist()], ctx.max_length)
+
+        model = load_model(ctx.model_name, dtype=torch.float32)  # own fp32 copy: the step must not hit bf16 rounding
+        torch.manual_seed(ctx.seed)
+        raw, before = measure_ig(model, sample_enc, objective_enc, self.lr, self.optimizer, self.measure,
+                                 ctx.max_tokens, pad_id)
+        del model
+        z = zscore(raw)
+
+        x = embed_texts(example_texts(examples, self.field), *ctx.embedder(self.embedder))
+        fitted, stats = fit_learner(x[sampled], z, self.learner, self.holdout, ctx.seed)
+        predicted = fitted.predict(x).astype(np.float64)
+
+        n = examples.height
+        measured = np.full(n, np.nan)
+        raw_all = np.full(n, np.nan)
+        measured[sampled], raw_all[sampled] = z, raw
+        is_sampled = np.zeros(n, dtype=bool)
+        is_sampled[sampled] = True
+        table = pl.DataFrame({
+            "id": examples.get_column("id"),
+            "information_gain": np.where(is_sampled, measured, predicted),
+            "ig_measured": measured,
+            "ig_raw": raw_all,
+            "ig_predicted": predicted,
+            "ig_sampled": is_sampled,
+        }).with_columns(pl.col("ig_measured", "ig_raw").fill_nan(None))
+        meta = {
+            "information_gain": {
+                **stats,
+                "n_sampled": int(sampled.size),
+                "objective_ids": obj_table.get_column("id").to_list(),
+                "objective_loss_before": before,
+                "measure": self.measure,
+                "ig_raw_mean": float(raw.mean()) if raw.size else None,
+                "ig_raw_std": float(raw.std()) if raw.size else None,
+            }
         }
-    }
-    return table, meta
-
-
-information_gain.VERSION = "1"
-information_gain.shardable = False
-information_gain.key_models = ("embedder",)
+        return table, meta

@@ -6,7 +6,7 @@ this data lowered its loss a lot relative to where it started. The plain differe
 `L_base - L_ref` is kept as `loss_diff`; it correlates with length, which the ratio removes.
 
 The reference is either given (`reference`: a folder or model id) or trained once per candidate
-set by `prepare` through our own trainer (`pipeline.training.train`, full fine-tune by default, settings in
+set by the flow (`trains_reference`) through our own trainer (`pipeline.training.train`, full fine-tune by default, settings in
 `reference_train`, e.g. `{lora: {r: 16}}` for a LoRA reference via peft, saved merged); the trained
 folder lives in the score cache entry, so a resumed run reuses it.
 """
@@ -19,7 +19,7 @@ import polars as pl
 from pipeline.models.engine import response_mask, token_nll
 from pipeline.models.loading import encode_examples
 from pipeline.scorers import register_scorer
-from pipeline.scorers.base import ScoreContext
+from pipeline.scorers.base import ScoreContext, Scorer
 
 
 def response_losses(model, tok, encoded: list[dict], ctx: ScoreContext, desc: str) -> np.ndarray:
@@ -39,26 +39,29 @@ def learnability_ratio(loss_base: np.ndarray, loss_ref: np.ndarray) -> np.ndarra
 
 
 @register_scorer("learnability")
-def learnability(examples: pl.DataFrame, ctx: ScoreContext, reference: str | None = None,
-                 reference_train: dict | None = None) -> pl.DataFrame:
+class Learnability(Scorer):
     """Columns: id, loss_base, loss_ref, learnability (= 1 - loss_ref/loss_base), loss_diff (= base - ref)."""
-    if reference is None:
-        raise ValueError("learnability needs a `reference` model folder or id (flows train one from "
-                         "`reference_train` with pipeline.training.reference)")
-    tok = ctx.tokenizer()
-    encoded = encode_examples(tok, examples, ctx.max_length)
-    base = response_losses(ctx.model(), tok, encoded, ctx, "learnability base")
-    ref = response_losses(ctx.model_for(reference), tok, encoded, ctx, "learnability ref")
-    return pl.DataFrame({
-        "id": examples.get_column("id"),
-        "loss_base": base,
-        "loss_ref": ref,
-        "learnability": learnability_ratio(base, ref),
-        "loss_diff": base - ref,
-    })
 
+    version = "2"
+    model_params = ("reference",)
+    trains_reference = True
 
+    def __init__(self, reference: str | None = None, reference_train: dict | None = None):
+        self.reference, self.reference_train = reference, reference_train
 
-learnability.VERSION = "2"
-learnability.trains_reference = True
-learnability.key_models = ("reference",)
+    def score(self, examples: pl.DataFrame, ctx: ScoreContext) -> pl.DataFrame:
+        """Base and reference response losses of `examples` and their LoBaSS ratio."""
+        if self.reference is None:
+            raise ValueError("learnability needs a `reference` model folder or id (flows train one from "
+                             "`reference_train` with pipeline.training.reference)")
+        tok = ctx.tokenizer()
+        encoded = encode_examples(tok, examples, ctx.max_length)
+        base = response_losses(ctx.model(), tok, encoded, ctx, "learnability base")
+        ref = response_losses(ctx.model_for(self.reference), tok, encoded, ctx, "learnability ref")
+        return pl.DataFrame({
+            "id": examples.get_column("id"),
+            "loss_base": base,
+            "loss_ref": ref,
+            "learnability": learnability_ratio(base, ref),
+            "loss_diff": base - ref,
+        })

@@ -14,32 +14,37 @@ import polars as pl
 from pipeline.models.engine import response_mask, token_nll
 from pipeline.models.loading import encode_examples
 from pipeline.scorers import register_scorer
-from pipeline.scorers.base import ScoreContext
+from pipeline.scorers.base import ScoreContext, Scorer
 
 
 @register_scorer("perplexity")
-def perplexity(examples: pl.DataFrame, ctx: ScoreContext, full_text: bool = False) -> pl.DataFrame:
+class Perplexity(Scorer):
     """Columns: id, nll (mean response NLL), ppl = exp(nll), n_tokens (response tokens); with
     `full_text` also nll_full, ppl_full over all tokens after the first (the LM head then projects
     every token, not only the response: about twice the head work)."""
-    tok = ctx.tokenizer()
-    encoded = encode_examples(tok, examples, ctx.max_length)
-    nlls = token_nll(
-        ctx.model(), encoded, max_tokens=ctx.max_tokens, pad_id=tok.pad_token_id or 0,
-        progress=ctx.progress, desc="perplexity", response_only=not full_text,
-    )
-    resp, full, n_tokens = [], [], []
-    for enc, nll in zip(encoded, nlls, strict=True):
-        mask = response_mask(enc)
-        resp.append(float(nll[mask].mean()) if mask.any() else float("nan"))
-        full.append(float(nll.mean()) if len(nll) else float("nan"))
-        n_tokens.append(int(mask.sum()))
-    resp_arr = np.asarray(resp)
-    columns = {"id": examples.get_column("id"), "nll": resp_arr, "ppl": np.exp(resp_arr)}
-    if full_text:
-        full_arr = np.asarray(full)
-        columns |= {"nll_full": full_arr, "ppl_full": np.exp(full_arr)}
-    return pl.DataFrame({**columns, "n_tokens": n_tokens})
 
+    version = "2"
 
-perplexity.VERSION = "2"
+    def __init__(self, full_text: bool = False):
+        self.full_text = full_text
+
+    def score(self, examples: pl.DataFrame, ctx: ScoreContext) -> pl.DataFrame:
+        """The perplexity table of the context's model on `examples`."""
+        tok = ctx.tokenizer()
+        encoded = encode_examples(tok, examples, ctx.max_length)
+        nlls = token_nll(
+            ctx.model(), encoded, max_tokens=ctx.max_tokens, pad_id=tok.pad_token_id or 0,
+            progress=ctx.progress, desc="perplexity", response_only=not self.full_text,
+        )
+        resp, full, n_tokens = [], [], []
+        for enc, nll in zip(encoded, nlls, strict=True):
+            mask = response_mask(enc)
+            resp.append(float(nll[mask].mean()) if mask.any() else float("nan"))
+            full.append(float(nll.mean()) if len(nll) else float("nan"))
+            n_tokens.append(int(mask.sum()))
+        resp_arr = np.asarray(resp)
+        columns = {"id": examples.get_column("id"), "nll": resp_arr, "ppl": np.exp(resp_arr)}
+        if self.full_text:
+            full_arr = np.asarray(full)
+            columns |= {"nll_full": full_arr, "ppl_full": np.exp(full_arr)}
+        return pl.DataFrame({**columns, "n_tokens": n_tokens})

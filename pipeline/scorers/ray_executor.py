@@ -16,15 +16,16 @@ from pipeline.scorers.base import ScoreContext
 
 
 class ShardScorer:
-    """Holds one ScoreContext (and so one loaded model) and scores the shards it is sent."""
+    """Holds one scorer instance and one ScoreContext (so one loaded model) and scores the shards it is sent."""
 
-    def __init__(self, scorer: str, ctx_args: dict[str, Any]):
-        self.scorer, self.ctx = scorer, ScoreContext(**ctx_args)
-
-    def score(self, i: int, shard: pl.DataFrame, params: dict[str, Any]) -> tuple[int, Any]:
+    def __init__(self, scorer: str, params: dict[str, Any], ctx_args: dict[str, Any]):
         from pipeline.scorers import get_scorer
 
-        return i, get_scorer(self.scorer)(shard, self.ctx, **params)
+        self.scorer, self.ctx = get_scorer(scorer, **params), ScoreContext(**ctx_args)
+
+    def score(self, i: int, shard: pl.DataFrame) -> tuple[int, Any]:
+        """(i, the scorer's result on `shard`): the index travels back with the result."""
+        return i, self.scorer(shard, self.ctx)
 
 
 def score_shards(
@@ -35,7 +36,6 @@ def score_shards(
     import torch
     from ray.util import ActorPool
 
-
     if not shards:
         return
     if not ray.is_initialized():
@@ -43,10 +43,10 @@ def score_shards(
     resources = {"num_gpus": 1} if torch.cuda.is_available() else {"num_cpus": 1}
     actor_cls = ray.remote(**resources)(ShardScorer)
     n = max(1, min(num_workers, len(shards)))
-    actors = [actor_cls.remote(scorer, ctx.settings()) for _ in range(n)]
+    actors = [actor_cls.remote(scorer, params, ctx.settings()) for _ in range(n)]
     pool = ActorPool(actors)
     for i, shard in shards.items():
-        pool.submit(lambda a, v: a.score.remote(*v), (i, shard, params))
+        pool.submit(lambda a, v: a.score.remote(*v), (i, shard))
     try:
         while pool.has_next():
             yield pool.get_next_unordered()

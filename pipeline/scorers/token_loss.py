@@ -13,19 +13,24 @@ import polars as pl
 from pipeline.models.engine import response_mask, token_nll
 from pipeline.models.loading import encode_examples
 from pipeline.scorers import register_scorer
-from pipeline.scorers.base import ScoreContext
+from pipeline.scorers.base import ScoreContext, Scorer
 from pipeline.scorers.token_table import from_arrays
 
 
 @register_scorer("token_loss")
-def token_loss(examples: pl.DataFrame, ctx: ScoreContext, model: str | None = None) -> pl.DataFrame:
+class TokenLossTable(Scorer):
     """Per-token NLL of `model` (default: the context's model) on every example, with its response mask."""
-    tok = ctx.tokenizer()
-    encoded = encode_examples(tok, examples, ctx.max_length)
-    nlls = token_nll(ctx.model_for(model), encoded, max_tokens=ctx.max_tokens, pad_id=tok.pad_token_id or 0,
-                     progress=ctx.progress, desc="token loss")
-    return from_arrays(examples.get_column("id").to_list(), nlls, [response_mask(e) for e in encoded])
 
+    version = "1"
+    model_params = ("model",)
 
-token_loss.VERSION = "1"
-token_loss.key_models = ("model",)
+    def __init__(self, model: str | None = None):
+        self.model = model
+
+    def score(self, examples: pl.DataFrame, ctx: ScoreContext) -> pl.DataFrame:
+        """The token table (id, nll, response_mask) of `model` on `examples`."""
+        tok = ctx.tokenizer()
+        encoded = encode_examples(tok, examples, ctx.max_length)
+        nlls = token_nll(ctx.model_for(self.model), encoded, max_tokens=ctx.max_tokens,
+                         pad_id=tok.pad_token_id or 0, progress=ctx.progress, desc="token loss")
+        return from_arrays(examples.get_column("id").to_list(), nlls, [response_mask(e) for e in encoded])
