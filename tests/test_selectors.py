@@ -1,4 +1,4 @@
-"""Selectors: exact budgets, determinism, accounting, sensitivity sampling, CLEAR, data-mix and compose."""
+"""Selectors: exact budgets, determinism, accounting, declared parameters, sensitivity sampling, CLEAR, data-mix, compose."""
 
 from __future__ import annotations
 
@@ -9,17 +9,25 @@ import numpy as np
 import polars as pl
 import pytest
 
+from pipeline.core.registry import ConfigError
 from pipeline.selectors import (
+    SELECTORS,
+    RowFilter,
     SelectContext,
+    Selector,
     compose,
     estimate_lambda,
     get_selector,
+    register_selector,
+    row_filter,
     run_selector,
     sensitivity_sampling,
 )
 from pipeline.selectors.clear import apply_corrections
 from pipeline.selectors.datamix import (
+    DATAMIX_DEFAULTS,
     PARAMS,
+    DataMix,
     fit_domain_curves,
     loss_model,
     mixture_counts,
@@ -29,6 +37,7 @@ from pipeline.selectors.datamix import (
     run_datamix,
     sample_mix,
 )
+from pipeline.selectors.rules import KeepAll, Quantile
 from pipeline.selectors.sensitivity import cluster
 
 # ---------------------------------------------------------------------------------------------
@@ -174,14 +183,14 @@ def test_estimate_lambda_properties():
 
 def test_sensitivity_selector_accounts_and_weights():
     scores = score_table(400)
-    sel = run_selector(get_selector("sensitivity"), scores, seed=5, m=120, k=12, lam="auto", loss="loss")
+    sel = run_selector(get_selector("sensitivity", m=120, k=12, lam="auto", loss="loss"), scores, seed=5)
     auto_calls = []
 
     def auto_rows(rows: pl.DataFrame):
         auto_calls.append(rows.height)
         return rows.get_column("loss").to_numpy()
 
-    run_selector(get_selector("sensitivity"), scores, seed=5, m=120, k=12, lam="auto", n_pilot=50,
+    run_selector(get_selector("sensitivity", m=120, k=12, lam="auto", n_pilot=50), scores, seed=5,
                  context=SelectContext(loss_fn=auto_rows))
     assert auto_calls == [12, 50]  # centers once, pilot once
     assert sel.height == scores.height and sel.get_column("id").to_list() == scores.get_column("id").to_list()
@@ -197,11 +206,11 @@ def test_sensitivity_selector_accounts_and_weights():
         return rows.get_column("loss").to_numpy()
 
     ctx = SelectContext(loss_fn=loss_rows)
-    sel2 = run_selector(get_selector("sensitivity"), scores.drop("prompt"), seed=5, context=ctx, m=120, k=12, lam=0.05)
+    sel2 = run_selector(get_selector("sensitivity", m=120, k=12, lam=0.05), scores.drop("prompt"), seed=5, context=ctx)
     assert len(seen) == 1 and len(seen[0]) == 12
     assert int(sel2.get_column("draws").sum()) == 120
-    normalized = run_selector(get_selector("sensitivity"), scores, seed=5, m=120, k=12, lam=0.05, loss="loss",
-                              normalize=True).filter(pl.col("kept"))
+    normalized = run_selector(get_selector("sensitivity", m=120, k=12, lam=0.05, loss="loss", normalize=True),
+                              scores, seed=5).filter(pl.col("kept"))
     assert math.isclose(normalized.get_column("weight").mean(), 1.0, rel_tol=1e-9)
 
 
@@ -241,21 +250,21 @@ def test_rule_budgets_exact_with_ties_and_nan(seed):
     n_valid = int(scores.select(pl.col("s").is_not_null() & pl.col("s").is_not_nan()).to_series().sum())
     lo, hi = sorted(rng.random(2))
     frac, k = float(rng.random()), int(rng.integers(0, 90))
-    q = run_selector(get_selector("quantile"), scores, column="s", keep=[lo, hi])
+    q = run_selector(get_selector("quantile", column="s", keep=[lo, hi]), scores)
     assert q.get_column("kept").sum() == math.floor(hi * n_valid + 1e-9) - math.floor(lo * n_valid + 1e-9)
-    f = run_selector(get_selector("fraction"), scores, column="s", fraction=frac, order="highest")
+    f = run_selector(get_selector("fraction", column="s", fraction=frac, order="highest"), scores)
     assert f.get_column("kept").sum() == round(frac * n_valid)
     check_order(f, scores, highest=True)
-    t = run_selector(get_selector("top_k"), scores, column="s", k=k)
+    t = run_selector(get_selector("top_k", column="s", k=k), scores)
     assert t.get_column("kept").sum() == min(k, n_valid)
     check_order(t, scores, highest=True)
-    low = run_selector(get_selector("top_k"), scores, column="s", k=k, order="lowest")
+    low = run_selector(get_selector("top_k", column="s", k=k, order="lowest"), scores)
     check_order(low, scores, highest=False)
     # same rows kept whatever the row order (ties broken by id), and the same result twice
     shuffled = scores.sample(fraction=1.0, shuffle=True, seed=seed)
-    t2 = run_selector(get_selector("top_k"), shuffled, column="s", k=k)
+    t2 = run_selector(get_selector("top_k", column="s", k=k), shuffled)
     assert set(t2.filter(pl.col("kept")).get_column("id")) == set(t.filter(pl.col("kept")).get_column("id"))
-    assert t.equals(run_selector(get_selector("top_k"), scores, column="s", k=k))
+    assert t.equals(run_selector(get_selector("top_k", column="s", k=k), scores))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,7 +357,7 @@ def test_clear_filter_keeps_half_at_the_median():
     assert (kept_conf > med).all()
     with_nan = scores.with_columns(pl.when(pl.int_range(pl.len()) < 10).then(float("nan"))
                                    .otherwise(pl.col("clear_confidence")).alias("clear_confidence"))
-    sel_nan = run_selector(get_selector("clear"), with_nan, gamma=0.3)
+    sel_nan = run_selector(get_selector("clear", gamma=0.3), with_nan)
     assert sel_nan.head(10).get_column("reason").to_list() == ["missing score"] * 10
     assert int(sel_nan.get_column("kept").sum()) == int((with_nan.get_column("clear_confidence").tail(190) > 0.3).sum())
 
@@ -360,7 +369,7 @@ def test_clear_autocorrect_replaces_exactly_above_eta():
     p_better = {p: (0.95 if i % 3 == 0 else 0.8 if i % 3 == 1 else 0.2) for i, p in enumerate(prompts)}
     trained: list = []
     ctx = fake_clear_context(trained, p_better)
-    sel = run_selector(get_selector("clear"), scores.drop("prompt", "response"), correct=True, eta=0.8,
+    sel = run_selector(get_selector("clear", correct=True, eta=0.8), scores.drop("prompt", "response"),
                        context=SelectContext(examples=scores.select("id", "prompt", "response"), train_fn=ctx.train_fn,
                                              generate_fn=ctx.generate_fn, confidence_fn=ctx.confidence_fn))
     filter_kept = set(scores.get_column("id")) - set(dropped.get_column("id"))
@@ -402,9 +411,9 @@ def test_compose_counts_reasons_and_weights():
     reasons = sel.filter(~pl.col("kept")).get_column("reason")
     assert reasons.str.contains("quantile").sum() == stages[0]["dropped"]
     assert reasons.str.contains("not drawn").sum() == stages[1]["dropped"]
-    first = run_selector(get_selector("quantile"), scores, column="ppl", keep=[0.1, 0.9])
-    alone = run_selector(get_selector("sensitivity"), scores.filter(first.get_column("kept")), seed=1, m=100, k=8,
-                         lam=0.05, loss="loss")
+    first = run_selector(get_selector("quantile", column="ppl", keep=[0.1, 0.9]), scores)
+    alone = run_selector(get_selector("sensitivity", m=100, k=8, lam=0.05, loss="loss"),
+                         scores.filter(first.get_column("kept")), seed=1)
     kept = sel.filter(pl.col("kept")).join(alone.select("id", pl.col("weight").alias("w1")), on="id", how="left")
     assert np.allclose(kept.get_column("weight"), kept.get_column("w1"))  # multiplied by the fraction's 1.0
     replaced, _ = compose(scores, [steps[1], {**steps[2], "weights": "replace"}], seed=1)
@@ -413,20 +422,142 @@ def test_compose_counts_reasons_and_weights():
     assert again.equals(sel) and stages2 == stages
 
 
-def test_run_selector_passes_context_only_when_accepted():
+def test_run_selector_passes_context_with_the_seed_and_keeps_extras():
     scores = score_table(20)
     got = []
 
-    def with_ctx(scores, seed=0, context=None):
-        got.append(context)
-        return scores.select("id", pl.lit(True).alias("kept"), pl.lit(1.0).alias("weight"),
-                             pl.lit("k").alias("reason"), pl.lit("x").alias("extra"))
+    class WithCtx(Selector):
+        """Records the context it gets and adds an extra column."""
+
+        def select(self, scores: pl.DataFrame, ctx: SelectContext) -> pl.DataFrame:
+            got.append(ctx)
+            return scores.select("id", pl.lit(True).alias("kept"), pl.lit(1.0).alias("weight"),
+                                 pl.lit("k").alias("reason"), pl.lit("x").alias("extra"))
 
     ctx = SelectContext(model_name="m")
-    out = run_selector(with_ctx, scores, context=ctx)
-    assert got == [ctx] and out.columns == ["id", "kept", "weight", "reason", "extra"]
-    plain = run_selector(get_selector("top_k"), scores, context=ctx, column="ppl", k=5)
+    out = run_selector(WithCtx(), scores, seed=7, context=ctx)
+    assert got[0].model_name == "m" and got[0].seed == 7 and ctx.seed == 0  # the caller's context untouched
+    assert out.columns == ["id", "kept", "weight", "reason", "extra"]
+    run_selector(WithCtx(), scores)
+    assert got[1].seed == 0 and got[1].examples is None
+    plain = run_selector(get_selector("top_k", column="ppl", k=5), scores, context=ctx)
     assert int(plain.get_column("kept").sum()) == 5
+    with pytest.raises(TypeError, match="instance"):
+        run_selector(WithCtx, scores)
+
+
+def test_run_selector_rejects_lost_or_duplicated_ids():
+    scores = score_table(10)
+
+    class Lossy(Selector):
+        def select(self, scores: pl.DataFrame, ctx: SelectContext) -> pl.DataFrame:
+            return KeepAll().select(scores.head(9), ctx)
+
+    class Doubled(Selector):
+        def select(self, scores: pl.DataFrame, ctx: SelectContext) -> pl.DataFrame:
+            return pl.concat([KeepAll().select(scores.head(9), ctx), KeepAll().select(scores.head(1), ctx)])
+
+    for bad in (Lossy(), Doubled()):
+        with pytest.raises(ValueError, match="exactly once"):
+            run_selector(bad, scores)
+
+
+# ---------------------------------------------------------------------------------------------
+# declared parameters: checked before anything runs, errors name the recipe key
+
+
+def test_misspelt_or_mistyped_parameter_names_the_recipe_key():
+    with pytest.raises(ConfigError, match=r"select\.fraktion") as err:
+        get_selector("fraction", column="ppl", fraktion=0.3)
+    assert "column, fraction, order" in str(err.value)  # lists the selector's parameters
+    with pytest.raises(ConfigError, match=r"select\.keep"):
+        get_selector("quantile", column="ppl", keep=0.5)
+    with pytest.raises(ConfigError, match=r"select\.k\b"):
+        get_selector("top_k", column="ppl")  # a required parameter missing
+    with pytest.raises(ConfigError, match=r"select\.fraction.*\[0, 1\]"):
+        get_selector("fraction", column="ppl", fraction=1.5)  # a value __init__ rejects
+    with pytest.raises(ConfigError, match=r"select\.order"):
+        get_selector("fraction", column="ppl", order="low")
+    with pytest.raises(ConfigError, match=r"select\.lam"):
+        get_selector("sensitivity", m=10, lam="atuo")
+    with pytest.raises(ConfigError, match=r"select\.rule.*unknown selector"):
+        get_selector("qunatile", column="ppl")
+    assert SELECTORS.get("quantile") is Quantile
+    q = get_selector("quantile", column="ppl", keep=[0.1, 0.9])  # a recipe's list becomes the declared tuple
+    assert isinstance(q, Quantile) and q.keep == (0.1, 0.9)
+    assert get_selector("sensitivity", m=10, lam="auto").lam == "auto"
+    assert set(DATAMIX_DEFAULTS) == set(DataMix.param_names())
+    assert all(DATAMIX_DEFAULTS[k] == v for k, v in vars(DataMix()).items() if v is not None)
+
+
+def test_compose_checks_every_step_before_running_any():
+    scores = score_table(50)
+    ran = []
+
+    @register_selector("test_recording")
+    class Recording(Selector):
+        """Records that it ran (an expensive step in a real recipe)."""
+
+        def select(self, scores: pl.DataFrame, ctx: SelectContext) -> pl.DataFrame:
+            ran.append(scores.height)
+            return KeepAll().select(scores, ctx)
+
+    steps = [{"rule": "test_recording"}, {"rule": "fraction", "column": "ppl", "fraktion": 0.3}]
+    with pytest.raises(ConfigError, match=r"select\[1\]\.fraktion"):
+        compose(scores, steps)
+    assert ran == []  # the first step never ran
+    with pytest.raises(ConfigError, match=r"^select\.keep"):
+        compose(scores, [{"rule": "quantile", "column": "ppl", "keep": 0.5}])  # one step: no index
+    with pytest.raises(ConfigError, match=r"select\[0\]\.weights"):
+        compose(scores, [{"rule": "all", "weights": "add"}, {"rule": "all"}])
+    with pytest.raises(ConfigError, match=r"select\[1\]\.rule"):
+        compose(scores, [{"rule": "all"}, {"rule": "nope"}])
+    compose(scores, steps[:1])
+    assert ran == [50]
+
+
+def test_user_row_filter_registered_by_name_works_through_compose():
+    @register_selector("test_low_ppl")
+    class LowPerplexity(RowFilter):
+        """Keep rows whose perplexity is below a cutoff, with the value in the reason."""
+
+        def __init__(self, below: float = 3.0):
+            self.below = below
+
+        def keep(self, row: dict) -> tuple[bool, str]:
+            ok = row["ppl"] < self.below
+            return ok, f"{'kept' if ok else 'dropped'}: ppl {row['ppl']:.2f} {'<' if ok else '>='} {self.below}"
+
+    scores = score_table(200)
+    sel, stages = compose(scores, [{"rule": "quantile", "column": "ppl", "keep": [0.0, 0.9]},
+                                   {"rule": "test_low_ppl", "below": 3}], seed=0)
+    assert sel.get_column("id").to_list() == scores.get_column("id").to_list()
+    assert stages[1]["read"] == stages[0]["kept"] and stages[1]["kept"] + stages[1]["dropped"] == stages[1]["read"]
+    kept = scores.filter(sel.get_column("kept"))
+    assert (kept.get_column("ppl") < 3).all() and kept.height == stages[1]["kept"] > 0
+    assert sel.filter(pl.col("kept")).get_column("reason").str.contains("< 3.0").all()
+    assert sel.get_column("reason").str.contains(">= 3.0").sum() == stages[1]["dropped"]
+    with pytest.raises(ConfigError, match=r"select\[1\]\.below"):
+        compose(scores, [{"rule": "all"}, {"rule": "test_low_ppl", "below": "three"}])
+    with pytest.raises(TypeError, match="Selector subclass"):
+        register_selector("test_bad")(lambda scores: scores)
+
+
+def test_row_filter_decorator_declares_the_predicate_parameters():
+    @row_filter
+    def short(row: dict, max_chars: int = 3) -> bool:
+        """Keep short responses."""
+        return len(row["response"]) <= max_chars
+
+    assert issubclass(short, RowFilter) and short.param_names() == ["max_chars"]
+    with pytest.raises(ConfigError, match=r"select\.max_char\b"):
+        short.create({"max_char": 2}, where="select")
+    with pytest.raises(ConfigError, match=r"select\.max_chars"):
+        short.create({"max_chars": "two"}, where="select")
+    scores = score_table(20)  # responses a0..a19
+    sel = run_selector(short.create({"max_chars": 2}), scores)
+    assert int(sel.get_column("kept").sum()) == 10
+    assert set(sel.get_column("reason")) == {"kept: short", "dropped: short"}
 
 
 def selector_cases(tmp_path) -> list[tuple[str, dict, SelectContext | None]]:
@@ -449,8 +580,8 @@ def selector_cases(tmp_path) -> list[tuple[str, dict, SelectContext | None]]:
 def test_every_selector_is_deterministic_and_accounts_for_every_id(tmp_path):
     scores = score_table(300)
     for name, params, ctx in selector_cases(tmp_path):
-        a = run_selector(get_selector(name), scores, seed=11, context=ctx, **params)
-        b = run_selector(get_selector(name), scores, seed=11, context=ctx, **params)
+        a = run_selector(get_selector(name, **params), scores, seed=11, context=ctx)
+        b = run_selector(get_selector(name, **params), scores, seed=11, context=ctx)
         assert a.equals(b), name
         assert a.get_column("id").to_list() == scores.get_column("id").to_list(), name
         assert a.get_column("kept").null_count() == 0 and a.get_column("reason").null_count() == 0, name
@@ -462,8 +593,8 @@ def test_default_model_callables_with_tiny_model(tiny_model_dir):
     scores = score_table(60).drop("loss")
     examples = scores.select("id", "prompt", "response")
     ctx = SelectContext(examples=examples, model_name=tiny_model_dir)
-    sel = run_selector(get_selector("sensitivity"), scores.drop("prompt", "response"), seed=0, context=ctx,
-                       m=20, k=4, lam=0.1)
+    sel = run_selector(get_selector("sensitivity", m=20, k=4, lam=0.1), scores.drop("prompt", "response"),
+                       seed=0, context=ctx)
     assert int(sel.get_column("draws").sum()) == 20 and (sel.filter(pl.col("kept")).get_column("weight") > 0).all()
     from pipeline.selectors.clear import default_confidence_fn
 

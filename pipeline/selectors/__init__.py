@@ -1,21 +1,71 @@
 """Selectors turn a score table into a selection: for every input id, kept or dropped, why, and a weight.
 
-A selector is `selector(scores: pl.DataFrame, *, seed: int, **params) -> pl.DataFrame` with columns
-`id, kept, weight, reason`. `run_selector` checks that every input id is accounted for exactly once
-(kept + dropped = read), so no selector can silently lose a row. Per-row rules can be written as
-plain predicates with `row_filter` (datatrove style: return a bool or `(bool, reason)`).
-Selectors that need more than the scores (examples, a loss function, a model) declare a `context`
-parameter and receive a `SelectContext`; `compose` chains selectors. See docs/selectors.md.
+A selector is a class (datatrove style, like the losses): its parameters are the keyword arguments
+of `__init__`, and `select(scores, ctx) -> pl.DataFrame` returns `id, kept, weight, reason`.
+`get_selector(name, **params)` checks the parameters (a `ConfigError` names `select.<key>`) and
+returns an instance; `run_selector` checks that every input id is accounted for exactly once
+(kept + dropped = read), so no selector can silently lose a row. Per-row rules subclass `RowFilter`
+(or decorate a predicate with `row_filter`). `SelectContext` carries the seed and whatever else a
+selector needs (examples, a loss function, a model); `compose` chains selectors. See docs/selectors.md.
 """
 
 from __future__ import annotations
 
-from pipeline.core.registry import Registry
-from pipeline.selectors.base import SELECTION_SCHEMA, SelectContext, row_filter, run_selector
+from typing import Any
+
+from pipeline.core.registry import ConfigError, Registry
+from pipeline.selectors.base import (
+    SELECTION_SCHEMA,
+    RowFilter,
+    SelectContext,
+    Selector,
+    row_filter,
+    run_selector,
+)
 
 SELECTORS = Registry("selector", "pipeline.selectors")
-register_selector = SELECTORS.register
-get_selector = SELECTORS.get
+
+
+def register_selector(name: str):
+    """Class decorator: `@register_selector("name")` names a `Selector` subclass and registers it."""
+
+    def deco(cls: type[Selector]) -> type[Selector]:
+        if not (isinstance(cls, type) and issubclass(cls, Selector)):
+            raise TypeError(f"@register_selector({name!r}) needs a Selector subclass, got {cls!r}: "
+                            "write `class X(Selector)` with select(scores, ctx), or a RowFilter with keep(row)")
+        cls.name = name
+        return SELECTORS.register(name)(cls)
+
+    return deco
+
+
+def selector_class(rule: str, where: str = "select") -> type[Selector]:
+    """The selector class registered (or importable) as `rule`; a `ConfigError` naming `where.rule` if none."""
+    try:
+        cls = SELECTORS.get(rule)
+    except KeyError as err:
+        raise ConfigError(f"{where}.rule", str(err.args[0])) from None
+    if not (isinstance(cls, type) and issubclass(cls, Selector)):
+        raise ConfigError(f"{where}.rule", f"{rule!r} is {cls!r}, not a Selector subclass")
+    return cls
+
+
+def build_selector(rule: str, params: dict[str, Any] | None = None, where: str = "select") -> Selector:
+    """A checked instance of `rule`: errors (unknown key, wrong type, bad value) name `where.<key>`."""
+    cls = selector_class(rule, where)
+    checked = cls.check_params(params, where)  # what `cls.create` does, with __init__'s errors placed
+    try:
+        return cls(**checked)
+    except ConfigError as err:  # __init__ names the parameter it rejects
+        raise ConfigError(f"{where}.{err.key}", str(err).removeprefix(f"{err.key}: ")) from None
+    except ValueError as err:
+        raise ConfigError(where, f"{rule}: {err}") from None
+
+
+def get_selector(name: str, **params: Any) -> Selector:
+    """An instance of the selector `name` with `params`, checked like a recipe's `select` section."""
+    return build_selector(name, params, where="select")
+
 
 from pipeline.selectors import clear as _clear  # noqa: E402,F401  (registers itself)
 from pipeline.selectors import datamix as _datamix  # noqa: E402,F401  (registers itself)
@@ -27,12 +77,16 @@ from pipeline.selectors.sensitivity import estimate_lambda, sensitivity_sampling
 __all__ = [
     "SELECTION_SCHEMA",
     "SELECTORS",
+    "RowFilter",
     "SelectContext",
+    "Selector",
+    "build_selector",
     "compose",
     "estimate_lambda",
     "get_selector",
     "register_selector",
     "row_filter",
     "run_selector",
+    "selector_class",
     "sensitivity_sampling",
 ]

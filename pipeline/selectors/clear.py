@@ -17,13 +17,13 @@ model's mean response NLL of old and new answers (a documented substitute, not t
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
 
 from pipeline.selectors import register_selector
-from pipeline.selectors.base import SelectContext
+from pipeline.selectors.base import SelectContext, Selector
 
 
 def default_generate_fn(max_new_tokens: int = 160, batch_size: int = 16) -> Callable[[Any, list[str]], list[str]]:
@@ -76,32 +76,42 @@ def _callables(context: SelectContext | None) -> tuple[Callable, Callable, Calla
 
 
 @register_selector("clear")
-def clear(scores: pl.DataFrame, column: str = "clear_confidence", gamma: float | str = "median",
-          correct: bool = False, eta: float = 0.8, seed: int = 0, context: SelectContext | None = None) -> pl.DataFrame:
-    """Keep confidence > gamma; with `correct`, replace dropped responses whose correction beats eta."""
-    conf = pl.col(column).cast(pl.Float64)
-    valid = conf.is_not_null() & conf.is_not_nan()
-    values = scores.filter(valid).get_column(column).cast(pl.Float64)
-    if gamma == "median":
-        g = float(values.median()) if values.len() else float("inf")
-    else:
-        g = float(gamma)
-    txt = pl.lit(f"{column}=") + conf.round(4).cast(pl.String)
-    out = scores.select(
-        "id",
-        (valid & (conf > g)).alias("kept"),
-        pl.lit(1.0).alias("weight"),
-        pl.when(~valid).then(pl.lit("missing score"))
-        .when(conf > g).then(pl.lit("kept: clear filter; ") + txt + pl.lit(f" > gamma={g:.4g}"))
-        .otherwise(pl.lit("dropped: clear filter; ") + txt + pl.lit(f" <= gamma={g:.4g}")).alias("reason"),
-        pl.lit(None, dtype=pl.String).alias("old_response"),
-        pl.lit(None, dtype=pl.String).alias("new_response"),
-        pl.lit(None, dtype=pl.Float64).alias("p_better"),
-    )
-    if not correct:
-        return out.drop("old_response", "new_response", "p_better")
-    return _correct(out, _rows(scores, context), valid_mask=scores.select(valid).to_series(),
-                    eta=eta, seed=seed, context=context)
+class Clear(Selector):
+    """Keep confidence > gamma; with `correct`, replace dropped responses whose correction beats eta.
+
+    `gamma="median"` is the median of the valid confidences; the correction model is trained with
+    `ctx.train_fn(kept_rows, ctx.seed)`.
+    """
+
+    def __init__(self, column: str = "clear_confidence", gamma: float | Literal["median"] = "median",
+                 correct: bool = False, eta: float = 0.8):
+        self.column, self.gamma, self.correct, self.eta = column, gamma, correct, eta
+
+    def select(self, scores: pl.DataFrame, ctx: SelectContext) -> pl.DataFrame:
+        column = self.column
+        conf = pl.col(column).cast(pl.Float64)
+        valid = conf.is_not_null() & conf.is_not_nan()
+        values = scores.filter(valid).get_column(column).cast(pl.Float64)
+        if self.gamma == "median":
+            g = float(values.median()) if values.len() else float("inf")
+        else:
+            g = float(self.gamma)
+        txt = pl.lit(f"{column}=") + conf.round(4).cast(pl.String)
+        out = scores.select(
+            "id",
+            (valid & (conf > g)).alias("kept"),
+            pl.lit(1.0).alias("weight"),
+            pl.when(~valid).then(pl.lit("missing score"))
+            .when(conf > g).then(pl.lit("kept: clear filter; ") + txt + pl.lit(f" > gamma={g:.4g}"))
+            .otherwise(pl.lit("dropped: clear filter; ") + txt + pl.lit(f" <= gamma={g:.4g}")).alias("reason"),
+            pl.lit(None, dtype=pl.String).alias("old_response"),
+            pl.lit(None, dtype=pl.String).alias("new_response"),
+            pl.lit(None, dtype=pl.Float64).alias("p_better"),
+        )
+        if not self.correct:
+            return out.drop("old_response", "new_response", "p_better")
+        return _correct(out, _rows(scores, ctx), valid_mask=scores.select(valid).to_series(),
+                        eta=self.eta, seed=ctx.seed, context=ctx)
 
 
 def _correct(out: pl.DataFrame, rows: pl.DataFrame, valid_mask: pl.Series, eta: float, seed: int,
@@ -145,4 +155,4 @@ def apply_corrections(examples: pl.DataFrame, selection: pl.DataFrame) -> pl.Dat
     ).drop("new_response")
 
 
-__all__ = ["apply_corrections", "clear", "default_confidence_fn", "default_generate_fn"]
+__all__ = ["Clear", "apply_corrections", "default_confidence_fn", "default_generate_fn"]

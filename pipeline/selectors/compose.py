@@ -1,9 +1,12 @@
 """Compose selectors: apply a list of steps in order, each to the rows the previous steps kept.
 
 A step is `{"rule": name, ...params}`; the optional key `weights` says how a kept row's weight combines
-with the weight it already had: `"multiply"` (default) or `"replace"`. A row dropped by a stage keeps
-that stage's reason and weight and is not read by later stages. Extra columns a stage returns (e.g.
-CLEAR's `new_response`) are carried into the final selection. Every stage runs with the same seed.
+with the weight it already had: `"multiply"` (default) or `"replace"`. Every step's selector is built
+(its parameters checked) before the first one runs, so a typo in a late step fails at once, with a
+`ConfigError` naming the recipe key (`select.<key>` for one step, `select[i].<key>` in a list).
+A row dropped by a stage keeps that stage's reason and weight and is not read by later stages. Extra
+columns a stage returns (e.g. CLEAR's `new_response`) are carried into the final selection. Every
+stage runs with the same seed.
 """
 
 from __future__ import annotations
@@ -12,28 +15,42 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.selectors import get_selector
-from pipeline.selectors.base import SelectContext, run_selector
+from pipeline.core.registry import ConfigError
+from pipeline.selectors import build_selector
+from pipeline.selectors.base import SelectContext, Selector, run_selector
 
 WEIGHT_MODES = ("multiply", "replace")
 
 
+def build_steps(steps: list[dict[str, Any]], where: str = "select") -> list[tuple[Selector, str, dict[str, Any]]]:
+    """Each step's checked selector, weight mode and parameters; errors name `where` or `where[i]`."""
+    built = []
+    for i, step in enumerate(steps):
+        at = where if len(steps) == 1 else f"{where}[{i}]"
+        if not isinstance(step, dict) or not step.get("rule"):
+            raise ConfigError(f"{at}.rule", f"a selection step needs a rule name, got {step!r}")
+        mode = step.get("weights", "multiply")
+        if mode not in WEIGHT_MODES:
+            raise ConfigError(f"{at}.weights", f"must be one of {WEIGHT_MODES}, not {mode!r}")
+        params = {k: v for k, v in step.items() if k not in {"rule", "weights"}}
+        built.append((build_selector(step["rule"], params, where=at), mode, params))
+    return built
+
+
 def compose(scores: pl.DataFrame, steps: list[dict[str, Any]], seed: int = 0,
-            context: SelectContext | None = None) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
+            context: SelectContext | None = None,
+            where: str = "select") -> tuple[pl.DataFrame, list[dict[str, Any]]]:
     """Final selection (one row per input id, input order) and per-stage read/kept/dropped counts."""
     if not steps:
         steps = [{"rule": "all"}]
+    built = build_steps(steps, where)  # every step checked before any runs
     current = scores.select("id").with_columns(pl.lit(True).alias("kept"), pl.lit(1.0).alias("weight"),
                                                pl.lit("kept: no stage").alias("reason"))
     stages: list[dict[str, Any]] = []
-    for i, step in enumerate(steps):
-        params = {k: v for k, v in step.items() if k not in {"rule", "weights"}}
-        mode = step.get("weights", "multiply")
-        if mode not in WEIGHT_MODES:
-            raise ValueError(f"step {i}: weights must be one of {WEIGHT_MODES}, not {mode!r}")
+    for i, (step, (selector, mode, params)) in enumerate(zip(steps, built, strict=True)):
         alive = current.filter(pl.col("kept")).select("id")
         stage_in = alive.join(scores, on="id", how="left", maintain_order="left")
-        out = run_selector(get_selector(step["rule"]), stage_in, seed=seed, context=context, **params)
+        out = run_selector(selector, stage_in, seed=seed, context=context)
         prev = current.select("id", pl.col("weight").alias("_prev"))
         out = out.join(prev, on="id", how="left", maintain_order="left").with_columns(
             pl.when(pl.col("kept") & pl.lit(mode == "multiply")).then(pl.col("weight") * pl.col("_prev"))

@@ -11,6 +11,7 @@ N0 is measured in examples and rescaled internally by the median proxy budget (`
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,20 +23,10 @@ from scipy.optimize import least_squares, minimize
 
 from pipeline.core.hashing import config_hash, fingerprint
 from pipeline.selectors import register_selector
-from pipeline.selectors.base import SelectContext
+from pipeline.selectors.base import SelectContext, Selector
 
 PARAMS = ("C", "k", "alpha", "beta", "E")
 FACTORS = (1 / 3, 1 / 2, 2.0, 3.0)
-DATAMIX_DEFAULTS: dict[str, Any] = {
-    "budget": None,  # examples to select; None = half the pool
-    "proxy_n": None,  # examples per domain in the equal proxy mix; None = a third of the smallest domain pool
-    "n_val_per_domain": 16,  # held-out rows per domain for the proxy validation losses
-    "factors": list(FACTORS),
-    "floor": 0.01,  # smallest weight any domain may get
-    "starts": 8,  # fit restarts per domain
-    "f_scale": 0.01,  # Huber transition, in loss units
-    "train": {"max_steps": 20},  # proxy training overrides for the default proxy_train_fn
-}
 
 
 def loss_model(w: np.ndarray | float, n0: np.ndarray | float, p: Sequence[float]) -> np.ndarray:
@@ -262,7 +253,10 @@ def run_proxies(pool: pl.DataFrame, validation: pl.DataFrame, plan: list[dict[st
 
 def run_datamix(examples: pl.DataFrame, proxy_train_fn: ProxyTrainFn, cfg: dict | None, cache_dir: str | Path,
                 seed: int = 0) -> pl.DataFrame:
-    """Proxy runs -> fitted curves -> optimal mix -> sampled selection; writes datamix.json and curves.png to cache_dir."""
+    """Proxy runs -> fitted curves -> optimal mix -> sampled selection; writes datamix.json and curves.png to cache_dir.
+
+    `cfg` holds `DataMix`'s parameters (missing keys take `DATAMIX_DEFAULTS`).
+    """
     cfg = {**DATAMIX_DEFAULTS, **(cfg or {})}
     pool, validation = _split(examples, int(cfg["n_val_per_domain"]), seed)
     domains = sorted(set(examples.get_column("domain").to_list()))
@@ -283,18 +277,49 @@ def run_datamix(examples: pl.DataFrame, proxy_train_fn: ProxyTrainFn, cfg: dict 
 
 
 @register_selector("datamix")
-def datamix(scores: pl.DataFrame, seed: int = 0, context: SelectContext | None = None, **cfg: Any) -> pl.DataFrame:
-    """Optimized domain mixture (params: see DATAMIX_DEFAULTS); needs `domain` and context proxy/model settings."""
-    ctx = context or SelectContext()
-    source = ctx.examples if ctx.examples is not None else scores
-    if "domain" not in source.columns:
-        raise ValueError("datamix needs a domain column (in the scores or context.examples)")
-    examples = scores.select("id").join(source, on="id", how="left", maintain_order="left")
-    run_dir = Path(ctx.run_dir or ".") / "datamix"
-    proxy = ctx.proxy_train_fn
-    if proxy is None:
-        if ctx.train_fn is None:
-            raise ValueError("datamix needs context.proxy_train_fn or context.train_fn, (examples, seed, overrides) "
-                             "-> model folder: flows pass pipeline.training.reference.reference_trainer")
-        proxy = default_proxy_train_fn(ctx.train_fn, {**ctx.train_cfg, **cfg.get("train", {})})
-    return run_datamix(examples, proxy, cfg, run_dir, seed)
+class DataMix(Selector):
+    """Optimized domain mixture: proxy runs, fitted per-domain curves, the best mix, an exact-count sample.
+
+    Needs a `domain` column (in the scores or `ctx.examples`) and `ctx.proxy_train_fn` or
+    `ctx.train_fn`; caches proxy results in `ctx.run_dir/datamix`; seeded by `ctx.seed`.
+    Parameters: `budget`, examples to select (None = half the pool); `proxy_n`, examples per domain in
+    the equal proxy mix (None = a third of the smallest domain pool); `n_val_per_domain`, held-out rows
+    per domain for the proxy validation losses; `factors`, the proxy amounts relative to `proxy_n`;
+    `floor`, the smallest weight any domain may get; `starts`, fit restarts per domain; `f_scale`, the
+    Huber transition in loss units; `train`, proxy training overrides for the default proxy_train_fn
+    (None = `PROXY_TRAIN_DEFAULTS`, 20 steps).
+    """
+
+    def __init__(self, budget: int | None = None, proxy_n: int | None = None, n_val_per_domain: int = 16,
+                 factors: tuple[float, ...] = FACTORS, floor: float = 0.01, starts: int = 8,
+                 f_scale: float = 0.01, train: dict[str, Any] | None = None):
+        self.budget, self.proxy_n, self.n_val_per_domain = budget, proxy_n, n_val_per_domain
+        self.factors, self.floor, self.starts, self.f_scale, self.train = factors, floor, starts, f_scale, train
+
+    def config(self) -> dict[str, Any]:
+        """The `run_datamix` config: every parameter, `train` only when given (the defaults fill it)."""
+        cfg = {k: getattr(self, k) for k in self.param_names()}
+        if cfg["train"] is None:
+            del cfg["train"]
+        return cfg
+
+    def select(self, scores: pl.DataFrame, ctx: SelectContext) -> pl.DataFrame:
+        source = ctx.examples if ctx.examples is not None else scores
+        if "domain" not in source.columns:
+            raise ValueError("datamix needs a domain column (in the scores or context.examples)")
+        examples = scores.select("id").join(source, on="id", how="left", maintain_order="left")
+        run_dir = Path(ctx.run_dir or ".") / "datamix"
+        proxy = ctx.proxy_train_fn
+        if proxy is None:
+            if ctx.train_fn is None:
+                raise ValueError("datamix needs context.proxy_train_fn or context.train_fn, (examples, seed, "
+                                 "overrides) -> model folder: flows pass pipeline.training.reference.reference_trainer")
+            proxy = default_proxy_train_fn(ctx.train_fn, {**ctx.train_cfg, **(self.train or {})})
+        return run_datamix(examples, proxy, self.config(), run_dir, ctx.seed)
+
+
+PROXY_TRAIN_DEFAULTS: dict[str, Any] = {"max_steps": 20}
+DATAMIX_DEFAULTS: dict[str, Any] = {
+    **{p.name: p.default for p in list(inspect.signature(DataMix.__init__).parameters.values())[1:]},
+    "train": PROXY_TRAIN_DEFAULTS,
+}

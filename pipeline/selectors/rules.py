@@ -1,4 +1,4 @@
-"""Score rules: threshold, quantile band, fraction and top-k, as polars expressions.
+"""Score rules: keep-all, threshold, quantile band, fraction and top-k, as polars expressions.
 
 Rows whose score is missing or NaN are dropped with the reason `missing score`. Ranks break ties
 by id, so budgets are exact and the result is deterministic.
@@ -7,10 +7,15 @@ by id, so budgets are exact and the result is deterministic.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import polars as pl
 
+from pipeline.core.registry import ConfigError
 from pipeline.selectors import register_selector
+from pipeline.selectors.base import SelectContext, Selector
+
+Order = Literal["lowest", "highest"]
 
 
 def _valid(column: str) -> pl.Expr:
@@ -33,10 +38,15 @@ def _result(scores: pl.DataFrame, column: str, keep: pl.Expr, rule: str) -> pl.D
     )
 
 
+def _check_order(order: str) -> None:
+    """Reject an order other than 'lowest'/'highest' (also when a selector is built without checks)."""
+    if order not in {"lowest", "highest"}:
+        raise ConfigError("order", f"must be 'lowest' or 'highest', not {order!r}")
+
+
 def _rank(scores: pl.DataFrame, column: str, order: str) -> pl.Expr:
     """0-based rank of each valid row: 'lowest' ranks small scores first; ties broken by id."""
-    if order not in {"lowest", "highest"}:
-        raise ValueError(f"order must be 'lowest' or 'highest', not {order!r}")
+    _check_order(order)
     value = pl.col(column).cast(pl.Float64)
     # Invalid rows rank last so they never take a place in the budget.
     key = pl.when(_valid(column)).then(-value if order == "highest" else value).otherwise(float("inf"))
@@ -44,45 +54,73 @@ def _rank(scores: pl.DataFrame, column: str, order: str) -> pl.Expr:
 
 
 @register_selector("all")
-def keep_all(scores: pl.DataFrame, seed: int = 0) -> pl.DataFrame:
+class KeepAll(Selector):
     """Keep every example (the baseline)."""
-    return scores.select("id", pl.lit(True).alias("kept"), pl.lit(1.0).alias("weight"), pl.lit("kept: all").alias("reason"))
+
+    def select(self, scores: pl.DataFrame, ctx: SelectContext) -> pl.DataFrame:
+        return scores.select("id", pl.lit(True).alias("kept"), pl.lit(1.0).alias("weight"),
+                             pl.lit("kept: all").alias("reason"))
 
 
 @register_selector("threshold")
-def threshold(scores: pl.DataFrame, column: str, min: float | None = None, max: float | None = None, seed: int = 0) -> pl.DataFrame:  # noqa: A002
+class Threshold(Selector):
     """Keep rows with min <= score <= max (either bound optional)."""
-    keep = pl.lit(True)
-    if min is not None:
-        keep = keep & (pl.col(column) >= min)
-    if max is not None:
-        keep = keep & (pl.col(column) <= max)
-    return _result(scores, column, keep, f"threshold [{min}, {max}]")
+
+    def __init__(self, column: str, min: float | None = None, max: float | None = None):  # noqa: A002
+        self.column, self.min, self.max = column, min, max
+
+    def select(self, scores: pl.DataFrame, ctx: SelectContext) -> pl.DataFrame:
+        keep = pl.lit(True)
+        if self.min is not None:
+            keep = keep & (pl.col(self.column) >= self.min)
+        if self.max is not None:
+            keep = keep & (pl.col(self.column) <= self.max)
+        return _result(scores, self.column, keep, f"threshold [{self.min}, {self.max}]")
 
 
 @register_selector("quantile")
-def quantile(scores: pl.DataFrame, column: str, keep: list[float] = (0.0, 1.0), seed: int = 0) -> pl.DataFrame:
+class Quantile(Selector):
     """Keep rows whose rank among valid scores lies in the [lo, hi) quantile band (exact counts)."""
-    lo, hi = float(keep[0]), float(keep[1])
-    if not 0.0 <= lo <= hi <= 1.0:
-        raise ValueError(f"quantile keep must satisfy 0 <= lo <= hi <= 1, got {keep}")
-    n = int(scores.select(_valid(column).sum()).item())
-    start, stop = math.floor(lo * n + 1e-9), math.floor(hi * n + 1e-9)
-    rank = _rank(scores, column, "lowest")
-    return _result(scores, column, (rank >= start) & (rank < stop), f"quantile [{lo}, {hi}]")
+
+    def __init__(self, column: str, keep: tuple[float, float] = (0.0, 1.0)):
+        lo, hi = float(keep[0]), float(keep[1])
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ConfigError("keep", f"quantile keep must satisfy 0 <= lo <= hi <= 1, got {keep}")
+        self.column, self.keep = column, (lo, hi)
+
+    def select(self, scores: pl.DataFrame, ctx: SelectContext) -> pl.DataFrame:
+        lo, hi = self.keep
+        n = int(scores.select(_valid(self.column).sum()).item())
+        start, stop = math.floor(lo * n + 1e-9), math.floor(hi * n + 1e-9)
+        rank = _rank(scores, self.column, "lowest")
+        return _result(scores, self.column, (rank >= start) & (rank < stop), f"quantile [{lo}, {hi}]")
 
 
 @register_selector("fraction")
-def fraction(scores: pl.DataFrame, column: str, fraction: float = 0.5, order: str = "lowest", seed: int = 0) -> pl.DataFrame:
+class Fraction(Selector):
     """Keep round(fraction * n) rows with the lowest (or highest) score."""
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
-    n = int(scores.select(_valid(column).sum()).item())
-    k = round(fraction * n)
-    return _result(scores, column, _rank(scores, column, order) < k, f"{order} {fraction:g} by {column}")
+
+    def __init__(self, column: str, fraction: float = 0.5, order: Order = "lowest"):
+        if not 0.0 <= fraction <= 1.0:
+            raise ConfigError("fraction", f"must be in [0, 1], got {fraction}")
+        _check_order(order)
+        self.column, self.fraction, self.order = column, fraction, order
+
+    def select(self, scores: pl.DataFrame, ctx: SelectContext) -> pl.DataFrame:
+        n = int(scores.select(_valid(self.column).sum()).item())
+        k = round(self.fraction * n)
+        return _result(scores, self.column, _rank(scores, self.column, self.order) < k,
+                       f"{self.order} {self.fraction:g} by {self.column}")
 
 
 @register_selector("top_k")
-def top_k(scores: pl.DataFrame, column: str, k: int, order: str = "highest", seed: int = 0) -> pl.DataFrame:
+class TopK(Selector):
     """Keep the k rows with the highest (or lowest) score."""
-    return _result(scores, column, _rank(scores, column, order) < int(k), f"top {k} ({order}) by {column}")
+
+    def __init__(self, column: str, k: int, order: Order = "highest"):
+        _check_order(order)
+        self.column, self.k, self.order = column, k, order
+
+    def select(self, scores: pl.DataFrame, ctx: SelectContext) -> pl.DataFrame:
+        return _result(scores, self.column, _rank(scores, self.column, self.order) < int(self.k),
+                       f"top {self.k} ({self.order}) by {self.column}")

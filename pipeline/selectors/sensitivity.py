@@ -13,14 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
 
 from pipeline.core.config import DEFAULT_MAX_LENGTH
+from pipeline.core.registry import ConfigError
 from pipeline.selectors import register_selector
-from pipeline.selectors.base import SelectContext
+from pipeline.selectors.base import SelectContext, Selector
 
 
 @dataclass
@@ -178,28 +179,41 @@ def _loss_fn(scores: pl.DataFrame, loss_column: str | None, context: SelectConte
 
 
 @register_selector("sensitivity")
-def sensitivity(scores: pl.DataFrame, m: int, k: int = 64, lam: float | str = "auto", z: float = 2.0,
-                column: str = "embedding", loss: str | None = None, n_pilot: int = 256, niter: int = 20,
-                normalize: bool = False, seed: int = 0, context: SelectContext | None = None) -> pl.DataFrame:
+class Sensitivity(Selector):
     """Keep the rows drawn by sensitivity sampling with weight multiplicity/(m p); the rest weight 0.
 
     `lam="auto"` estimates lambda from a pilot sample; `normalize=True` rescales kept weights to mean 1.
+    `loss` names a loss column of the score table; without it the losses come from `ctx.loss_fn(rows)`
+    or the base model `ctx.model_name`. Clustering and draws are seeded by `ctx.seed`.
     Extra column `draws`: how many of the m draws landed on the row.
     """
-    emb = embedding_matrix(scores.get_column(column))
-    fn = _loss_fn(scores, loss, context)
-    clusters = cluster(emb, k, seed=seed, niter=niter)
-    center_loss = _center_losses(fn, clusters)
-    if lam == "auto":
-        lam = estimate_lambda(emb, fn, k, n_pilot=n_pilot, z=z, seed=seed, clusters=clusters, center_loss=center_loss)
-    idx, counts, p = draw(clusters, center_loss, m, float(lam), z, seed)
-    w = np.zeros(p.size)
-    w[idx] = counts / (int(m) * p[idx])
-    if normalize and idx.size:
-        w[idx] *= idx.size / w[idx].sum()
-    draws = np.zeros(p.size, dtype=np.int64)
-    draws[idx] = counts
-    return _selection(scores, w, draws, m, float(lam), k)
+
+    def __init__(self, m: int, k: int = 64, lam: float | Literal["auto"] = "auto", z: float = 2.0,
+                 column: str = "embedding", loss: str | None = None, n_pilot: int = 256, niter: int = 20,
+                 normalize: bool = False):
+        if m <= 0:
+            raise ConfigError("m", f"must be positive, got {m}")
+        self.m, self.k, self.lam, self.z, self.column, self.loss = m, k, lam, z, column, loss
+        self.n_pilot, self.niter, self.normalize = n_pilot, niter, normalize
+
+    def select(self, scores: pl.DataFrame, ctx: SelectContext) -> pl.DataFrame:
+        m, k, z, seed = self.m, self.k, self.z, ctx.seed
+        emb = embedding_matrix(scores.get_column(self.column))
+        fn = _loss_fn(scores, self.loss, ctx)
+        clusters = cluster(emb, k, seed=seed, niter=self.niter)
+        center_loss = _center_losses(fn, clusters)
+        lam = self.lam
+        if lam == "auto":
+            lam = estimate_lambda(emb, fn, k, n_pilot=self.n_pilot, z=z, seed=seed, clusters=clusters,
+                                  center_loss=center_loss)
+        idx, counts, p = draw(clusters, center_loss, m, float(lam), z, seed)
+        w = np.zeros(p.size)
+        w[idx] = counts / (int(m) * p[idx])
+        if self.normalize and idx.size:
+            w[idx] *= idx.size / w[idx].sum()
+        draws = np.zeros(p.size, dtype=np.int64)
+        draws[idx] = counts
+        return _selection(scores, w, draws, m, float(lam), k)
 
 
 def _selection(scores: pl.DataFrame, w: np.ndarray, draws: np.ndarray, m: int, lam: float, k: int) -> pl.DataFrame:
