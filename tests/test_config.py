@@ -64,7 +64,7 @@ def test_switching_the_rule_drops_the_old_rules_parameters():
     assert cfg["select"] == {"rule": "quantile", "column": "ppl", "keep": [0.1, 0.9]}
     assert notes and "fraction, order" in notes[0]
     cfg, _ = resolve_recipe("sft-math", ["select.rule=top_k", "select.k=5"])
-    assert cfg["select"] == {"rule": "top_k", "column": "ppl", "k": 5}
+    assert cfg["select"] == {"rule": "top_k", "column": "ppl", "k": 5, "order": "lowest"}  # shared keys stay
     with pytest.raises(ConfigError, match="select.fraction: quantile has no parameter"):
         resolve_recipe("sft-math", ["select.rule=quantile", "select.fraction=0.3"])  # given, so checked
 

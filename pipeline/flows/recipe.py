@@ -85,18 +85,17 @@ def check_parts(config: dict) -> None:
     from pipeline.flows import FLOWS
     from pipeline.losses import LOSSES
     from pipeline.scorers import SCORERS
-    from pipeline.selectors import SELECTORS
+    from pipeline.selectors import SELECTORS, build_selector
 
     if config["flow"] not in FLOWS and ":" not in config["flow"]:
         raise ConfigError("flow", f"unknown flow {config['flow']!r} (known: {', '.join(FLOWS)}; or module:attr)")
     steps = select_steps(config["select"])
     for i, step in enumerate(steps):
         where = "select" if len(steps) == 1 and isinstance(config["select"], dict) else f"select[{i}]"
-        cls = _part(SELECTORS, step.get("rule"), f"{where}.rule")
+        _part(SELECTORS, step.get("rule"), f"{where}.rule")
         if step.get("weights", "multiply") not in WEIGHT_MODES:
             raise ConfigError(f"{where}.weights", f"must be one of {', '.join(WEIGHT_MODES)}, got {step['weights']!r}")
-        if hasattr(cls, "check_params"):
-            cls.check_params({k: v for k, v in step.items() if k not in SELECT_KEYS}, where)
+        build_selector(step["rule"], {k: v for k, v in step.items() if k not in SELECT_KEYS}, where)
     scorers = scorer_list(config["score"])
     for name, params in scorers:
         cls = _part(SCORERS, name, "score.scorer")
