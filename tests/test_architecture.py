@@ -67,3 +67,24 @@ def test_no_import_cycles():
 def test_every_subpackage_is_a_layer():
     folders = {p.name for p in PACKAGE_ROOT.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
     assert folders <= set(LAYERS), f"subpackages outside the layer list: {sorted(folders - set(LAYERS))}"
+
+
+def test_code_version_follows_the_source_of_the_layers_below(tmp_path, monkeypatch):
+    """Editing a layer changes the code version of that layer and those above it, not of those below."""
+    import shutil
+
+    import pipeline.core.hashing as hashing
+
+    copy = tmp_path / "pipeline"
+    shutil.copytree(PACKAGE_ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(hashing, "PACKAGE_ROOT", copy)
+    hashing._layer_source_hash.cache_clear()
+    before = {layer: hashing.code_version(layer) for layer in ("data", "scorers", "training", "flows")}
+    assert before == {layer: hashing.code_version(layer) for layer in before}  # nothing edited: same
+    with open(copy / "scorers" / "perplexity.py", "a") as f:
+        f.write("\n# edited\n")
+    hashing._layer_source_hash.cache_clear()
+    after = {layer: hashing.code_version(layer) for layer in before}
+    assert after["data"] == before["data"]
+    assert all(after[layer] != before[layer] for layer in ("scorers", "training", "flows"))
+    hashing._layer_source_hash.cache_clear()
