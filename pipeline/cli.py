@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -166,6 +167,7 @@ def cmd_assets(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pipeline", description="Curate SFT data and train with token-reweighted losses.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and Prefect's logs instead of one error line")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run a recipe (e.g. sft-math)")
@@ -231,12 +233,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean a mistake in what the user gave (a recipe, a file, a path), not a bug."""
+    errors: list[type[BaseException]] = [KeyError, ValueError, OSError]
+    try:
+        from polars.exceptions import PolarsError
+
+        errors.append(PolarsError)  # a corrupt or wrongly shaped table the user named
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def _prefect_log_level(debug: bool) -> None:
+    """Prefect logs every failed task with its traceback; our one error line is enough unless --debug
+    (or the user set PREFECT_LOGGING_LEVEL themselves)."""
+    flows = sys.modules.get("pipeline.flows")
+    user = getattr(flows, "USER_LOG_LEVEL", None) if flows else os.environ.get("PREFECT_LOGGING_LEVEL")
+    level = user or ("INFO" if debug else "CRITICAL")
+    os.environ["PREFECT_LOGGING_LEVEL"] = level
+    if "prefect" in sys.modules:  # already configured in this process (tests, notebooks)
+        import logging
+
+        logging.getLogger("prefect").setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _prefect_log_level(args.debug)
     try:
         return args.fn(args)
-    except (KeyError, FileNotFoundError, ValueError) as e:
-        print(f"pipeline: error: {e}", file=sys.stderr)
+    except _user_errors() as e:
+        if args.debug:
+            raise
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"pipeline: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -51,6 +51,8 @@ def test_mistakes_name_the_key(override, key):
     (["select.rule=top_k", "select.k=5", "select.order=sideways"], "select.order:"),
     (["score.params.ful_text=true"], "score.params.ful_text: perplexity has no parameter 'ful_text'"),
     (["flow=nope"], "flow: unknown flow 'nope'"),
+    (["flow=os:system"], "flow: unknown flow 'os:system'"),
+    (["select.column=pll"], "select.column: no score column 'pll' (the scorers write: nll, ppl, n_tokens)"),
 ])
 def test_part_parameters_are_checked_before_anything_runs(overrides, key):
     with pytest.raises(ConfigError) as err:
@@ -86,3 +88,8 @@ def test_recipes_are_listed_with_descriptions(tmp_path, monkeypatch):
 def test_unknown_recipe_names_known_ones():
     with pytest.raises(FileNotFoundError, match="sft-math"):
         load_recipe("no-such-recipe")
+
+
+def test_override_numbers_parse_as_numbers():
+    cfg = load_recipe("sft-math", ["train.learning_rate=1e-4", "train.loss=talr", "train.loss_params.tau=1e1"])
+    assert cfg["train"]["learning_rate"] == 1e-4 and cfg["train"]["loss_params"] == {"tau": 10.0}

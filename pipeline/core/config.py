@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -157,10 +158,25 @@ def recipe_dirs() -> list[Path]:
     return [d for d in dict.fromkeys(dirs) if d.is_dir()]
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with 1.2 numbers: `1e1` and `5e-5` are floats, not strings as in YAML 1.1."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_yaml(path: Path) -> dict:
     """A recipe file as a mapping, or a ConfigError naming the file and line."""
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -205,7 +221,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError("--set", f"{text!r} is not key=value")
     keys = key.strip().split(".")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = yaml_load(value) if value.strip() else ""
     except yaml.YAMLError as err:
         raise ConfigError(key.strip(), f"value {value!r} is not valid YAML "
                                        f"({getattr(err, 'problem', None) or 'parse error'})") from None

@@ -64,3 +64,65 @@ def write_parquet(path: str | Path, df: pl.DataFrame) -> Path:
     with atomic_path(path) as tmp:
         df.write_parquet(tmp)
     return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Complete outputs: a folder counts as done only when its marker, written last, matches its files.
+
+MARKER = "_complete.json"
+_HASH_LIMIT = 64 * 2**20  # files above this are checked by size only (a truncation changes the size)
+
+
+def _entries(folder: Path, names: list[str]) -> dict[str, dict[str, Any]]:
+    from pipeline.core.hashing import file_hash
+
+    out = {}
+    for name in names:
+        target = folder / name
+        files = sorted(p for p in target.rglob("*") if p.is_file()) if target.is_dir() else [target]
+        for f in files:
+            size = f.stat().st_size
+            out[str(f.relative_to(folder))] = {"size": size, "sha256": file_hash(f, 64) if size <= _HASH_LIMIT else None}
+    return out
+
+
+def mark_complete(folder: str | Path, names: list[str]) -> None:
+    """Record the sizes and hashes of `names` (files or sub-folders of `folder`); call after writing them."""
+    folder = Path(folder)
+    write_json(folder / MARKER, _entries(folder, names))
+
+
+def is_complete(folder: str | Path) -> bool:
+    """True when `folder`'s marker exists and every file it lists is there with the same size (and hash)."""
+    from pipeline.core.hashing import file_hash
+
+    folder = Path(folder)
+    try:
+        entries = read_json(folder / MARKER)
+        for name, e in entries.items():
+            f = folder / name
+            if f.stat().st_size != e["size"] or (e["sha256"] and file_hash(f, 64) != e["sha256"]):
+                return False
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    return True
+
+
+def invalidate(folder: str | Path) -> None:
+    """Forget that `folder` was complete (its files are recomputed and overwritten)."""
+    Path(folder, MARKER).unlink(missing_ok=True)
+
+
+@contextmanager
+def locked(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` + '.lock' (blocking): two processes never compute one output at once."""
+    import fcntl
+
+    lock = Path(f"{path}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

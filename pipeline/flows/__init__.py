@@ -1,19 +1,26 @@
 """Prefect flows. Importing this package configures Prefect for quiet, zero-config local use.
 
-With no server configured, Prefect starts a temporary local server per process (SQLite under
-$PREFECT_HOME); offline it would log telemetry errors, so analytics are off unless the user set them.
+With no server configured, Prefect starts a temporary local server per process (a uvicorn
+subprocess, SQLite under $PREFECT_HOME); offline it would log telemetry errors, so analytics are off
+unless the user set them, and the server is made to exit with the process that started it, even
+when that process is killed with SIGKILL.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import types
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+USER_LOG_LEVEL = os.environ.get("PREFECT_LOGGING_LEVEL")  # the CLI keeps a level the user chose
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_LOGGING_LOG_PRINTS", "false")
 
+# Only these flows can be named by a recipe's `flow:` (a recipe must not be able to call arbitrary code).
 FLOWS = {
     "sft_math": "pipeline.flows.sft_math:sft_math_flow",
     "curate": "pipeline.flows.curate:curate_flow",
@@ -23,11 +30,35 @@ FLOWS = {
 
 
 def get_flow(name: str):
-    """The flow function a recipe's `flow:` names (registered name or module:attr)."""
+    """The registered flow a recipe's `flow:` names."""
     import importlib
 
-    target = FLOWS.get(name, name)
-    module, _, attr = target.partition(":")
-    if not attr:
-        raise KeyError(f"unknown flow {name!r} (known: {', '.join(FLOWS)}; or give module:attr)")
+    if name not in FLOWS:
+        raise KeyError(f"unknown flow {name!r} (known: {', '.join(FLOWS)})")
+    module, _, attr = FLOWS[name].partition(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask the kernel for SIGTERM when the parent dies (Linux prctl)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+
+
+def _server_exits_with_us() -> None:
+    """Give Prefect's temporary-server module a `subprocess` whose Popen sets a parent-death signal,
+    so `kill -9` of a run leaves no orphaned uvicorn behind (Linux; elsewhere Prefect's own cleanup)."""
+    if not sys.platform.startswith("linux"):
+        return
+    from prefect.server.api import server
+
+    def popen(*args, **kwargs):
+        kwargs.setdefault("preexec_fn", _die_with_parent)
+        return subprocess.Popen(*args, **kwargs)
+
+    server.subprocess = types.SimpleNamespace(**{**vars(subprocess), "Popen": popen})
+
+
+_server_exits_with_us()

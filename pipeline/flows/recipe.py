@@ -87,8 +87,8 @@ def check_parts(config: dict) -> None:
     from pipeline.scorers import SCORERS
     from pipeline.selectors import SELECTORS, build_selector
 
-    if config["flow"] not in FLOWS and ":" not in config["flow"]:
-        raise ConfigError("flow", f"unknown flow {config['flow']!r} (known: {', '.join(FLOWS)}; or module:attr)")
+    if config["flow"] not in FLOWS:
+        raise ConfigError("flow", f"unknown flow {config['flow']!r} (known: {', '.join(FLOWS)})")
     steps = select_steps(config["select"])
     for i, step in enumerate(steps):
         where = "select" if len(steps) == 1 and isinstance(config["select"], dict) else f"select[{i}]"
@@ -104,6 +104,38 @@ def check_parts(config: dict) -> None:
     loss = _part(LOSSES, config["train"]["loss"], "train.loss")
     if hasattr(loss, "check_params"):
         loss.check_params(config["train"]["loss_params"], "train.loss_params")
+    if config["flow"] in ("curate", "sft_math"):
+        check_score_columns(config["select"], declared_columns(config["score"]))
+
+
+COLUMN_PARAMS = ("column", "loss")  # selector parameters that name a score column
+
+
+def check_score_columns(select: dict | list, columns: list[str] | None) -> None:
+    """Every selector parameter that names a score column names one the scorers write."""
+    if columns is None:
+        return
+    steps = select_steps(select)
+    for i, step in enumerate(steps):
+        where = "select" if isinstance(select, dict) else f"select[{i}]"
+        for key in COLUMN_PARAMS:
+            value = step.get(key)
+            if isinstance(value, str) and value not in columns:
+                known = ", ".join(c for c in columns if c != "id")
+                raise ConfigError(f"{where}.{key}", f"no score column {value!r} (the scorers write: {known})")
+
+
+def declared_columns(score: dict) -> list[str] | None:
+    """The score columns the recipe's scorers will write, when every one of them declares its columns."""
+    from pipeline.scorers import get_scorer
+
+    out: list[str] = []
+    for name, params in scorer_list(score):
+        cols = get_scorer(name, **params).columns()
+        if cols is None:
+            return None
+        out += cols
+    return out
 
 
 def resolve_config(config: dict) -> dict:

@@ -3,15 +3,16 @@
 Each stage writes into a content-addressed folder `<cache_root>/<stage>/<key>` whose key hashes
 everything its output depends on (input fingerprints, model revision, the stage's config, seed and
 the code: `pipeline.core.hashing.code_version` of the layers it runs plus any `module:attr` part),
-and skips the work when that folder is complete. On top, Prefect caches each task on its inputs
-(the code version is one) and source (`INPUTS + TASK_SOURCE`, results persisted), so re-running a
-flow after a crash, or with one changed parameter or edited file, recomputes only the stages
-downstream of the change.
+under a lock on that key, and skips the work when the folder is complete: its marker, written
+last, matches every file's size and hash (`pipeline.core.io.is_complete`). So re-running a flow
+after a crash, or with one changed parameter or edited file, recomputes only the stages downstream
+of the change; a deleted or truncated cache file is recomputed; two runs of one config compute it
+once. These folders are the only cache: Prefect records every task run (UI, artifacts) but
+persists no task results, so nothing is ever unpickled from its result storage.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
@@ -19,14 +20,21 @@ from typing import Any
 
 import polars as pl
 from prefect import task
-from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.cache_policies import NO_CACHE
 
 from pipeline.core.hashing import code_version, config_hash, file_hash, fingerprint
-from pipeline.core.io import read_json, write_json, write_parquet
-from pipeline.flows.recipe import scorer_list, select_steps
+from pipeline.core.io import (
+    atomic_path,
+    is_complete,
+    locked,
+    mark_complete,
+    read_json,
+    write_json,
+    write_parquet,
+)
+from pipeline.flows.recipe import check_score_columns, scorer_list, select_steps
 
-CACHE = INPUTS + TASK_SOURCE
-TASK_OPTIONS: dict[str, Any] = {"cache_policy": CACHE, "persist_result": True}
+TASK_OPTIONS: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
 
 
 def log(msg: str) -> None:
@@ -57,7 +65,8 @@ def stage_code(stage: str, cfg: Any = None) -> str:
 
 
 def publish(src: str | Path, dest: str | Path) -> Path:
-    """Make a stage output visible in the run directory: hard link a file, symlink a folder."""
+    """Make a stage output visible in the run directory: copy a file (the run keeps its own bytes, so a
+    damaged cache never damages an older run), symlink a folder (a model: verified before every reuse)."""
     src, dest = Path(src), Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.is_symlink() or dest.is_file():
@@ -67,19 +76,17 @@ def publish(src: str | Path, dest: str | Path) -> Path:
     if src.is_dir():
         dest.symlink_to(src.resolve(), target_is_directory=True)
     else:
-        try:
-            os.link(src, dest)
-        except OSError:
-            shutil.copy2(src, dest)
+        with atomic_path(dest) as tmp:
+            shutil.copy2(src, tmp)
     return dest
 
 
 def run_stage(stage, *args: Any) -> Any:
-    """Call a cached stage; if its cached result names files that no longer exist, recompute it."""
+    """Run one stage task (it returns at once when its folder is complete) and check what it returns."""
     result = stage(*args)
-    if not all(Path(p).exists() for p in _paths(result)):
-        log(f"cached result of {stage.name} points at missing files: recomputing")
-        result = stage.with_options(refresh_cache=True)(*args)
+    broken = [p for p in _paths(result) if not Path(p).exists()]
+    if broken:
+        raise RuntimeError(f"stage {stage.name} returned {broken[0]}, which does not exist")
     return result
 
 
@@ -96,13 +103,15 @@ def load_data(cfg: dict, seed: int, cache_root: str, code: str) -> dict[str, Any
 
     out = stage_dir(cache_root, "data", cfg, seed, code)
     info_path = out / "splits.json"
-    if not info_path.exists():
-        splits = load_math(cfg["dataset"], int(cfg["n_train"]), int(cfg["n_val"]), int(cfg["n_test"]), seed)
-        info: dict[str, Any] = {"dataset": cfg["dataset"], "seed": seed}
-        for name, df in splits.items():
-            write_parquet(out / f"{name}.parquet", df)
-            info[name] = {"path": str(out / f"{name}.parquet"), "rows": df.height, "fingerprint": fingerprint(df)}
-        write_json(info_path, info)
+    with locked(out):
+        if not is_complete(out):
+            splits = load_math(cfg["dataset"], int(cfg["n_train"]), int(cfg["n_val"]), int(cfg["n_test"]), seed)
+            info: dict[str, Any] = {"dataset": cfg["dataset"], "seed": seed}
+            for name, df in splits.items():
+                write_parquet(out / f"{name}.parquet", df)
+                info[name] = {"path": str(out / f"{name}.parquet"), "rows": df.height, "fingerprint": fingerprint(df)}
+            write_json(info_path, info)
+            mark_complete(out, ["splits.json", *(f"{name}.parquet" for name in splits)])
     info = read_json(info_path)
     log("data: " + ", ".join(f"{k} {info[k]['rows']}" for k in ("train", "validation", "test")))
     return info
@@ -132,10 +141,12 @@ def load_subset(path: str, content_hash: str, cache_root: str) -> dict[str, Any]
                          "are missing, non-finite or <= 0 (a training weight must be a positive number)")
     out = stage_dir(cache_root, "subset", content_hash)
     train_path, sel_path = out / "train.parquet", out / "selection.parquet"
-    if not sel_path.exists():
-        write_parquet(train_path, df.drop("weight", strict=False))
-        write_parquet(sel_path, pl.DataFrame({"id": df.get_column("id"), "kept": [True] * df.height,
-                                              "weight": weights, "reason": ["kept: data.subset"] * df.height}))
+    with locked(out):
+        if not is_complete(out):
+            write_parquet(train_path, df.drop("weight", strict=False))
+            write_parquet(sel_path, pl.DataFrame({"id": df.get_column("id"), "kept": [True] * df.height,
+                                                  "weight": weights, "reason": ["kept: data.subset"] * df.height}))
+            mark_complete(out, ["train.parquet", "selection.parquet"])
     log(f"subset: {df.height} examples from {path}")
     return {"train": {"path": str(train_path), "rows": df.height, "fingerprint": fingerprint(df)},
             "selection": {"path": str(sel_path), "hash": file_hash(sel_path)}}
@@ -147,8 +158,12 @@ def score(train: dict, model: str, model_rev: str, cfg: dict, seed: int, cache_r
     from pipeline.scorers import ScoreContext
     from pipeline.scorers.cache import score_cached
 
-    out = stage_dir(cache_root, "scores", train["fingerprint"], model_rev, cfg, seed, code) / "scores.parquet"
-    if not out.exists():
+    folder = stage_dir(cache_root, "scores", train["fingerprint"], model_rev, cfg, seed, code)
+    out = folder / "scores.parquet"
+    with locked(folder):
+        if is_complete(folder):
+            log(f"scores reused from cache: {out}")
+            return {"path": str(out), "key": folder.name}
         examples = pl.read_parquet(train["path"])
         ctx = ScoreContext(model_name=model, max_length=cfg["max_length"], max_tokens=cfg["max_tokens"], seed=seed)
         table = examples.select("id")
@@ -165,9 +180,8 @@ def score(train: dict, model: str, model_rev: str, cfg: dict, seed: int, cache_r
             table = table.join(part, on="id", how="left", maintain_order="left")
             log(f"scored with {name} in {time.perf_counter() - t0:.0f}s")
         write_parquet(out, table)
-    else:
-        log(f"scores reused from cache: {out}")
-    return {"path": str(out), "key": out.parent.name}
+        mark_complete(folder, ["scores.parquet"])
+    return {"path": str(out), "key": folder.name}
 
 
 def with_reference(scorer: str, params: dict, examples: pl.DataFrame, ctx, cache_root: str) -> dict:
@@ -195,12 +209,16 @@ def select(scores: dict, train: dict, model: str, model_rev: str, cfg: dict | li
 
     out_dir = stage_dir(cache_root, "selection", scores["key"], train["fingerprint"], model_rev, cfg, seed, code)
     out, stages_path = out_dir / "selection.parquet", out_dir / "stages.json"
-    if not out.exists():
-        context = SelectContext(examples=pl.read_parquet(train["path"]), model_name=model,
-                                run_dir=str(out_dir / "work"), train_fn=reference_trainer(model, cache_root))
-        selection, stage_counts = compose(pl.read_parquet(scores["path"]), select_steps(cfg), seed, context)
-        write_json(stages_path, stage_counts)
-        write_parquet(out, selection)
+    with locked(out_dir):
+        if not is_complete(out_dir):
+            context = SelectContext(examples=pl.read_parquet(train["path"]), model_name=model,
+                                    run_dir=str(out_dir / "work"), train_fn=reference_trainer(model, cache_root))
+            score_table = pl.read_parquet(scores["path"])
+            check_score_columns(cfg, score_table.columns)
+            selection, stage_counts = compose(score_table, select_steps(cfg), seed, context)
+            write_json(stages_path, stage_counts)
+            write_parquet(out, selection)
+            mark_complete(out_dir, ["selection.parquet", "stages.json"])
     summary = summarize(pl.read_parquet(out))
     stage_counts = read_json(stages_path)
     log(f"selected {summary['kept']} of {summary['read']}: "
@@ -212,26 +230,32 @@ def select(scores: dict, train: dict, model: str, model_rev: str, cfg: dict | li
 def train_model(train: dict, selection: dict, model: str, model_rev: str, cfg: dict, seed: int,
                 cache_root: str, code: str) -> dict:
     """Fine-tune on the kept examples (selection weights reach the loss); resumes from checkpoints."""
-    from pipeline.training.launch import launch_training
-
     out = stage_dir(cache_root, "train", train["fingerprint"], selection["hash"], model_rev, cfg, seed, code)
     done = out / "train_metrics.json"
-    if not done.exists():
-        from pipeline.selectors.clear import apply_corrections
-
-        sel = pl.read_parquet(selection["path"])
-        examples = apply_corrections(pl.read_parquet(train["path"]), sel)  # CLEAR's replaced responses
-        kept_sel = sel.filter(pl.col("kept"))
-        kept = examples.join(kept_sel.select("id", "weight"), on="id", how="inner", maintain_order="left")
-        weights = kept.get_column("weight").to_list()
-        uniform = all(abs(w - 1.0) < 1e-12 for w in weights)
-        log(f"training on {kept.height} examples with loss {cfg['loss']}")
-        kept = kept.drop("weight")
-        metrics = launch_training(model, kept, out, cfg, seed=seed, weights=None if uniform else weights,
-                                  token_columns=token_columns_for(kept, model, cfg, seed, cache_root))
-        write_json(done, metrics)
-        log(f"trained {metrics['steps']} steps in {metrics['runtime_s']:.0f}s, final loss {metrics['train_loss']:.4f}")
+    with locked(out):
+        if not is_complete(out):
+            _train(train, selection, model, cfg, seed, cache_root, out)
     return read_json(done)
+
+
+def _train(train: dict, selection: dict, model: str, cfg: dict, seed: int, cache_root: str, out: Path) -> None:
+    """Train into `out` (resuming from its checkpoints) and mark it complete."""
+    from pipeline.selectors.clear import apply_corrections
+    from pipeline.training.launch import launch_training
+
+    sel = pl.read_parquet(selection["path"])
+    examples = apply_corrections(pl.read_parquet(train["path"]), sel)  # CLEAR's replaced responses
+    kept_sel = sel.filter(pl.col("kept"))
+    kept = examples.join(kept_sel.select("id", "weight"), on="id", how="inner", maintain_order="left")
+    weights = kept.get_column("weight").to_list()
+    uniform = all(abs(w - 1.0) < 1e-12 for w in weights)
+    log(f"training on {kept.height} examples with loss {cfg['loss']}")
+    kept = kept.drop("weight")
+    metrics = launch_training(model, kept, out, cfg, seed=seed, weights=None if uniform else weights,
+                              token_columns=token_columns_for(kept, model, cfg, seed, cache_root))
+    write_json(out / "train_metrics.json", metrics)
+    mark_complete(out, ["train_metrics.json", "model"])
+    log(f"trained {metrics['steps']} steps in {metrics['runtime_s']:.0f}s, final loss {metrics['train_loss']:.4f}")
 
 
 def token_columns_for(kept: pl.DataFrame, model: str, cfg: dict, seed: int, cache_root: str) -> dict | None:
@@ -253,13 +277,16 @@ def evaluate(model: str, model_rev: str, label: str, test: dict, cfg: dict, cach
     """Accuracy of the final answer and mean response NLL on the held-out test split."""
     from pipeline.evaluation.heldout import evaluate_model
 
-    out = stage_dir(cache_root, "eval", model_rev, test["fingerprint"], cfg, code) / "eval.json"
-    if not out.exists():
-        t0 = time.perf_counter()
-        metrics, table = evaluate_model(model, pl.read_parquet(test["path"]), cfg)
-        write_parquet(out.with_suffix(".parquet"), table)
-        metrics["seconds"] = time.perf_counter() - t0
-        write_json(out, metrics)
+    folder = stage_dir(cache_root, "eval", model_rev, test["fingerprint"], cfg, code)
+    out = folder / "eval.json"
+    with locked(folder):
+        if not is_complete(folder):
+            t0 = time.perf_counter()
+            metrics, table = evaluate_model(model, pl.read_parquet(test["path"]), cfg)
+            write_parquet(out.with_suffix(".parquet"), table)
+            metrics["seconds"] = time.perf_counter() - t0
+            write_json(out, metrics)
+            mark_complete(folder, ["eval.json", "eval.parquet"])
     metrics = read_json(out)
     metrics["path"] = str(out)
     log(f"{label}: accuracy {metrics['accuracy']:.3f} ({metrics['n_generate']} problems), "

@@ -94,6 +94,11 @@ class Scorer(Part, ABC):
     def score(self, examples: pl.DataFrame, ctx: ScoreContext) -> ScoreResult:
         """One row per example id, in the examples' order; optionally (table, run-level metadata)."""
 
+    def columns(self) -> list[str] | None:
+        """The score columns (besides `id`) this instance writes, or None when not known in advance;
+        lets a recipe's `select.column` be checked before anything is scored."""
+        return None
+
     def __call__(self, examples: pl.DataFrame, ctx: ScoreContext) -> ScoreResult:
         """Score `examples`: an instance is called like the scorer functions it replaced."""
         return self.score(examples, ctx)

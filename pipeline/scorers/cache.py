@@ -16,7 +16,14 @@ import polars as pl
 
 from pipeline.core.faults import maybe_crash
 from pipeline.core.hashing import code_version, config_hash, fingerprint, model_revision
-from pipeline.core.io import read_json, write_json, write_parquet
+from pipeline.core.io import (
+    is_complete,
+    locked,
+    mark_complete,
+    read_json,
+    write_json,
+    write_parquet,
+)
 from pipeline.models.assets import resolve_embedder, resolve_model
 from pipeline.models.loading import model_key
 from pipeline.scorers import ScoreContext, Scorer, get_scorer
@@ -149,8 +156,15 @@ def score_cached(
     parts = _key_parts(examples, scorer, instance, ctx, params)
     entry = Path(cache_root) / scorer / cache_key(parts)
     final = entry / TABLE
-    if final.exists():
-        return final
+    with locked(entry):
+        if not is_complete(entry):
+            _score_shards(examples, scorer, instance, ctx, params, parts, entry, shard_size, executor, num_workers)
+    return final
+
+
+def _score_shards(examples: pl.DataFrame, scorer: str, instance: Scorer, ctx: ScoreContext, params: dict,
+                  parts: dict, entry: Path, shard_size: int, executor: str, num_workers: int) -> None:
+    """Score the shards not yet on disk, then write the final table, its metadata and the completion marker."""
     if not instance.shardable:
         shard_size = max(examples.height, 1)
     starts = list(range(0, examples.height, shard_size)) or [0]
@@ -168,12 +182,16 @@ def score_cached(
     else:
         raise ValueError(f"unknown executor {executor!r}: use 'local' or 'ray'")
     tables = [pl.read_parquet(_shard_path(entry, i)) for i in range(len(starts))]
+    declared = instance.columns()
+    if declared is not None and tables and tables[0].columns != ["id", *declared]:
+        raise ValueError(f"scorer {scorer!r} wrote columns {tables[0].columns[1:]}, but declares {declared}")
     metas = [read_meta(_shard_path(entry, i)) for i in range(len(starts))]
     meta = {"key": parts, **{k: v for m in metas for k, v in m.items()}}
     if len(metas) > 1 and any(metas):
         meta["shards"] = metas
     write_json(entry / META, meta)
-    return write_parquet(final, pl.concat(tables, how="vertical"))
+    write_parquet(entry / TABLE, pl.concat(tables, how="vertical"))
+    mark_complete(entry, [TABLE, META])
 
 
 def _write_shard(entry: Path, i: int, result: Any, shard: pl.DataFrame, scorer: str) -> None:

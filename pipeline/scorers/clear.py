@@ -143,6 +143,9 @@ class ClearConfidence(Scorer):
         self.k, self.alpha, self.beta, self.temperature = k, alpha, beta, temperature
         self.max_new_tokens, self.mode, self.embedder, self.batch_size = max_new_tokens, mode, embedder, batch_size
 
+    def columns(self) -> list[str]:
+        return ["clear_confidence", "observed_consistency", "self_reflection", "sample_agreement"]
+
     def score(self, examples: pl.DataFrame, ctx: ScoreContext) -> pl.DataFrame:
         """CLEAR confidence of each given response from k sampled answers and the model's self-reflection."""
         k, alpha, beta, batch_size = self.k, self.alpha, self.beta, self.batch_size
@@ -174,6 +177,9 @@ class TokenConfidence(Scorer):
     """Cheap confidence: mean probability of the response's own tokens under the base model (one forward)."""
 
     version = "2"
+
+    def columns(self) -> list[str]:
+        return ["token_confidence"]
 
     def score(self, examples: pl.DataFrame, ctx: ScoreContext) -> pl.DataFrame:
         """Mean response-token probability per example, from one batched forward pass."""

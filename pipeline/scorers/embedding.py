@@ -39,6 +39,9 @@ class Embedding(Scorer):
                  max_length: int = 256):
         self.embedder, self.field, self.batch_size, self.max_length = embedder, field, batch_size, max_length
 
+    def columns(self) -> list[str]:
+        return ["embedding"]
+
     def score(self, examples: pl.DataFrame, ctx: ScoreContext) -> pl.DataFrame:
         """Sentence embeddings of `examples` from the embedder alone (the context's model is not used)."""
         tok, model = ctx.embedder(self.embedder)

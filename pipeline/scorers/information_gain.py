@@ -137,6 +137,9 @@ class InformationGain(Scorer):
         self.lr, self.optimizer, self.measure, self.learner = lr, optimizer, measure, learner
         self.holdout, self.embedder, self.field = holdout, embedder, field
 
+    def columns(self) -> list[str]:
+        return ["information_gain", "ig_measured", "ig_raw", "ig_predicted", "ig_sampled"]
+
     def score(self, examples: pl.DataFrame, ctx: ScoreContext) -> tuple[pl.DataFrame, dict]:
         """Measured IG on a seeded sample, z-scored, and a learner's prediction of it for every example."""
         rng = np.random.default_rng(ctx.seed)

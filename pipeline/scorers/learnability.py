@@ -49,6 +49,9 @@ class Learnability(Scorer):
     def __init__(self, reference: str | None = None, reference_train: dict | None = None):
         self.reference, self.reference_train = reference, reference_train
 
+    def columns(self) -> list[str]:
+        return ["loss_base", "loss_ref", "learnability", "loss_diff"]
+
     def score(self, examples: pl.DataFrame, ctx: ScoreContext) -> pl.DataFrame:
         """Base and reference response losses of `examples` and their LoBaSS ratio."""
         if self.reference is None:

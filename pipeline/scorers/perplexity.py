@@ -28,6 +28,9 @@ class Perplexity(Scorer):
     def __init__(self, full_text: bool = False):
         self.full_text = full_text
 
+    def columns(self) -> list[str]:
+        return ["nll", "ppl", *(["nll_full", "ppl_full"] if self.full_text else []), "n_tokens"]
+
     def score(self, examples: pl.DataFrame, ctx: ScoreContext) -> pl.DataFrame:
         """The perplexity table of the context's model on `examples`."""
         tok = ctx.tokenizer()

@@ -27,6 +27,9 @@ class TokenLossTable(Scorer):
     def __init__(self, model: str | None = None):
         self.model = model
 
+    def columns(self) -> list[str]:
+        return ["nll", "response_mask"]
+
     def score(self, examples: pl.DataFrame, ctx: ScoreContext) -> pl.DataFrame:
         """The token table (id, nll, response_mask) of `model` on `examples`."""
         tok = ctx.tokenizer()

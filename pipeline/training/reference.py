@@ -17,7 +17,7 @@ from typing import Any
 import polars as pl
 
 from pipeline.core.hashing import code_version, config_hash, fingerprint
-from pipeline.core.io import read_json, write_json
+from pipeline.core.io import is_complete, locked, mark_complete, read_json, write_json
 from pipeline.models.loading import model_key
 
 # One epoch at 5e-5: a light fine-tune of the base on the candidate set (LoBaSS's reference);
@@ -40,11 +40,13 @@ def reference_model(base: str, examples: pl.DataFrame, cache_root: str | Path, t
 
     folder = reference_dir(base, examples, cache_root, train_cfg, seed)
     done = folder / "reference.json"
-    if not done.exists():
-        cfg = {**REFERENCE_TRAIN, **(train_cfg or {})}
-        metrics = train(base, examples, folder, cfg, seed=seed)
-        write_json(done, {"base": base, "rows": examples.height, "train": cfg, "seed": seed,
-                          "steps": metrics["steps"], "model_dir": metrics["model_dir"]})
+    with locked(folder):
+        if not is_complete(folder):
+            cfg = {**REFERENCE_TRAIN, **(train_cfg or {})}
+            metrics = train(base, examples, folder, cfg, seed=seed)
+            write_json(done, {"base": base, "rows": examples.height, "train": cfg, "seed": seed,
+                              "steps": metrics["steps"], "model_dir": metrics["model_dir"]})
+            mark_complete(folder, ["reference.json", "model"])
     return read_json(done)["model_dir"]
 
 
