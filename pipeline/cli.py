@@ -122,25 +122,41 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         raise ValueError("--list takes --output-dir/--cards-dir, not RUN_DIR")
     if not args.list and not args.run_dir:
         raise ValueError("inspect needs RUN_DIR (a run or data card directory) or --list")
+    if not args.list and (args.output_dir or args.cards_dir):
+        raise ValueError("--output-dir/--cards-dir apply to --list only")
     if filtered and modes and modes[0] != "--export":
         raise ValueError(f"--where/--sort/--kept/--dropped do not apply to {modes[0]}")
+    if args.columns and modes:
+        raise ValueError(f"--columns applies to listings, not {modes[0]}")
+    if args.n is not None and modes and modes[0] in {"--list", "--id", "--compare"}:
+        raise ValueError(f"-n does not apply to {modes[0]}")
+    if args.force and not args.export:
+        raise ValueError("--force applies to --export only")
     if args.desc and not args.sort:
         raise ValueError("--desc needs --sort COLUMN")
+    ins.check_n(args.n)
     filters = {"where": args.where, "sort": args.sort, "descending": args.desc, "subset": args.subset}
-    if args.list:
-        report, show = ins.list_report(args.output_dir, args.cards_dir), ins.print_listing
-    elif args.example_id:
-        report, show = ins.example_report(args.run_dir, args.example_id), ins.print_example
-    elif args.compare:
-        report, show = ins.compare_report(args.run_dir, args.compare), ins.print_compare
-    elif args.export:
-        report, show = ins.export_report(args.run_dir, args.export, n=args.n, **filters), ins.print_export
-    elif filtered or args.columns:
-        columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
-        report = ins.query_report(args.run_dir, n=20 if args.n is None else args.n, columns=columns, **filters)
-        show = ins.print_query
-    else:
-        report, show = ins.inspect_run(args.run_dir, n=3 if args.n is None else args.n), ins.print_report
+    try:
+        if args.list:
+            report = ins.list_report(args.output_dir or "runs", args.cards_dir or "data_cards")
+            show = ins.print_listing
+        elif args.example_id:
+            report, show = ins.example_report(args.run_dir, args.example_id), ins.print_example
+        elif args.compare:
+            report, show = ins.compare_report(args.run_dir, args.compare), ins.print_compare
+        elif args.export:
+            report = ins.export_report(args.run_dir, args.export, n=args.n, force=args.force, **filters)
+            show = ins.print_export
+        elif filtered or args.columns:
+            columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
+            report = ins.query_report(args.run_dir, n=20 if args.n is None else args.n, columns=columns, **filters)
+            show = ins.print_query
+        else:
+            report, show = ins.inspect_run(args.run_dir, n=3 if args.n is None else args.n), ins.print_report
+    except (KeyError, FileNotFoundError, ValueError):
+        raise
+    except ins.READ_ERRORS as e:  # an unreadable file we did not foresee: one line, not a traceback
+        raise ins.InspectError(ins.one_line(e)) from e
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:
@@ -206,8 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows to show: summary examples per side (3), listing rows (20), export rows (all)")
     n.add_argument("--json", action="store_true", help="machine-readable output")
     n.add_argument("--list", action="store_true", help="list runs and data cards")
-    n.add_argument("--output-dir", default="runs", help="where --list looks for runs (default: runs)")
-    n.add_argument("--cards-dir", default="data_cards", help="where --list looks for data cards (default: data_cards)")
+    n.add_argument("--output-dir", help="where --list looks for runs (default: runs)")
+    n.add_argument("--cards-dir", help="where --list looks for data cards (default: data_cards)")
     n.add_argument("--where", action="append", default=[], metavar="'COL OP VALUE'",
                    help="filter, e.g. 'ppl < 3' (OP: < <= > >= == !=; repeat to AND)")
     n.add_argument("--sort", metavar="COLUMN", help="sort by this column (ascending, nulls last)")
@@ -219,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--id", dest="example_id", metavar="ID", help="show one example: text, scores, kept or dropped and why")
     n.add_argument("--compare", metavar="OTHER", help="compare kept subsets with OTHER (a run or data card directory)")
     n.add_argument("--export", metavar="PATH", help="write the filtered joined table to PATH (.parquet or .jsonl)")
+    n.add_argument("--force", action="store_true", help="let --export overwrite an existing file")
     n.set_defaults(fn=cmd_inspect)
 
     g = sub.add_parser("regenerate", help="recompute a data card's subset and check it is identical")

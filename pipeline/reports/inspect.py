@@ -8,7 +8,10 @@ subset.parquet) is accepted.
 
 from __future__ import annotations
 
+import json
+import math
 import operator
+import os
 import re
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -18,14 +21,95 @@ from typing import Any
 import polars as pl
 import yaml
 
-from pipeline.core.io import atomic_path, read_json
+from pipeline.core.io import atomic_path
 
 FRONT = ("id", "kept", "weight", "reason")
+NESTED = (pl.List, pl.Array, pl.Struct, pl.Object)
 OPS: dict[str, Callable[[Any, Any], Any]] = {
     "<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne,
     "<": operator.lt, ">": operator.gt, "=": operator.eq,
 }
 _WHERE = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*(<=|>=|==|!=|<|>|=)\s*(.*?)\s*$")
+
+
+class InspectError(ValueError):
+    """A user mistake or an unreadable file: the CLI prints it as one `pipeline: error:` line."""
+
+
+class MissingExample(InspectError, KeyError):
+    """No example with the asked id (a KeyError too, as before; printed without KeyError's quotes)."""
+
+    def __str__(self) -> str:
+        """The plain message, not KeyError's repr of it."""
+        return str(self.args[0]) if self.args else ""
+
+
+# What reading a user's files can raise; `--list` turns these into an error row, the CLI into one line.
+READ_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, yaml.YAMLError, pl.exceptions.PolarsError)
+
+
+def one_line(err: BaseException) -> str:
+    """The first line of an error message (polars appends its query plan on the following lines)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def check_n(n: int | None) -> None:
+    """Refuse a negative row count (polars' head(-1) would silently mean "all but the last")."""
+    if n is not None and n < 0:
+        raise InspectError(f"-n {n}: must be 0 or more")
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    """`value` if it is a mapping, else {} (files written by hand or by older versions may differ)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _read_text(path: Path) -> str:
+    """A UTF-8 text file, any failure naming the file."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InspectError(f"{path}: cannot read: {getattr(e, 'strerror', None) or one_line(e)}") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML mapping (empty file: {}); invalid YAML or a non-mapping is an error naming the file."""
+    try:
+        data = yaml.safe_load(_read_text(path))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise InspectError(f"{path}: invalid YAML{where}: {getattr(e, 'problem', None) or one_line(e)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InspectError(f"{path}: expected a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object; truncated JSON or a non-object is an error naming the file."""
+    try:
+        data = json.loads(_read_text(path))
+    except json.JSONDecodeError as e:
+        raise InspectError(f"{path}: invalid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise InspectError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _read_parquet(path: Path, columns: Sequence[str] | None = None, need: Sequence[str] = ("id",)) -> pl.DataFrame:
+    """A parquet file read by its literal name (polars would glob `[ab]` in it); errors name the file."""
+    try:
+        table = pl.read_parquet(path, columns=list(columns) if columns else None, glob=False,
+                                hive_partitioning=False)
+    except (OSError, pl.exceptions.PolarsError) as e:
+        raise InspectError(f"{path}: cannot read parquet: {getattr(e, 'strerror', None) or one_line(e)}") from None
+    missing = [c for c in need if c not in table.columns]
+    if missing:
+        raise InspectError(f"{path}: no column {', '.join(missing)}; columns: {', '.join(table.columns)}")
+    return table
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -43,10 +127,13 @@ def is_run(path: str | Path) -> bool:
 
 
 def _check(path: str | Path) -> Path:
+    """`path` as a Path if it is a run or card directory, else an error saying what it is instead."""
     p = Path(path)
-    if not (is_run(p) or is_card(p)):
-        raise FileNotFoundError(f"{p} is neither a run directory (config.yaml) nor a data card (card.json + subset.parquet)")
-    return p
+    if is_run(p) or is_card(p):
+        return p
+    if not p.exists():
+        raise FileNotFoundError(f"{p} does not exist")
+    raise FileNotFoundError(f"{p} is neither a run directory (config.yaml) nor a data card (card.json + subset.parquet)")
 
 
 def _join_new(table: pl.DataFrame, other: pl.DataFrame) -> pl.DataFrame:
@@ -55,8 +142,11 @@ def _join_new(table: pl.DataFrame, other: pl.DataFrame) -> pl.DataFrame:
     if not cols:
         return table
     other = other.select("id", *cols).unique("id", keep="first", maintain_order=True)
-    return table.join(other.with_columns(pl.col("id").cast(table.schema["id"])), on="id", how="left",
-                      maintain_order="left")
+    try:
+        other = other.with_columns(pl.col("id").cast(table.schema["id"]))
+    except pl.exceptions.PolarsError as e:
+        raise InspectError(f"cannot join on id ({other.schema['id']} vs {table.schema['id']}): {one_line(e)}") from None
+    return table.join(other, on="id", how="left", maintain_order="left")
 
 
 def _front(table: pl.DataFrame) -> pl.DataFrame:
@@ -66,30 +156,52 @@ def _front(table: pl.DataFrame) -> pl.DataFrame:
     return table.select(*first, *[c for c in table.columns if c not in first])
 
 
+def _selection(path: Path) -> pl.DataFrame:
+    """A run's selection.parquet with id, a boolean kept, weight and reason (missing ones as nulls)."""
+    table = _read_parquet(path, need=("id", "kept"))
+    if table.schema["kept"] != pl.Boolean:
+        try:
+            table = table.with_columns(pl.col("kept").cast(pl.Boolean))
+        except pl.exceptions.PolarsError:
+            raise InspectError(f"{path}: column kept is {table.schema['kept']}, not true/false") from None
+    if "weight" not in table.columns:
+        table = table.with_columns(weight=pl.lit(None, pl.Float64))
+    if "reason" not in table.columns:
+        table = table.with_columns(reason=pl.lit(None, pl.String))
+    return table.with_columns(pl.col("reason").cast(pl.String))
+
+
 def _run_table(run: Path) -> pl.DataFrame:
+    """A run's selection (or its bare score ids) joined with its scores and training data on id."""
     sel, scores, train = run / "selection.parquet", run / "scores.parquet", run / "data" / "train.parquet"
-    if sel.exists():
-        table = pl.read_parquet(sel)
-    elif scores.exists():
-        table = pl.read_parquet(scores).select("id").with_columns(
+    if sel.is_file():
+        table = _selection(sel)
+    elif scores.is_file():
+        table = _read_parquet(scores, columns=["id"]).with_columns(
             kept=pl.lit(None, pl.Boolean), weight=pl.lit(None, pl.Float64), reason=pl.lit(None, pl.String))
     else:
         raise FileNotFoundError(f"{run} has no selection.parquet or scores.parquet yet")
     for extra in (scores, train):
-        if extra.exists():
-            table = _join_new(table, pl.read_parquet(extra))
+        if extra.is_file():
+            table = _join_new(table, _read_parquet(extra))
     return table
 
 
+def _card_run(facts: dict[str, Any]) -> Path | None:
+    """The run directory a card recorded, if it recorded one."""
+    run_dir = _dict(facts.get("run")).get("run_dir")
+    return Path(run_dir) if isinstance(run_dir, str) and run_dir else None
+
+
 def _card_table(card: Path) -> pl.DataFrame:
-    facts = read_json(card / "card.json")
-    table = pl.read_parquet(card / "subset.parquet").with_columns(kept=pl.lit(True))
-    run_dir = (facts.get("run") or {}).get("run_dir")
-    run = Path(run_dir) if run_dir else None
-    if run is not None and (run / "scores.parquet").exists():
-        table = _join_new(table, pl.read_parquet(run / "scores.parquet"))
-    if run is not None and (run / "selection.parquet").exists():
-        table = _join_new(table, pl.read_parquet(run / "selection.parquet").select("id", "reason"))
+    """A card's kept subset, with scores and reasons from its run when that run still exists."""
+    facts = _read_json(card / "card.json")
+    table = _read_parquet(card / "subset.parquet").with_columns(kept=pl.lit(True))
+    run = _card_run(facts)
+    if run is not None and (run / "scores.parquet").is_file():
+        table = _join_new(table, _read_parquet(run / "scores.parquet"))
+    if run is not None and (run / "selection.parquet").is_file():
+        table = _join_new(table, _selection(run / "selection.parquet").select("id", "reason"))
     if "reason" not in table.columns:
         table = table.with_columns(reason=pl.lit(f"kept: in data card {facts.get('name', card.name)}"))
     return table
@@ -110,12 +222,12 @@ def _describe_source(path: str | Path) -> dict[str, Any]:
     """Name, kind and recipe of a run or card directory."""
     p = _check(path)
     if is_run(p):
-        config = yaml.safe_load((p / "config.yaml").read_text()) or {}
+        config = _read_yaml(p / "config.yaml")
         return {"path": str(p), "kind": "run", "name": p.name, "recipe": config.get("name"), "select": config.get("select")}
-    facts = read_json(p / "card.json")
+    facts = _read_json(p / "card.json")
     return {"path": str(p), "kind": "card", "name": facts.get("name", p.name),
-            "recipe": (facts.get("run") or {}).get("recipe"), "select": facts.get("rules"),
-            "read": (facts.get("counts") or {}).get("read")}
+            "recipe": _dict(facts.get("run")).get("recipe"), "select": facts.get("rules"),
+            "read": _dict(facts.get("counts")).get("read")}
 
 
 # --- summary -----------------------------------------------------------------------------------
@@ -123,16 +235,15 @@ def _describe_source(path: str | Path) -> dict[str, Any]:
 
 def inspect_run(run_dir: str | Path, n: int = 3) -> dict[str, Any]:
     """Counts, score summaries, drop reasons and a few kept and dropped examples of a run or card."""
-    run = Path(run_dir)
-    if is_card(run) and not is_run(run):
-        return _inspect_card(run, n)
+    check_n(n)
+    run = _check(run_dir)
     if not is_run(run):
-        raise FileNotFoundError(f"{run} is not a run directory (no config.yaml)")
-    config = yaml.safe_load((run / "config.yaml").read_text()) or {}
+        return _inspect_card(run, n)
+    config = _read_yaml(run / "config.yaml")
     report: dict[str, Any] = {"run_dir": str(run), "recipe": config.get("name"), "select": config.get("select")}
-    if (run / "metrics.json").exists():
-        report["metrics"] = read_json(run / "metrics.json")
-    if not (run / "selection.parquet").exists():
+    if (run / "metrics.json").is_file():
+        report["metrics"] = _read_json(run / "metrics.json")
+    if not (run / "selection.parquet").is_file():
         report["status"] = "no selection yet"
         return report
     table = load_table(run)
@@ -149,15 +260,17 @@ def inspect_run(run_dir: str | Path, n: int = 3) -> dict[str, Any]:
 
 
 def _inspect_card(card: Path, n: int) -> dict[str, Any]:
-    facts = read_json(card / "card.json")
+    """The summary of a card: its recorded counts and score statistics, and its first kept examples."""
+    facts = _read_json(card / "card.json")
     table = load_table(card)
     show = [c for c in ("id", "reason", "weight", *score_columns(table)[:2], "prompt") if c in table.columns]
+    counts = {"read": None, "kept": table.height, "dropped": None, **_dict(facts.get("counts"))}
+    dropped = _dict(facts.get("examples")).get("dropped")
     return {
         "run_dir": str(card), "recipe": facts.get("name"), "select": facts.get("rules"),
-        "counts": facts.get("counts") or {"read": None, "kept": table.height, "dropped": None},
-        "scores": facts.get("score_stats", {}), "drop_reasons": [],
+        "counts": counts, "scores": _dict(facts.get("score_stats")), "drop_reasons": [],
         "kept_examples": table.head(n).select(show).to_dicts(),
-        "dropped_examples": (facts.get("examples") or {}).get("dropped", [])[:n],
+        "dropped_examples": [d for d in dropped if isinstance(d, dict)][:n] if isinstance(dropped, list) else [],
     }
 
 
@@ -184,35 +297,59 @@ def parse_where(text: str) -> tuple[str, str, str]:
     """Split `COLUMN OP VALUE` (OP one of < <= > >= == != =) into its three parts."""
     m = _WHERE.match(text)
     if not m or not m.group(3):
-        raise ValueError(f"--where {text!r}: expected COLUMN OP VALUE with OP in < <= > >= == !=")
+        raise InspectError(f"--where {text!r}: expected COLUMN OP VALUE with OP in < <= > >= == !=")
     col, op, value = m.groups()
     return col, "==" if op == "=" else op, value
 
 
+def _number(text: str, col: str, raw: str, dtype: pl.DataType) -> float | int:
+    """The value of a numeric condition: an int for integer columns (exact), else a float (nan, inf too)."""
+    if dtype.is_integer() and re.fullmatch(r"[+-]?\d+", raw) and abs(int(raw)) < 2**63:
+        return int(raw)
+    try:
+        return float(raw)
+    except ValueError:
+        raise InspectError(f"--where {text!r}: column {col} is numeric ({dtype}), {raw!r} is not a number") from None
+
+
 def where_expr(text: str, schema: pl.Schema) -> pl.Expr:
-    """A polars filter for one `COLUMN OP VALUE` condition, the value typed by the column's dtype."""
+    """A polars filter for one `COLUMN OP VALUE` condition, the value typed by the column's dtype.
+
+    Numbers compare as IEEE floats: a NaN cell matches no <, <=, >, >= (polars would order NaN above
+    everything); `COL == nan` / `COL != nan` test for NaN as `== null` / `!= null` test for null, and
+    ordering against NaN (`ppl < nan`), which could never match, is an error.
+    """
     col, op, raw = parse_where(text)
     if col not in schema:
-        raise ValueError(f"--where {text!r}: no column {col!r}; columns: {', '.join(schema)}")
+        raise InspectError(f"--where {text!r}: no column {col!r}; columns: {', '.join(schema)}")
     dtype = schema[col]
+    if isinstance(dtype, NESTED):
+        raise InspectError(f"--where {text!r}: column {col} holds {dtype}; only numbers, true/false and text compare")
     if raw.lower() in {"null", "none"}:
         if op not in {"==", "!="}:
-            raise ValueError(f"--where {text!r}: compare with null only by == or !=")
+            raise InspectError(f"--where {text!r}: compare with null only by == or !=")
         return pl.col(col).is_null() if op == "==" else pl.col(col).is_not_null()
     value: Any
     if dtype.is_numeric():
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ValueError(f"--where {text!r}: {col} is numeric, {raw!r} is not a number") from None
-    elif dtype == pl.Boolean:
+        value = _number(text, col, raw, dtype)
+        is_float = dtype.is_float()
+        if isinstance(value, float) and math.isnan(value):
+            if op not in {"==", "!="}:
+                raise InspectError(f"--where {text!r}: no number is {op} NaN, so this would match nothing; "
+                                   f"use '{col} == nan' to find NaN values or '{col} != nan' to leave them out")
+            if not is_float:
+                return pl.lit(False) if op == "==" else pl.col(col).is_not_null()
+            return pl.col(col).is_nan() if op == "==" else pl.col(col).is_not_nan()
+        expr = OPS[op](pl.col(col), pl.lit(value))
+        return expr & pl.col(col).is_not_nan() if is_float and op in {"<", "<=", ">", ">="} else expr
+    if dtype == pl.Boolean:
         if raw.lower() not in {"true", "false", "1", "0"}:
-            raise ValueError(f"--where {text!r}: {col} is true/false, not {raw!r}")
+            raise InspectError(f"--where {text!r}: column {col} is true/false, not {raw!r}")
         value = raw.lower() in {"true", "1"}
-    else:
-        value = raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"" else raw
-        if dtype != pl.String:
-            return OPS[op](pl.col(col).cast(pl.String), pl.lit(value))
+        return OPS[op](pl.col(col), pl.lit(value))
+    value = raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"" else raw
+    if dtype != pl.String:
+        return OPS[op](pl.col(col).cast(pl.String), pl.lit(value))
     return OPS[op](pl.col(col), pl.lit(value))
 
 
@@ -225,17 +362,26 @@ def select_examples(
 ) -> pl.DataFrame:
     """Rows matching every `where` condition (and kept/dropped when `subset` says), sorted by `sort`."""
     for cond in where:
-        table = table.filter(where_expr(cond, table.schema))
+        try:
+            table = table.filter(where_expr(cond, table.schema))
+        except pl.exceptions.PolarsError as e:
+            raise InspectError(f"--where {cond!r}: {one_line(e)}") from None
     if subset == "kept":
         table = table.filter(pl.col("kept").fill_null(False))
     elif subset == "dropped":
         table = table.filter(~pl.col("kept").fill_null(True))
     elif subset is not None:
-        raise ValueError(f"subset must be 'kept' or 'dropped', not {subset!r}")
+        raise InspectError(f"subset must be 'kept' or 'dropped', not {subset!r}")
     if sort is not None:
         if sort not in table.columns:
-            raise ValueError(f"--sort {sort!r}: no such column; columns: {', '.join(table.columns)}")
-        table = table.sort(sort, descending=descending, nulls_last=True, maintain_order=True)
+            raise InspectError(f"--sort {sort!r}: no such column; columns: {', '.join(table.columns)}")
+        if isinstance(table.schema[sort], NESTED):
+            raise InspectError(f"--sort {sort!r}: column {sort} holds {table.schema[sort]}; "
+                               "sort by a number, true/false or text column")
+        try:
+            table = table.sort(sort, descending=descending, nulls_last=True, maintain_order=True)
+        except pl.exceptions.PolarsError as e:
+            raise InspectError(f"--sort {sort!r}: {one_line(e)}") from None
     return table
 
 
@@ -249,12 +395,13 @@ def query_report(
     columns: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The first `n` examples matching the filters, with id, kept, weight, reason, scores and prompt."""
+    check_n(n)
     table = load_table(path)
     rows = select_examples(table, where, sort, descending, subset)
     if columns:
         missing = [c for c in columns if c not in table.columns]
         if missing:
-            raise ValueError(f"--columns: no column {', '.join(missing)}; columns: {', '.join(table.columns)}")
+            raise InspectError(f"--columns: no column {', '.join(missing)}; columns: {', '.join(table.columns)}")
         show = list(dict.fromkeys(["id", *columns]))
     else:
         show = [c for c in (*FRONT, *score_columns(table), "prompt") if c in table.columns]
@@ -272,13 +419,13 @@ def example_report(path: str | Path, example_id: str) -> dict[str, Any]:
     table = load_table(path)
     row = table.filter(pl.col("id").cast(pl.String) == str(example_id))
     if row.is_empty():
-        raise KeyError(f"no example with id {example_id!r} in {path}")
+        raise MissingExample(f"no example with id {example_id!r} in {path}")
     r = row.row(0, named=True)
     scores = score_columns(table)
     ranks = {}
     for c in scores:
         col = table.get_column(c).cast(pl.Float64)
-        ranks[c] = None if r[c] is None else int((col < float(r[c])).sum()) + 1
+        ranks[c] = None if r[c] is None or math.isnan(float(r[c])) else int((col < float(r[c])).sum()) + 1
     source = _describe_source(path)
     rest = {k: v for k, v in r.items() if k not in {*FRONT, *scores, "prompt", "response"}}
     return {
@@ -335,18 +482,42 @@ def _minus(x: float | None, y: float | None) -> float | None:
 # --- export ------------------------------------------------------------------------------------
 
 
-def export_table(table: pl.DataFrame, out: str | Path) -> dict[str, Any]:
-    """Write `table` to .parquet or .jsonl/.ndjson atomically; return path, format, rows and columns."""
+def check_export_target(out: str | Path, force: bool = False) -> Path:
+    """Refuse an export that would write into a run or data card folder, or overwrite a file without `force`.
+
+    A run's own files (selection.parquet, ...) are its record: `--kept --export RUN/selection.parquet`
+    must not silently replace them.
+    """
     out = Path(out)
-    suffix = out.suffix.lower()
-    if suffix not in {".parquet", ".jsonl", ".ndjson"}:
-        raise ValueError(f"--export {out}: use a .parquet, .jsonl or .ndjson file name")
-    fmt = "parquet" if suffix == ".parquet" else "jsonl"
-    with atomic_path(out) as tmp:
-        if fmt == "parquet":
-            table.write_parquet(tmp)
-        else:
-            table.write_ndjson(tmp)
+    if out.suffix.lower() not in {".parquet", ".jsonl", ".ndjson"}:
+        raise InspectError(f"--export {out}: use a .parquet, .jsonl or .ndjson file name")
+    folder = out.resolve().parent
+    for parent in (folder, *folder.parents):
+        if is_run(parent) or is_card(parent):
+            kind = "run" if is_run(parent) else "data card"
+            raise InspectError(f"--export {out}: {parent} is a {kind} folder; write the export outside it")
+    existing = next((p for p in (out.parent.absolute(), *out.parent.absolute().parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise InspectError(f"--export {out}: {existing} is a file, not a folder")
+    if out.is_dir():
+        raise InspectError(f"--export {out}: is a folder")
+    if out.exists() and not force:
+        raise InspectError(f"--export {out}: file exists; pass --force to overwrite it")
+    return out
+
+
+def export_table(table: pl.DataFrame, out: str | Path, force: bool = False) -> dict[str, Any]:
+    """Write `table` to .parquet or .jsonl/.ndjson atomically; return path, format, rows and columns."""
+    out = check_export_target(out, force)
+    fmt = "parquet" if out.suffix.lower() == ".parquet" else "jsonl"
+    try:
+        with atomic_path(out) as tmp:
+            if fmt == "parquet":
+                table.write_parquet(tmp)
+            else:
+                table.write_ndjson(tmp)
+    except (OSError, pl.exceptions.PolarsError) as e:
+        raise InspectError(f"--export {out}: {getattr(e, 'strerror', None) or one_line(e)}") from None
     return {"path": str(out), "format": fmt, "rows": table.height, "columns": table.columns}
 
 
@@ -358,69 +529,94 @@ def export_report(
     descending: bool = False,
     subset: str | None = None,
     n: int | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Filter and sort a run's or card's joined table as `query_report` does and write all its columns."""
+    check_n(n)
+    check_export_target(out, force)  # before reading: a refused target fails fast
     rows = select_examples(load_table(path), where, sort, descending, subset)
-    return {"source": str(path), **export_table(rows if n is None else rows.head(n), out)}
+    return {"source": str(path), **export_table(rows if n is None else rows.head(n), out, force)}
 
 
 # --- list --------------------------------------------------------------------------------------
 
 
 def _mtime(path: Path) -> str:
+    """The file's modification time as UTC ISO 8601."""
     return datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def run_entry(run: Path) -> dict[str, Any]:
     """One line of `--list` for a run: name, recipe, start time, status, kept/read, base -> tuned."""
-    config = yaml.safe_load((run / "config.yaml").read_text()) or {}
-    metrics = read_json(run / "metrics.json") if (run / "metrics.json").exists() else {}
+    config = _read_yaml(run / "config.yaml")
+    metrics = _read_json(run / "metrics.json") if (run / "metrics.json").is_file() else {}
     entry: dict[str, Any] = {"name": run.name, "path": str(run), "recipe": config.get("name"),
                              "started": _mtime(run / "config.yaml")}
-    if "base" in metrics and "tuned" in metrics:
+    base, tuned = _dict(metrics.get("base")), _dict(metrics.get("tuned"))
+    if base and tuned:
         entry["status"] = "done"
     elif metrics:
         entry["status"] = "curated"
-    elif (run / "selection.parquet").exists():
+    elif (run / "selection.parquet").is_file():
         entry["status"] = "selected"
-    elif (run / "scores.parquet").exists():
+    elif (run / "scores.parquet").is_file():
         entry["status"] = "scored"
     else:
         entry["status"] = "started"
-    counts = metrics.get("selection")
-    if not counts and (run / "selection.parquet").exists():
-        kept = pl.read_parquet(run / "selection.parquet", columns=["kept"]).get_column("kept")
+    counts = _dict(metrics.get("selection"))
+    if not counts and (run / "selection.parquet").is_file():
+        kept = _selection(run / "selection.parquet").get_column("kept")
         counts = {"read": kept.len(), "kept": int(kept.sum())}
-    entry["read"], entry["kept"] = (counts or {}).get("read"), (counts or {}).get("kept")
+    entry["read"], entry["kept"] = counts.get("read"), counts.get("kept")
     entry["metrics"] = {
-        k: {"base": metrics["base"].get(k), "tuned": metrics["tuned"].get(k)} for k in ("accuracy", "nll")
+        k: {"base": base.get(k), "tuned": tuned.get(k)} for k in ("accuracy", "nll")
     } if entry["status"] == "done" else None
     return entry
 
 
 def card_entry(card: Path) -> dict[str, Any]:
     """One line of `--list` for a data card: name, rules, kept/read and its run."""
-    facts = read_json(card / "card.json")
-    counts = facts.get("counts") or {}
+    facts = _read_json(card / "card.json")
+    counts = _dict(facts.get("counts"))
     return {"name": facts.get("name", card.name), "path": str(card), "rules": facts.get("rules", []),
             "read": counts.get("read"), "kept": counts.get("kept"),
-            "run_dir": (facts.get("run") or {}).get("run_dir")}
+            "run_dir": _dict(facts.get("run")).get("run_dir")}
+
+
+def _entry(read: Callable[[Path], dict[str, Any]], path: Path) -> dict[str, Any]:
+    """`read(path)`, or a row naming the folder and its error, so one broken folder never hides the others."""
+    try:
+        return read(path)
+    except READ_ERRORS as e:
+        return {"name": path.name, "path": str(path), "error": one_line(e)}
+
+
+def _subdirs(root: Path, keep: Callable[[Path], bool]) -> list[Path]:
+    """The folders directly in `root` that `keep` accepts, by name; `root` is taken literally, never globbed."""
+    if not root.is_dir():
+        return []
+    try:
+        return sorted(p for p in root.iterdir() if p.is_dir() and keep(p))
+    except OSError as e:
+        raise InspectError(f"{root}: cannot list: {e.strerror or e}") from None
 
 
 def list_report(output_dir: str | Path = "runs", cards_dir: str | Path = "data_cards") -> dict[str, Any]:
-    """Runs under `output_dir` and data cards under `cards_dir`."""
-    from pipeline.core.runs import list_runs
-
-    root = Path(cards_dir)
-    cards = sorted(p for p in root.iterdir() if is_card(p)) if root.is_dir() else []
+    """Runs under `output_dir` and data cards under `cards_dir`; an unreadable one is a row with `error`."""
+    runs = _subdirs(Path(output_dir), is_run)
+    cards = _subdirs(Path(cards_dir), is_card)
     return {"output_dir": str(output_dir), "cards_dir": str(cards_dir),
-            "runs": [run_entry(r) for r in list_runs(output_dir)], "cards": [card_entry(c) for c in cards]}
+            "runs": [_entry(run_entry, r) for r in runs], "cards": [_entry(card_entry, c) for c in cards]}
 
 
 # --- rich rendering ----------------------------------------------------------------------------
+# Every user-controlled string (example text, reasons, ids, column names, paths, conditions) reaches
+# rich as a `Text`, never as a markup string: `[/x]` in a reason must print, not raise MarkupError.
+# The console itself also has markup and emoji codes off, so a str that slips through prints literally.
 
 
 def _fmt(v: Any, width: int = 200) -> str:
+    """A cell value as short text: floats to 4 significant digits, None as empty."""
     if isinstance(v, float):
         return f"{v:.4g}"
     if v is None:
@@ -439,22 +635,41 @@ def _rule(select: Any) -> str:
 
 
 def _console() -> Any:
+    """A console that prints strings literally (no markup, no :emoji: codes)."""
     from rich.console import Console
 
-    return Console()
+    return Console(markup=False, emoji=False)
+
+
+def _text(*parts: Any) -> Any:
+    """Literal text from parts: a str, or a (str, style) pair for our own styling."""
+    from rich.text import Text
+
+    return Text.assemble(*parts)
 
 
 def _rows_table(title: str, rows: list[dict[str, Any]], columns: Sequence[str] | None = None) -> Any:
+    """A rich table of `rows` (dicts) with literal titles, headers and cells."""
     from rich.table import Table
 
     cols = list(columns or (rows[0] if rows else []))
-    t = Table(title=title)
+    t = Table(title=_text(title))
     for col in cols:
-        wide = col in {"prompt", "response", "reason"}
-        t.add_column(col, overflow="fold", max_width=48 if wide else None, no_wrap=col in {"id", "kept"})
+        width = {"prompt": 48, "response": 48, "reason": 48, "error": 80}.get(col)
+        t.add_column(_text(col), overflow="fold", max_width=width, no_wrap=col in {"id", "kept"})
     for r in rows:
-        t.add_row(*(_fmt(r.get(c), 80 if c in {"prompt", "response"} else 200) for c in cols))
+        t.add_row(*(_text(_fmt(r.get(c), 80 if c in {"prompt", "response"} else 200)) for c in cols))
     return t
+
+
+def _arrow(pair: dict[str, Any] | None, spec: str) -> str:
+    """`base -> tuned` formatted by `spec`, or "" when either is missing or not a number."""
+    if not isinstance(pair, dict):
+        return ""
+    base, tuned = pair.get("base"), pair.get("tuned")
+    if not isinstance(base, int | float) or not isinstance(tuned, int | float):
+        return ""
+    return f"{base:{spec}} -> {tuned:{spec}}"
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -462,22 +677,27 @@ def print_report(report: dict[str, Any]) -> None:
     from rich.table import Table
 
     con = _console()
-    con.print(f"[bold]{report['recipe']}[/bold]  {report['run_dir']}")
+    con.print(_text((str(report["recipe"]), "bold"), "  ", report["run_dir"]))
     if "counts" not in report:
-        con.print(report.get("status", ""))
+        con.print(_text(report.get("status", "")))
         return
     c = report["counts"]
-    con.print(f"read {c['read']}  kept {c['kept']}  dropped {c['dropped']}  rule {_rule(report['select'])}")
-    if "metrics" in report and "base" in report["metrics"]:
-        m = report["metrics"]
-        con.print(f"accuracy base {m['base']['accuracy']:.3f} -> tuned {m['tuned']['accuracy']:.3f};  "
-                  f"NLL base {m['base']['nll']:.4f} -> tuned {m['tuned']['nll']:.4f}")
+    con.print(_text(f"read {c.get('read')}  kept {c.get('kept')}  dropped {c.get('dropped')}  "
+                    f"rule {_rule(report['select'])}"))
+    m = _dict(report.get("metrics"))
+    base, tuned = _dict(m.get("base")), _dict(m.get("tuned"))
+    evals = [f"{label} base {arrow.replace(' -> ', ' -> tuned ')}"
+             for label, key, spec in (("accuracy", "accuracy", ".3f"), ("NLL", "nll", ".4f"))
+             if (arrow := _arrow({"base": base.get(key), "tuned": tuned.get(key)}, spec))]
+    if evals:
+        con.print(_text(";  ".join(evals)))
     t = Table(title="scores")
     for col in ("score", "subset", "count", "mean", "median", "min", "max"):
         t.add_column(col)
     for name, parts in report["scores"].items():
-        for part, d in parts.items():
-            t.add_row(name, part, *(_fmt(d.get(k)) for k in ("count", "mean", "median", "min", "max")))
+        for part, d in _dict(parts).items():
+            d = _dict(d)
+            t.add_row(_text(str(name)), _text(str(part)), *(_text(_fmt(d.get(k))) for k in ("count", "mean", "median", "min", "max")))
     con.print(t)
     if report.get("drop_reasons"):
         con.print(_rows_table("drop reasons", [{"reason": r, "count": k} for r, k in report["drop_reasons"]]))
@@ -491,28 +711,28 @@ def print_query(report: dict[str, Any]) -> None:
     con = _console()
     filters = "; ".join([*report["where"], *([report["subset"]] if report["subset"] else [])]) or "all"
     order = f"  sorted by {report['sort']}{' desc' if report['descending'] else ''}" if report["sort"] else ""
-    con.print(f"[bold]{report['source']}[/bold]  {filters}{order}: "
-              f"{report['matched']} of {report['total']} match, showing {report['shown']}")
+    con.print(_text((report["source"], "bold"), f"  {filters}{order}: ",
+                    f"{report['matched']} of {report['total']} match, showing {report['shown']}"))
     con.print(_rows_table("examples", report["rows"], report["columns"]))
 
 
 def print_example(report: dict[str, Any]) -> None:
     """Render an `example_report`: verdict, scores with ranks, prompt and response."""
     con = _console()
-    verdict = {True: "[green]kept[/green]", False: "[red]dropped[/red]"}.get(report["kept"], "not selected yet")
-    con.print(f"[bold]{report['id']}[/bold]  {verdict}  weight {_fmt(report['weight'])}  ({report['source']})")
-    con.print(f"reason: {report['reason']}")
-    con.print(f"rule:   {_rule(report['select'])}")
+    verdict = {True: ("kept", "green"), False: ("dropped", "red")}.get(report["kept"], "not selected yet")
+    con.print(_text((str(report["id"]), "bold"), "  ", verdict, f"  weight {_fmt(report['weight'])}  ({report['source']})"))
+    con.print(_text(f"reason: {_fmt(report['reason'], 10_000)}"))
+    con.print(_text(f"rule:   {_rule(report['select'])}"))
     rows = [{"score": c, "value": v, "rank (1 = lowest)": f"{report['ranks'][c]} of {report['of']}"}
             for c, v in report["scores"].items()]
     if rows:
         con.print(_rows_table("scores", rows))
     for field in ("prompt", "response"):
         con.rule(field)
-        con.print(report[field] or "", markup=False, highlight=False)
+        con.print(_text(str(report[field] or "")))
     for k, v in report["other"].items():
         if v is not None:
-            con.print(f"[dim]{k}[/dim]: {_fmt(v, 300)}", markup=True, highlight=False)
+            con.print(_text((str(k), "dim"), f": {_fmt(v, 300)}"))
 
 
 def print_compare(report: dict[str, Any]) -> None:
@@ -522,40 +742,46 @@ def print_compare(report: dict[str, Any]) -> None:
     con.print(_rows_table("subsets", [{"": k, "kind": s["kind"], "name": s["name"], "kept": s["kept"],
                                        "read": s["read"], "path": s["path"]} for k, s in (("A", a), ("B", b))]))
     jac = report["jaccard"]
-    con.print(f"overlap {report['overlap']}  union {report['union']}  Jaccard {_fmt(jac) if jac is not None else '-'}"
-              f"  only in A {report['only_a']}  only in B {report['only_b']}")
+    con.print(_text(f"overlap {report['overlap']}  union {report['union']}  Jaccard {_fmt(jac) if jac is not None else '-'}"
+                    f"  only in A {report['only_a']}  only in B {report['only_b']}"))
     rows = [{"score": c, "mean A": s["a"]["mean"], "mean B": s["b"]["mean"], "shift": s["mean_shift"],
              "median A": s["a"]["median"], "median B": s["b"]["median"], "median shift": s["median_shift"]}
             for c, s in report["shift"].items()]
     if rows:
         con.print(_rows_table("score shift (B - A, kept subsets)", rows))
     for side, cols in report["borrowed_scores"].items():
-        con.print(f"[dim]{side.upper()} has no {', '.join(cols)}: read from the other side's scores[/dim]")
+        con.print(_text((f"{side.upper()} has no {', '.join(cols)}: read from the other side's scores", "dim")))
 
 
 def print_export(report: dict[str, Any]) -> None:
     """One line: what was written where."""
-    _console().print(f"wrote {report['rows']} rows x {len(report['columns'])} columns ({report['format']}) "
-                     f"-> {report['path']}")
+    _console().print(_text(f"wrote {report['rows']} rows x {len(report['columns'])} columns ({report['format']}) "
+                           f"-> {report['path']}"))
+
+
+def _in_folder(entry: dict[str, Any]) -> str:
+    """A listing row's error without its folder's path (the row names the folder already)."""
+    return str(entry["error"]).removeprefix(f"{entry['path']}{os.sep}")
 
 
 def print_listing(report: dict[str, Any]) -> None:
-    """Render `list_report`: a runs table and a data cards table."""
+    """Render `list_report`: a runs table and a data cards table; broken ones show their error."""
     con = _console()
     runs = []
     for r in report["runs"]:
+        if "error" in r:
+            runs.append({"run": r["name"], "status": "error", "error": _in_folder(r)})
+            continue
         m = r["metrics"] or {}
         runs.append({"run": r["name"], "recipe": r["recipe"], "started": r["started"], "status": r["status"],
                      "kept/read": f"{r['kept']}/{r['read']}" if r["read"] is not None else "",
                      "accuracy": _arrow(m.get("accuracy"), ".3f"), "nll": _arrow(m.get("nll"), ".4f")})
+    run_cols = ["run", "recipe", "started", "status", "kept/read", "accuracy", "nll"]
     con.print(_rows_table(f"runs in {report['output_dir']}", runs,
-                          ["run", "recipe", "started", "status", "kept/read", "accuracy", "nll"]))
-    cards = [{"card": c["name"], "rule": _rule(c["rules"]), "kept/read": f"{c['kept']}/{c['read']}",
-              "run": c["run_dir"]} for c in report["cards"]]
-    con.print(_rows_table(f"data cards in {report['cards_dir']}", cards, ["card", "rule", "kept/read", "run"]))
-
-
-def _arrow(pair: dict[str, Any] | None, spec: str) -> str:
-    if not pair or pair.get("base") is None or pair.get("tuned") is None:
-        return ""
-    return f"{pair['base']:{spec}} -> {pair['tuned']:{spec}}"
+                          run_cols + (["error"] if any("error" in r for r in runs) else [])))
+    cards = [{"card": c["name"], "error": _in_folder(c)} if "error" in c else
+             {"card": c["name"], "rule": _rule(c["rules"]), "kept/read": f"{c['kept']}/{c['read']}", "run": c["run_dir"]}
+             for c in report["cards"]]
+    card_cols = ["card", "rule", "kept/read", "run"]
+    con.print(_rows_table(f"data cards in {report['cards_dir']}", cards,
+                          card_cols + (["error"] if any("error" in c for c in cards) else [])))
