@@ -107,3 +107,35 @@ def test_math_splits_disjoint_and_deterministic():
 @pytest.mark.parametrize("text,expected", [("1,680.0", "1680"), ("$0.50", "0.5"), ("-3", "-3"), ("none", None)])
 def test_normalize_number(text, expected):
     assert normalize_number(text) == expected
+
+
+def strict_loads(text: str):
+    """json.loads that refuses NaN/Infinity, as any other JSON reader would."""
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_meta_and_messages_are_strict_json(tmp_path, capsys):
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b"\n".join([
+        b'{"prompt": "p1", "response": "r1", "score": NaN, "big": Infinity, "nested": {"a": [1, {"b": null}]}}',
+        b'{"messages": [{"role": "user", "content": "q", "w": NaN}, {"role": "assistant", "content": "a"}],'
+        b' "tags": ["x", "y"]}',
+    ]))
+    parquet = tmp_path / "x.parquet"
+    pl.DataFrame({"prompt": ["p", "q"], "response": ["r", "s"], "score": [float("nan"), 1.5],
+                  "info": [{"k": [1.0, float("inf")]}, {"k": []}]}).write_parquet(parquet)
+    for source in (path, parquet):
+        out = tmp_path / f"out-{source.suffix}"
+        assert main(["ingest", str(source), "--out", str(out)]) == 0
+        examples = pl.read_parquet(out / "examples.parquet")
+        assert examples.height == 2
+        for column in ("meta", "messages"):
+            for value in examples[column].drop_nulls().to_list():
+                strict_loads(value)
+    examples, _ = ingest(str(path))
+    meta = strict_loads(examples["meta"][0])
+    assert meta == {"score": None, "big": None, "nested": {"a": [1, {"b": None}]}}
+    assert strict_loads(examples["messages"][1])[0]["w"] is None
+    assert strict_loads(ingest(str(parquet))[0]["meta"][0]) == {"score": None, "info": {"k": [1.0, None]}}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,7 +96,7 @@ class Validator:
         def bad(fld: str, reason: str) -> tuple[None, dict]:
             text = raw.text if raw.text is not None else raw.raw_bytes.decode("utf-8", "replace")
             if raw.record is not None and raw.text is None:
-                text = json.dumps(raw.record, default=str, ensure_ascii=False)
+                text = _dumps(raw.record)
             return None, {"source": raw.source, "line": raw.line, "field": fld, "reason": reason, "raw": text}
 
         if raw.record is None and raw.text is None:
@@ -144,10 +145,34 @@ class Validator:
             "source": str(rec.get("source") or self.source),
             "domain": str(rec.get(self.fields.get("domain", "domain")) or self.domain),
             "answer": None if answer is None else str(answer),
-            "messages": json.dumps(rec["messages"], ensure_ascii=False) if "messages" in rec else None,
-            "meta": json.dumps(meta, default=str, ensure_ascii=False) if meta else None,
+            "messages": _dumps(rec["messages"]) if "messages" in rec else None,
+            "meta": _dumps(meta) if meta else None,
         }
         return row, None
+
+
+def _jsonable(value: Any) -> Any:
+    """`value` as plain JSON types (NaN/inf -> null, containers recursed), so dumps are strict JSON."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return [_jsonable(v) for v in sorted(value, key=repr)]
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    if callable(getattr(value, "tolist", None)):  # numpy arrays and scalars, without importing numpy
+        return _jsonable(value.tolist())
+    return str(value)  # dates, decimals, ...: their text, as before
+
+
+def _dumps(value: Any) -> str:
+    """Strict JSON text of a value (no NaN, no Python reprs): what `meta` and `messages` hold."""
+    return json.dumps(_jsonable(value), ensure_ascii=False, allow_nan=False)
 
 
 def _from_messages(messages: Any) -> tuple[str, str] | str:
@@ -180,7 +205,7 @@ def iter_jsonl(path: Path) -> Iterator[Raw]:
 def iter_rows(name: str, rows: Any) -> Iterator[Raw]:
     """Yield parsed rows (parquet, datasets) as Raw records numbered from 1."""
     for i, row in enumerate(rows, start=1):
-        yield Raw(name, i, json.dumps(row, default=str, ensure_ascii=False), record=row)
+        yield Raw(name, i, _dumps(row), record=row)
 
 
 def iter_source(source: str | Path, split: str = "train") -> Iterator[Raw]:
