@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import polars as pl
@@ -56,7 +57,7 @@ def test_each_bad_record_has_its_own_reason(messy):
     fields = dict(zip(quarantine["line"].to_list(), quarantine["field"].to_list(), strict=True))
     assert fields[5] == "response" and fields[4] == "prompt" and fields[8] == "response"
     raw6 = quarantine.filter(pl.col("line") == 6)["raw"].item()
-    assert "latin-1 bytes" in raw6  # raw text kept (with replacement chars) for the reader
+    assert "latin-1 bytes" in raw6 and "caf\\xe9" in raw6  # readable text, the bad byte escaped
 
 
 def test_strict_names_file_line_field(messy):
@@ -139,3 +140,11 @@ def test_meta_and_messages_are_strict_json(tmp_path, capsys):
     assert meta == {"score": None, "big": None, "nested": {"a": [1, {"b": None}]}}
     assert strict_loads(examples["messages"][1])[0]["w"] is None
     assert strict_loads(ingest(str(parquet))[0]["meta"][0]) == {"score": None, "info": {"k": [1.0, None]}}
+
+
+def test_not_utf8_bytes_are_recoverable(messy):
+    _, quarantine = ingest(messy, max_chars=200)
+    row = quarantine.filter(pl.col("line") == 6).row(0, named=True)
+    assert base64.b64decode(row["raw_b64"]) == b'{"prompt": "caf\xe9", "response": "latin-1 bytes"}'
+    assert quarantine.filter(pl.col("line") != 6)["raw_b64"].null_count() == quarantine.height - 1
+    assert list(quarantine.columns) == ["source", "line", "field", "reason", "raw", "raw_b64"]

@@ -9,6 +9,7 @@ quarantined = records read.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import math
@@ -35,6 +36,7 @@ QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
     "field": pl.String,
     "reason": pl.String,
     "raw": pl.String,
+    "raw_b64": pl.String,  # base64 of the record's exact bytes when they were not UTF-8, else null
 }
 
 # Field names accepted for prompt and response when a record does not use ours.
@@ -94,10 +96,14 @@ class Validator:
         """Return (row, None) for a good record or (None, quarantine_row)."""
 
         def bad(fld: str, reason: str) -> tuple[None, dict]:
-            text = raw.text if raw.text is not None else raw.raw_bytes.decode("utf-8", "replace")
-            if raw.record is not None and raw.text is None:
+            text, b64 = raw.text, None
+            if text is None and raw.record is not None:
                 text = _dumps(raw.record)
-            return None, {"source": raw.source, "line": raw.line, "field": fld, "reason": reason, "raw": text}
+            elif text is None:  # not UTF-8: readable text here, the exact bytes in raw_b64
+                text = raw.raw_bytes.decode("utf-8", "backslashreplace")
+                b64 = base64.b64encode(raw.raw_bytes).decode("ascii")
+            return None, {"source": raw.source, "line": raw.line, "field": fld, "reason": reason, "raw": text,
+                          "raw_b64": b64}
 
         if raw.record is None and raw.text is None:
             return bad("*", "not_utf8: bytes are not valid UTF-8")
