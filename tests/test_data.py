@@ -148,3 +148,27 @@ def test_not_utf8_bytes_are_recoverable(messy):
     assert base64.b64decode(row["raw_b64"]) == b'{"prompt": "caf\xe9", "response": "latin-1 bytes"}'
     assert quarantine.filter(pl.col("line") != 6)["raw_b64"].null_count() == quarantine.height - 1
     assert list(quarantine.columns) == ["source", "line", "field", "reason", "raw", "raw_b64"]
+
+
+def records(n: int = 3) -> list[dict]:
+    return [{"prompt": f"q{i}", "response": f"a{i}"} for i in range(n)]
+
+
+def jsonl_bytes(recs: list[dict]) -> bytes:
+    return b"".join(json.dumps(r).encode() + b"\n" for r in recs)
+
+
+def test_alpaca_input_joins_the_prompt(tmp_path):
+    rows = [
+        {"instruction": "Translate", "input": "bonjour", "output": "hello"},
+        {"instruction": "Say hi", "input": "", "output": "hi"},
+        {"instruction": "Count", "output": "1 2 3"},
+        {"instruction": "Sum", "input": 3, "output": "3"},
+    ]
+    path = tmp_path / "alpaca.jsonl"
+    path.write_bytes(jsonl_bytes(rows))
+    examples, quarantine = ingest(str(path))
+    assert examples["prompt"].to_list() == ["Translate\n\nbonjour", "Say hi", "Count"]
+    metas = [json.loads(m) for m in examples["meta"].to_list()]
+    assert "input" not in metas[0] and metas[1]["input"] == ""  # no input: as before
+    assert quarantine["field"].item() == "input" and quarantine["reason"].item().startswith("wrong_type")

@@ -123,6 +123,7 @@ class Validator:
             rec = {**rec, "prompt": prompt_resp[0], "response": prompt_resp[1]}
 
         values: dict[str, str] = {}
+        merged: set[str] = set()  # fields folded into the prompt, so not repeated in meta
         for canon, aliases in (("prompt", PROMPT_ALIASES), ("response", RESPONSE_ALIASES)):
             name = self.fields.get(canon) or next((a for a in aliases if a in rec), None)
             if name is None or name not in rec:
@@ -134,6 +135,13 @@ class Validator:
                 return bad(name, f"wrong_type: expected string, got {type(value).__name__}")
             if not value.strip():
                 return bad(name, "empty_field")
+            if canon == "prompt" and name == "instruction" and rec.get("input") is not None:
+                extra = rec["input"]  # Alpaca: the prompt is the instruction, a blank line, the input
+                if not isinstance(extra, str):
+                    return bad("input", f"wrong_type: expected string, got {type(extra).__name__}")
+                if extra.strip():
+                    value = f"{value}\n\n{extra}"
+                    merged.add("input")
             if len(value) > self.max_chars:
                 return bad(name, f"too_long: {len(value)} chars > max_chars={self.max_chars}")
             values[canon] = value
@@ -143,7 +151,7 @@ class Validator:
             return bad("id", f"duplicate_id: {ex_id} (same prompt and response seen before)")
         self.seen.add(ex_id)
         answer = rec.get(self.fields.get("answer", "answer"))
-        meta = {k: v for k, v in rec.items() if k not in {"prompt", "response", "messages"}}
+        meta = {k: v for k, v in rec.items() if k not in {"prompt", "response", "messages", *merged}}
         row = {
             "id": ex_id,
             "prompt": values["prompt"],
