@@ -87,6 +87,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from pipeline.core.io import write_json, write_parquet
     from pipeline.data import DataError, fingerprint, ingest
 
+    bad_fields = [kv for kv in args.field or [] if "=" not in kv]
+    if bad_fields:
+        raise ValueError(f"--field {bad_fields[0]}: use CANON=NAME, e.g. prompt=instruction")
     fields = dict(kv.split("=", 1) for kv in args.field or [])
     try:
         examples, quarantine = ingest(args.source, domain=args.domain, fields=fields,
@@ -206,8 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     c.set_defaults(fn=cmd_recipes)
 
-    i = sub.add_parser("ingest", help="validate a JSONL/parquet/datasets source into examples + quarantine")
-    i.add_argument("source")
+    i = sub.add_parser("ingest", help="validate a JSONL/JSON/CSV/TSV/parquet file (.gz/.bz2/.xz too), a folder of "
+                                      "them, or a datasets source into examples + quarantine")
+    i.add_argument("source", help="a file, a folder of files, a datasets.save_to_disk folder, or a hub name")
     i.add_argument("--out", required=True, help="output folder for examples.parquet and quarantine.parquet")
     i.add_argument("--strict", action="store_true", help="exit 1 at the first bad record (file:line: reason)")
     i.add_argument("--domain", default="default")

@@ -1,17 +1,25 @@
 """The canonical SFT example table, its readers and validation.
 
 Every example is a row of `SCHEMA`: a content-hash `id`, `prompt`, `response`, `source`, `domain`,
-optional gold `answer`, optional chat `messages` (JSON) and free `meta` (JSON). Readers turn JSONL,
-parquet, a `datasets` name or folder, or the bundled math data into (examples, quarantine) where the
-quarantine holds every rejected record with its line, field, reason and raw text: rows kept + rows
-quarantined = records read.
+optional gold `answer`, optional chat `messages` (strict JSON) and free `meta` (strict JSON).
+Readers turn JSON Lines, JSON, CSV/TSV (each optionally .gz/.bz2/.xz), parquet, a folder of such
+files, a `datasets` name or folder, or the bundled math data into (examples, quarantine) where the
+quarantine holds every rejected record with its line, field, reason and raw text (plus its exact
+bytes when they were not UTF-8): rows kept + rows quarantined = records read.
 """
 
 from __future__ import annotations
 
+import base64
+import bz2
+import gzip
 import hashlib
+import io
 import json
-from collections.abc import Iterator
+import lzma
+import math
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,12 +42,25 @@ QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
     "field": pl.String,
     "reason": pl.String,
     "raw": pl.String,
+    "raw_b64": pl.String,  # base64 of the record's exact bytes when they were not UTF-8, else null
 }
 
 # Field names accepted for prompt and response when a record does not use ours.
 PROMPT_ALIASES = ("prompt", "instruction", "question", "input", "query")
 RESPONSE_ALIASES = ("response", "completion", "output", "answer_cot", "solution", "answer")
 DEFAULT_MAX_CHARS = 32_000
+
+COMPRESSIONS: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+CSV_SEPARATORS = {".csv": ",", ".tsv": "\t"}
+# Keys under which a top-level JSON object may hold its list of records (the split name first).
+RECORD_LIST_KEYS = ("data", "examples", "train", "records", "rows", "instances", "items")
+FORMATS = (".jsonl, .ndjson, .json (lines, an array, or an object with its records under 'data'), "
+           ".csv, .tsv (these also as .gz, .bz2, .xz), .parquet, a folder of them, "
+           "a datasets.save_to_disk folder, or a hub dataset name")
+_BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
 
 
 class DataError(ValueError):
@@ -77,6 +98,7 @@ class Raw:
     text: str | None  # None when the bytes were not valid UTF-8
     raw_bytes: bytes = b""
     record: Any = None  # already-parsed object (parquet / datasets rows)
+    error: str | None = None  # the reader's reason when the record could not be cut out cleanly
 
 
 @dataclass
@@ -93,11 +115,17 @@ class Validator:
         """Return (row, None) for a good record or (None, quarantine_row)."""
 
         def bad(fld: str, reason: str) -> tuple[None, dict]:
-            text = raw.text if raw.text is not None else raw.raw_bytes.decode("utf-8", "replace")
-            if raw.record is not None and raw.text is None:
-                text = json.dumps(raw.record, default=str, ensure_ascii=False)
-            return None, {"source": raw.source, "line": raw.line, "field": fld, "reason": reason, "raw": text}
+            text, b64 = raw.text, None
+            if text is None and raw.record is not None:
+                text = _dumps(raw.record)
+            elif text is None:  # not UTF-8: readable text here, the exact bytes in raw_b64
+                text = raw.raw_bytes.decode("utf-8", "backslashreplace")
+                b64 = base64.b64encode(raw.raw_bytes).decode("ascii")
+            return None, {"source": raw.source, "line": raw.line, "field": fld, "reason": reason, "raw": text,
+                          "raw_b64": b64}
 
+        if raw.error is not None:
+            return bad("*", raw.error)
         if raw.record is None and raw.text is None:
             return bad("*", "not_utf8: bytes are not valid UTF-8")
         rec = raw.record
@@ -116,6 +144,7 @@ class Validator:
             rec = {**rec, "prompt": prompt_resp[0], "response": prompt_resp[1]}
 
         values: dict[str, str] = {}
+        merged: set[str] = set()  # fields folded into the prompt, so not repeated in meta
         for canon, aliases in (("prompt", PROMPT_ALIASES), ("response", RESPONSE_ALIASES)):
             name = self.fields.get(canon) or next((a for a in aliases if a in rec), None)
             if name is None or name not in rec:
@@ -127,6 +156,13 @@ class Validator:
                 return bad(name, f"wrong_type: expected string, got {type(value).__name__}")
             if not value.strip():
                 return bad(name, "empty_field")
+            if canon == "prompt" and name == "instruction" and rec.get("input") is not None:
+                extra = rec["input"]  # Alpaca: the prompt is the instruction, a blank line, the input
+                if not isinstance(extra, str):
+                    return bad("input", f"wrong_type: expected string, got {type(extra).__name__}")
+                if extra.strip():
+                    value = f"{value}\n\n{extra}"
+                    merged.add("input")
             if len(value) > self.max_chars:
                 return bad(name, f"too_long: {len(value)} chars > max_chars={self.max_chars}")
             values[canon] = value
@@ -136,7 +172,7 @@ class Validator:
             return bad("id", f"duplicate_id: {ex_id} (same prompt and response seen before)")
         self.seen.add(ex_id)
         answer = rec.get(self.fields.get("answer", "answer"))
-        meta = {k: v for k, v in rec.items() if k not in {"prompt", "response", "messages"}}
+        meta = {k: v for k, v in rec.items() if k not in {"prompt", "response", "messages", *merged}}
         row = {
             "id": ex_id,
             "prompt": values["prompt"],
@@ -144,10 +180,34 @@ class Validator:
             "source": str(rec.get("source") or self.source),
             "domain": str(rec.get(self.fields.get("domain", "domain")) or self.domain),
             "answer": None if answer is None else str(answer),
-            "messages": json.dumps(rec["messages"], ensure_ascii=False) if "messages" in rec else None,
-            "meta": json.dumps(meta, default=str, ensure_ascii=False) if meta else None,
+            "messages": _dumps(rec["messages"]) if "messages" in rec else None,
+            "meta": _dumps(meta) if meta else None,
         }
         return row, None
+
+
+def _jsonable(value: Any) -> Any:
+    """`value` as plain JSON types (NaN/inf -> null, containers recursed), so dumps are strict JSON."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return [_jsonable(v) for v in sorted(value, key=repr)]
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    if callable(getattr(value, "tolist", None)):  # numpy arrays and scalars, without importing numpy
+        return _jsonable(value.tolist())
+    return str(value)  # dates, decimals, ...: their text, as before
+
+
+def _dumps(value: Any) -> str:
+    """Strict JSON text of a value (no NaN, no Python reprs): what `meta` and `messages` hold."""
+    return json.dumps(_jsonable(value), ensure_ascii=False, allow_nan=False)
 
 
 def _from_messages(messages: Any) -> tuple[str, str] | str:
@@ -162,45 +222,271 @@ def _from_messages(messages: Any) -> tuple[str, str] | str:
     return prompt, messages[-1]["content"]
 
 
+def _open_bytes(path: Path) -> Any:
+    """Open a file for reading bytes, decompressing .gz, .bz2 and .xz by suffix (any case)."""
+    opener = COMPRESSIONS.get(path.suffix.lower())
+    return opener(path, "rb") if opener else open(path, "rb")  # the caller closes it
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    """The file's bytes in chunks: decompressed, a UTF-8 BOM dropped, UTF-16 (with BOM) as UTF-8."""
+    try:
+        with _open_bytes(path) as f:
+            head = f.read(4)
+            if head.startswith(_UTF16_BOMS):  # e.g. PowerShell's `>`: the whole file in UTF-16
+                yield (head + f.read()).decode("utf-16").encode("utf-8")
+                return
+            yield head.removeprefix(_BOM)
+            while chunk := f.read(1 << 20):
+                yield chunk
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: starts with a UTF-16 byte order mark but is not UTF-16: {e.reason}") from e
+    except (OSError, EOFError, lzma.LZMAError) as e:  # unreadable, or a broken/truncated archive
+        raise ValueError(f"{path}: cannot read: {e}") from e
+
+
+def _split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Lines of a byte stream ended by \\n, \\r\\n or a lone \\r (old Mac), without their endings."""
+    tail = b""
+    for chunk in chunks:
+        lines = (tail + chunk).splitlines(keepends=True)  # bytes split only on \r, \n, \r\n
+        tail = lines.pop() if lines and not lines[-1].endswith(b"\n") else b""  # unfinished, or \r + ?
+        for line in lines:
+            yield line.rstrip(b"\r\n")
+    yield from tail.splitlines()
+
+
+def _line_raws(source: str, chunks: Iterable[bytes]) -> Iterator[Raw]:
+    """One Raw per non-blank line (1-based line numbers); lines that are not UTF-8 keep their bytes."""
+    for i, line in enumerate(_split_lines(chunks), start=1):
+        stripped = line.strip()
+        if not stripped:
+            continue
+        try:
+            text = stripped.decode("utf-8")
+        except UnicodeDecodeError:
+            yield Raw(source, i, None, raw_bytes=stripped)
+            continue
+        yield Raw(source, i, text)
+
+
 def iter_jsonl(path: Path) -> Iterator[Raw]:
     """Yield every line of a JSONL file as a Raw record (1-based line numbers, blank lines skipped)."""
-    with open(path, "rb") as f:
-        for i, line in enumerate(f, start=1):
-            stripped = line.strip()
-            if not stripped:
-                continue
-            try:
-                text = stripped.decode("utf-8")
-            except UnicodeDecodeError:
-                yield Raw(str(path), i, None, raw_bytes=stripped)
-                continue
-            yield Raw(str(path), i, text)
+    yield from _line_raws(str(path), _chunks(Path(path)))
+
+
+class _Lines:
+    """1-based line number of a position in a text, counting \\n, \\r\\n and lone \\r; positions rise."""
+
+    def __init__(self, text: str):
+        self.text, self.pos, self.line = text, 0, 1
+
+    def at(self, pos: int) -> int:
+        t, a = self.text, self.pos
+        self.line += t.count("\n", a, pos) + t.count("\r", a, pos) - t.count("\r\n", a, pos)
+        self.pos = pos
+        return self.line
+
+
+def _span_raw(source: str, line: int, span: str, record: Any = None, error: str | None = None) -> Raw:
+    """A Raw for a piece of a JSON document; bytes that were not UTF-8 come back exactly."""
+    try:
+        span.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: the file's non-UTF-8 bytes (surrogateescape)
+        return Raw(source, line, None, raw_bytes=span.encode("utf-8", "surrogateescape"), error=error)
+    return Raw(source, line, span, record=record, error=error)
+
+
+def _space(text: str, pos: int) -> int:
+    """Position of the first non-whitespace character at or after `pos` (JSON whitespace)."""
+    m = _JSON_SPACE.match(text, pos)
+    return m.end() if m else pos
+
+
+def _walk_array(source: str, text: str, pos: int, lines: _Lines) -> tuple[list[Raw], int, bool]:
+    """Elements of the JSON array starting at `pos` as Raws at their starting lines.
+
+    Returns (raws, end, complete). A syntax error ends the walk: the rest of the text becomes one
+    bad_json record, so nothing is lost and nothing is guessed.
+    """
+    raws: list[Raw] = []
+    pos = _space(text, pos + 1)
+    while not text.startswith("]", pos):
+        try:
+            record, end = _DECODER.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            line = lines.at(pos)
+            reason = f"bad_json: {e.msg} at line {lines.at(e.pos)}; the rest of the file is this one record"
+            raws.append(_span_raw(source, line, text[pos:], error=reason))
+            return raws, len(text), False
+        raws.append(_span_raw(source, lines.at(pos), text[pos:end], record=record))
+        pos = _space(text, end)
+        if text.startswith(",", pos):
+            pos = _space(text, pos + 1)  # a trailing comma before ']' is forgiven
+        elif not text.startswith("]", pos):
+            line = lines.at(pos)
+            reason = (f"bad_json: expected ',' or ']' after an element at line {line}; "
+                      "the rest of the file is this one record")
+            raws.append(_span_raw(source, line, text[pos:], error=reason))
+            return raws, len(text), False
+    return raws, pos + 1, True
+
+
+def _records_key(source: str, obj: dict, split: str) -> str | None:
+    """The key under which a top-level JSON object holds its records, or None if it is one record."""
+    if any(k in obj for k in (*PROMPT_ALIASES, *RESPONSE_ALIASES, "messages")):
+        return None
+    lists = [k for k, v in obj.items() if isinstance(v, list)]
+    if split in lists:
+        return split
+    named = [k for k in RECORD_LIST_KEYS if k in lists]
+    if len(named) > 1:
+        raise ValueError(f"{source}: a JSON object with several lists ({', '.join(named)}): "
+                         "keep one, or give the records as JSON Lines or a JSON array")
+    if named:
+        return named[0]
+    holders = [k for k in lists if obj[k] and all(isinstance(x, dict) for x in obj[k])]
+    if holders:
+        raise ValueError(f"{source}: a JSON object holding its records under {holders[0]!r}; put them "
+                         f"under one of {', '.join(RECORD_LIST_KEYS)}, or use JSON Lines or a JSON array")
+    return None
+
+
+def _member_start(text: str, pos: int, key: str) -> int:
+    """Position of the value of `key` in the (valid) JSON object starting at `pos`."""
+    pos = _space(text, pos + 1)
+    while True:
+        name, pos = _DECODER.raw_decode(text, pos)
+        pos = _space(text, _space(text, pos) + 1)  # past ':'
+        if name == key:
+            return pos
+        _, pos = _DECODER.raw_decode(text, pos)
+        pos = _space(text, _space(text, pos) + 1)  # past ','
+
+
+def _json_document(source: str, data: bytes, split: str) -> list[Raw] | None:
+    """Records of a .json file holding one JSON value (an array, or an object), or None for JSON Lines."""
+    text = data.decode("utf-8", "surrogateescape")  # non-UTF-8 bytes survive, per record
+    start = _space(text, 0)
+    lines = _Lines(text)
+    if text.startswith("[", start):
+        raws, end, complete = _walk_array(source, text, start, lines)
+        return None if complete and text[end:].strip() else raws  # `[..]` then more lines: JSON Lines
+    if not text.startswith("{", start):
+        return None
+    try:
+        obj, end = _DECODER.raw_decode(text, start)
+    except json.JSONDecodeError:
+        return None  # e.g. JSON Lines whose first line is broken
+    if text[end:].strip():
+        return None  # one object per line
+    key = _records_key(source, obj, split)
+    if key is None:
+        return [_span_raw(source, lines.at(start), text[start:end], record=obj)]
+    pos = _member_start(text, start, key)
+    if not text.startswith("[", pos):
+        raise ValueError(f"{source}: {key!r} holds a {type(obj[key]).__name__}, not a list of records")
+    return _walk_array(source, text, pos, lines)[0]
+
+
+def iter_json(path: Path, split: str = "train") -> Iterator[Raw]:
+    """Records of a .json file: a JSON array, an object with its records under a key, or JSON Lines."""
+    data = b"".join(_chunks(path))
+    raws = _json_document(str(path), data, split)
+    yield from _line_raws(str(path), [data]) if raws is None else raws
+
+
+def iter_csv(path: Path, separator: str) -> Iterator[Raw]:
+    """Rows of a CSV/TSV file with a header, all as strings; line = row number + 1 (the header)."""
+    data = b"".join(_chunks(path))
+    if not data.strip():
+        return
+    try:
+        df = pl.read_csv(io.BytesIO(data), separator=separator, infer_schema=False,
+                         quote_char='"' if separator == "," else None)
+    except pl.exceptions.PolarsError as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{path}: cannot read as {'CSV' if separator == ',' else 'TSV'}: {first}") from e
+    for i, row in enumerate(df.iter_rows(named=True), start=2):
+        yield Raw(str(path), i, _dumps(row), record=row)
 
 
 def iter_rows(name: str, rows: Any) -> Iterator[Raw]:
     """Yield parsed rows (parquet, datasets) as Raw records numbered from 1."""
     for i, row in enumerate(rows, start=1):
-        yield Raw(name, i, json.dumps(row, default=str, ensure_ascii=False), record=row)
+        yield Raw(name, i, _dumps(row), record=row)
+
+
+def _reader(path: Path, split: str) -> Callable[[], Iterator[Raw]] | None:
+    """How to read a file, chosen by its suffix (any case, after .gz/.bz2/.xz), or None if unknown."""
+    name = path.name.lower()
+    compression = next((c for c in COMPRESSIONS if name.endswith(c)), None)
+    fmt = Path(name.removesuffix(compression or "")).suffix
+    if fmt in {".jsonl", ".ndjson"}:
+        return lambda: iter_jsonl(path)
+    if fmt == ".json":
+        return lambda: iter_json(path, split)
+    if fmt in CSV_SEPARATORS:
+        return lambda: iter_csv(path, CSV_SEPARATORS[fmt])
+    if fmt == ".parquet" and compression is None:
+        return lambda: iter_rows(str(path), pl.read_parquet(path).iter_rows(named=True))
+    return None
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    """True for a folder written by `datasets` save_to_disk (a Dataset or a DatasetDict)."""
+    return path.is_dir() and any((path / f).is_file() for f in ("state.json", "dataset_dict.json"))
+
+
+def _looks_like_path(source: str) -> bool:
+    """True when `source` is meant as a file, not a hub name like 'org/name' or 'org/name-2.5'."""
+    if source.startswith(("/", ".", "~")) or "\\" in source or source.count("/") > 1:
+        return True
+    if "/" in source and Path(source).parent.is_dir():
+        return True
+    return re.fullmatch(r"\.[A-Za-z][A-Za-z0-9]*", Path(source.partition(":")[0]).suffix) is not None
+
+
+def _iter_folder(path: Path, split: str) -> Iterator[Raw]:
+    """Records of every data file in a folder, file by file in name order (hidden files skipped)."""
+    readers = [r for p in sorted(path.iterdir())
+               if p.is_file() and not p.name.startswith(".") and (r := _reader(p, split)) is not None]
+    if not readers:
+        raise ValueError(f"{path}: a folder with no data files; supported: {FORMATS}")
+    for read in readers:
+        yield from read()
 
 
 def iter_source(source: str | Path, split: str = "train") -> Iterator[Raw]:
-    """Raw records from a JSONL file, a parquet file, a saved `datasets` folder, or a hub dataset."""
+    """Raw records from a file (see FORMATS), a folder of files, a saved `datasets` folder, or a hub name."""
     path = Path(source)
-    if path.suffix in {".jsonl", ".json"} and path.exists():
-        yield from iter_jsonl(path)
-    elif path.suffix == ".parquet" and path.exists():
-        yield from iter_rows(str(path), pl.read_parquet(path).iter_rows(named=True))
-    else:
-        import datasets
+    if path.is_dir() and not _is_saved_dataset(path):
+        yield from _iter_folder(path, split)
+        return
+    if path.is_file():
+        read = _reader(path, split)
+        if read is None:
+            kind = "".join(path.suffixes[-2:]) or "a file without suffix"
+            raise ValueError(f"{path}: cannot read {kind}; supported: {FORMATS}")
+        yield from read()
+        return
+    if not path.exists() and _looks_like_path(str(source)):
+        raise FileNotFoundError(f"{source}: no such file")
+    import datasets
 
-        if path.is_dir():
-            ds = datasets.load_from_disk(str(path))
-        else:  # a hub dataset name, "name" or "name:config"
-            name, _, config = str(source).partition(":")
+    if path.is_dir():
+        ds = datasets.load_from_disk(str(path))
+    else:  # a hub dataset name, "name" or "name:config"
+        name, _, config = str(source).partition(":")
+        try:
             ds = datasets.load_dataset(name, config or None, split=split)
-        if isinstance(ds, datasets.DatasetDict):
-            ds = ds[split]
-        yield from iter_rows(str(source), ds)
+        except OSError as e:  # ConnectionError (offline), DatasetNotFoundError, ...
+            why = (str(e).strip().splitlines() or [""])[0]
+            raise FileNotFoundError(f"{source}: no such file, and not a loadable hub dataset "
+                                    f"({type(e).__name__}: {why})") from e
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds[split]
+    yield from iter_rows(str(source), ds)
 
 
 def ingest(
@@ -212,8 +498,11 @@ def ingest(
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Read and validate a source into (examples, quarantine); `strict` raises on the first bad row."""
     validate = Validator(source=str(source), domain=domain, fields=fields or {}, max_chars=max_chars)
+    per_file = Path(source).is_dir() and not _is_saved_dataset(Path(source))
     rows, bad_rows = [], []
     for raw in iter_source(source):
+        if per_file:  # a folder of files: each example's source names its own file
+            validate.source = raw.source
         row, bad = validate(raw)
         if bad is not None:
             if strict:
