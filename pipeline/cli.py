@@ -57,8 +57,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from pipeline.flows import get_flow
 
     config = _recipe(args)
-    flow_fn = get_flow(config.get("flow", "sft_math"))
+    flow_fn = get_flow(config["flow"])
     name = args.name or config["name"]
+    try:
+        from prefect.schedules import Cron
+
+        Cron(args.cron)
+    except ValueError:
+        raise ValueError(f"--cron {args.cron!r}: not a cron schedule (e.g. \"0 2 * * *\": 02:00 every day)") from None
     if args.dry_run:
         deployment = flow_fn.to_deployment(name=name, cron=args.cron, parameters={"config": config})
         print(json.dumps({"deployment": deployment.name, "flow": flow_fn.name,

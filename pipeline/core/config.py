@@ -49,7 +49,7 @@ class Section(BaseModel):
 
 
 class DataSection(Section):
-    dataset: str = "gsm_symbolic"  # offline (reasoning-gym); gsm8k loads openai/gsm8k online
+    dataset: Literal["gsm_symbolic", "gsm8k"] = "gsm_symbolic"  # offline (reasoning-gym); gsm8k = openai/gsm8k online
     n_train: int = Field(96, gt=0)
     n_val: int = Field(16, gt=0)
     n_test: int = Field(48, gt=0)

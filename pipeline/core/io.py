@@ -114,11 +114,12 @@ def invalidate(folder: str | Path) -> None:
 
 
 @contextmanager
-def locked(path: str | Path) -> Iterator[None]:
-    """Hold an exclusive lock on `path` + '.lock' (blocking): two processes never compute one output at once."""
+def locked(folder: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on `folder` (its `.lock` file; blocking): two processes or threads never
+    compute one output at once, and the second then finds it complete."""
     import fcntl
 
-    lock = Path(f"{path}.lock")
+    lock = Path(folder) / ".lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)

@@ -48,6 +48,8 @@ def new_run_dir(config: dict, run_dir: str | Path | None = None) -> Path:
     """`run_dir` when given (to resume a run), else a new `<output_dir>/<recipe>-<timestamp>-<suffix>`."""
     if run_dir:
         path = Path(run_dir)
+        if path.exists() and not path.is_dir():
+            raise ConfigError("--run-dir", f"{path} is a file, not a folder")
         path.mkdir(parents=True, exist_ok=True)
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")

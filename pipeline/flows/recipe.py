@@ -9,6 +9,7 @@ command line are always checked against the new part.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pipeline.core.config import apply_overrides, load_raw, parse_override, validate
@@ -106,6 +107,26 @@ def check_parts(config: dict) -> None:
         loss.check_params(config["train"]["loss_params"], "train.loss_params")
     if config["flow"] in ("curate", "sft_math"):
         check_score_columns(config["select"], declared_columns(config["score"]))
+    check_paths(config)
+
+
+def check_paths(config: dict) -> None:
+    """Local paths the recipe names exist: a model folder, the train flow's subset."""
+    model = str(config["model"])
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ConfigError("model", f"{model} is not a model folder (no config.json)")
+    elif model.startswith(("/", ".", "~")):
+        raise ConfigError("model", f"{model}: no such folder (give a folder, a hub id or smollm2-135m-instruct)")
+    if config["flow"] == "train":
+        subset = config["data"]["subset"]
+        if not subset:
+            raise ConfigError("data.subset", "the train flow needs a data card folder or a parquet of examples "
+                                             "(--set data.subset=data_cards/<name>)")
+        target = Path(subset)
+        if not (target / "subset.parquet" if target.is_dir() else target).is_file():
+            raise ConfigError("data.subset", f"{subset}: no such data card folder or parquet file")
 
 
 COLUMN_PARAMS = ("column", "loss")  # selector parameters that name a score column

@@ -19,6 +19,8 @@ def regenerate(card_dir: str | Path, out_dir: str | Path, cache_dir: str | Path 
     read back from the stage cache that produced the card.
     """
     card_dir, out_dir = Path(card_dir), Path(out_dir)
+    if not (card_dir / "card.json").is_file():
+        raise FileNotFoundError(f"{card_dir} is not a data card folder (no card.json)")
     card = json.loads((card_dir / "card.json").read_text())
     config = dict(card["run"]["config"])
     config.update(cache_dir=str(cache_dir or out_dir / "cache"), cards_dir=str(out_dir / "cards"))
