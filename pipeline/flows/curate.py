@@ -12,17 +12,19 @@ from pipeline.flows import stages
 from pipeline.flows.common import cache_root, ensure_run_dir, publish_artifacts
 from pipeline.flows.recipe import resolve_config
 from pipeline.models.loading import model_key
+from pipeline.training.reference import reference_settings
 
 
 def curate_stages(config: dict, run_dir: str) -> dict[str, Any]:
     """Run the curation stages and return paths, counts and cache keys (no flow wrapper)."""
     seed, root = int(config.get("seed", 0)), cache_root(config)
     model_rev = model_key(config["model"])
+    ref_cfg = reference_settings(config["train"])  # references train like the recipe says (LoRA included)
     data = stages.run_stage(stages.load_data, config["data"], seed, root, stages.stage_code("data"))
     scores = stages.run_stage(stages.score, data["train"], config["model"], model_rev, config["score"], seed, root,
-                              stages.stage_code("score", config["score"]))
+                              stages.stage_code("score", config["score"]), ref_cfg)
     selection = stages.run_stage(stages.select, scores, data["train"], config["model"], model_rev,
-                                 config["select"], seed, root, stages.stage_code("select", config["select"]))
+                                 config["select"], seed, root, stages.stage_code("select", config["select"]), ref_cfg)
     run = Path(run_dir)
     for name in ("train", "validation", "test"):
         stages.publish(data[name]["path"], run / "data" / f"{name}.parquet")

@@ -153,12 +153,14 @@ def load_subset(path: str, content_hash: str, cache_root: str) -> dict[str, Any]
 
 
 @task(name="score", **TASK_OPTIONS)
-def score(train: dict, model: str, model_rev: str, cfg: dict, seed: int, cache_root: str, code: str) -> dict:
-    """Score every training example with each scorer (cached per scorer, resumable per shard)."""
+def score(train: dict, model: str, model_rev: str, cfg: dict, seed: int, cache_root: str, code: str,
+          ref_cfg: dict) -> dict:
+    """Score every training example with each scorer (cached per scorer, resumable per shard); a scorer
+    that needs a reference model gets one trained with the recipe's train settings `ref_cfg`."""
     from pipeline.scorers import ScoreContext
     from pipeline.scorers.cache import score_cached
 
-    folder = stage_dir(cache_root, "scores", train["fingerprint"], model_rev, cfg, seed, code)
+    folder = stage_dir(cache_root, "scores", train["fingerprint"], model_rev, cfg, seed, code, ref_cfg)
     out = folder / "scores.parquet"
     with locked(folder):
         if is_complete(folder):
@@ -169,7 +171,7 @@ def score(train: dict, model: str, model_rev: str, cfg: dict, seed: int, cache_r
         table = examples.select("id")
         for name, params in scorer_list(cfg):
             t0 = time.perf_counter()
-            params = with_reference(name, params, examples, ctx, cache_root)
+            params = with_reference(name, params, examples, ctx, cache_root, ref_cfg)
             path = score_cached(examples, name, ctx, Path(cache_root) / "scorers", params,
                                 shard_size=cfg["shard_size"], executor=cfg["executor"],
                                 num_workers=cfg["num_workers"])
@@ -184,16 +186,18 @@ def score(train: dict, model: str, model_rev: str, cfg: dict, seed: int, cache_r
     return {"path": str(out), "key": folder.name}
 
 
-def with_reference(scorer: str, params: dict, examples: pl.DataFrame, ctx, cache_root: str) -> dict:
+def with_reference(scorer: str, params: dict, examples: pl.DataFrame, ctx, cache_root: str,
+                   ref_cfg: dict | None = None) -> dict:
     """A scorer that compares with a reference model (learnability) gets one: the recipe's `reference`,
-    else the base fine-tuned on the candidate set with `reference_train` (trained once, cached)."""
+    else the base fine-tuned on the candidate set with the recipe's train settings `ref_cfg` updated
+    by the scorer's `reference_train` (trained once, cached)."""
     from pipeline.scorers import get_scorer
     from pipeline.training.reference import reference_model
 
     if not getattr(get_scorer(scorer), "trains_reference", False) or params.get("reference"):
         return params
     t0 = time.perf_counter()
-    cfg = {"max_length": ctx.max_length, **(params.get("reference_train") or {})}
+    cfg = {**(ref_cfg or {}), "max_length": ctx.max_length, **(params.get("reference_train") or {})}
     reference = reference_model(ctx.model_name, examples, cache_root, cfg, ctx.seed)
     log(f"{scorer}: reference model {reference} ({time.perf_counter() - t0:.0f}s)")
     return {**params, "reference": reference}
@@ -201,18 +205,21 @@ def with_reference(scorer: str, params: dict, examples: pl.DataFrame, ctx, cache
 
 @task(name="select", **TASK_OPTIONS)
 def select(scores: dict, train: dict, model: str, model_rev: str, cfg: dict | list, seed: int,
-           cache_root: str, code: str) -> dict[str, Any]:
-    """Apply the selection rule(s); every id gets kept/dropped, a reason and a weight."""
+           cache_root: str, code: str, ref_cfg: dict) -> dict[str, Any]:
+    """Apply the selection rule(s); every id gets kept/dropped, a reason and a weight. Selectors that
+    train (CLEAR's correction model, data-mix proxies) get a trainer with the recipe's settings `ref_cfg`."""
     from pipeline.selectors import SelectContext, compose
     from pipeline.selectors.base import summarize
     from pipeline.training.reference import reference_trainer
 
-    out_dir = stage_dir(cache_root, "selection", scores["key"], train["fingerprint"], model_rev, cfg, seed, code)
+    out_dir = stage_dir(cache_root, "selection", scores["key"], train["fingerprint"], model_rev, cfg, seed, code,
+                        ref_cfg)
     out, stages_path = out_dir / "selection.parquet", out_dir / "stages.json"
     with locked(out_dir):
         if not is_complete(out_dir):
             context = SelectContext(examples=pl.read_parquet(train["path"]), model_name=model,
-                                    run_dir=str(out_dir / "work"), train_fn=reference_trainer(model, cache_root))
+                                    run_dir=str(out_dir / "work"), train_fn=reference_trainer(model, cache_root, ref_cfg),
+                                    train_cfg=ref_cfg)
             score_table = pl.read_parquet(scores["path"])
             check_score_columns(cfg, score_table.columns)
             selection, stage_counts = compose(score_table, select_steps(cfg), seed, context)

@@ -23,6 +23,15 @@ from pipeline.models.loading import model_key
 # One epoch at 5e-5: a light fine-tune of the base on the candidate set (LoBaSS's reference);
 # `{lora: {r: 16}}` gives the cheaper LoRA reference the forgetting-tokens paper uses.
 REFERENCE_TRAIN: dict[str, Any] = {"epochs": 1, "learning_rate": 5e-5}
+# The recipe `train` settings a reference inherits (flows pass them): how to fine-tune this model on
+# this hardware. The loss, its parameters and schedules belong to the final run, not the reference.
+INHERITED = ("epochs", "max_steps", "batch_size", "grad_accum", "learning_rate", "lr_scheduler", "warmup_ratio",
+             "weight_decay", "adam_beta2", "max_length", "gradient_checkpointing", "lora")
+
+
+def reference_settings(train_cfg: dict | None) -> dict[str, Any]:
+    """The part of a recipe's `train` section a reference model is trained with."""
+    return {k: train_cfg[k] for k in INHERITED if k in (train_cfg or {})}
 
 
 def reference_dir(base: str, examples: pl.DataFrame, cache_root: str | Path, train_cfg: dict | None = None,
