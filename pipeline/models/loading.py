@@ -6,6 +6,7 @@ label and an evaluation NLL always refer to the same tokens.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import polars as pl
@@ -16,7 +17,10 @@ from pipeline.models.assets import resolve_model
 
 
 def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """This process's device: its own GPU under torchrun/accelerate (LOCAL_RANK), else the GPU, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
 
 
 def default_dtype() -> torch.dtype:

@@ -150,11 +150,7 @@ def train(model_name: str, examples: pl.DataFrame, output_dir: str | Path, cfg: 
     resume = _last_checkpoint(output_dir / "checkpoints")
     result = trainer.train(resume_from_checkpoint=resume)
     final = output_dir / "model"
-    if cfg["lora"]:  # save base + adapter merged: a plain model folder every stage can load
-        trainer.model.merge_and_unload().save_pretrained(str(final))
-    else:
-        trainer.save_model(str(final))
-    tokenizer.save_pretrained(str(final))
+    save_model(trainer, model_name, tokenizer, final, output_dir / "adapter" if cfg["lora"] else None)
     history = [h for h in trainer.state.log_history if "loss" in h]
     return {
         "train_loss": result.training_loss,
@@ -164,6 +160,29 @@ def train(model_name: str, examples: pl.DataFrame, output_dir: str | Path, cfg: 
         "model_dir": str(final),
         "resumed_from": resume,
     }
+
+
+def save_model(trainer, model_name: str, tokenizer, final: Path, adapter: Path | None) -> None:
+    """A plain, loadable Hugging Face folder in `final`, written by rank 0 only.
+
+    Every rank calls `trainer.save_model` (under FSDP it gathers the full state dict, which the
+    shipped accelerate config asks for with FULL_STATE_DICT); LoRA saves the adapter that way, then
+    rank 0 merges it into a fresh copy of the base, so no rank merges inside a sharded model.
+    """
+    if adapter is None:
+        trainer.save_model(str(final))
+    else:
+        trainer.save_model(str(adapter))
+        if trainer.is_world_process_zero():
+            from peft import PeftModel
+
+            base = load_model(model_name, dtype=torch.float32, device_=torch.device("cpu"))
+            if base.get_input_embeddings().num_embeddings != len(tokenizer):  # Masked Thought's added <mask>
+                base.resize_token_embeddings(len(tokenizer))
+            PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().save_pretrained(str(final))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(final))
+    trainer.accelerator.wait_for_everyone()
 
 
 def lora_config(options: dict | None):

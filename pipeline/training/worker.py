@@ -7,12 +7,15 @@ import sys
 from pathlib import Path
 
 import polars as pl
+import torch
 
 from pipeline.core.io import read_json, write_json
 from pipeline.training.train import train
 
 
 def main(job_path: str) -> None:
+    if torch.cuda.is_available():  # each process on its own GPU, never all on cuda:0
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     job = read_json(job_path)
     tokens = pl.read_parquet(job["token_columns"]).to_dict(as_series=False) if job.get("token_columns") else None
     metrics = train(job["model"], pl.read_parquet(job["examples"]), job["output_dir"], job["cfg"], seed=job["seed"],
