@@ -70,7 +70,7 @@ def scorer_run(model_name: str, model, examples, max_tokens: int | None, **param
     ctx._cache["model"] = model
     sync()
     start = time.perf_counter()
-    get_scorer("perplexity")(examples, ctx, **params)
+    get_scorer("perplexity", **params)(examples, ctx)
     sync()
     return time.perf_counter() - start
 
