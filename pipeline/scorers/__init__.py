@@ -52,6 +52,7 @@ def get_scorer(name: str, **params: Any) -> Scorer:
 # Each module registers itself on import.
 from pipeline.scorers import clear as _clear  # noqa: E402,F401
 from pipeline.scorers import embedding as _embedding  # noqa: E402,F401
+from pipeline.scorers import ifd as _ifd  # noqa: E402,F401
 from pipeline.scorers import information_gain as _information_gain  # noqa: E402,F401
 from pipeline.scorers import learnability as _learnability  # noqa: E402,F401
 from pipeline.scorers import perplexity as _perplexity  # noqa: E402,F401

@@ -1,0 +1,61 @@
+"""Instruction-following difficulty, IFD (Li et al., "From Quantity to Quality", Cherry LLM, arXiv 2308.12032).
+
+`IFD(Q, A) = PPL(A | Q) / PPL(A)`: how much the instruction helps the model produce the answer.
+A ratio near or above 1 means the instruction barely helps (the answer is generic, or does not
+follow from it); the paper keeps the high-IFD examples below 1 (above 1 is treated as misaligned).
+Both perplexities come from the batched engine with the base model: `PPL(A | Q)` over the response
+tokens of the chat-formatted example (the `perplexity` scorer's `nll`), `PPL(A)` over the response
+tokenized alone, as the reference code does (its first token has no context and is not scored).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from pipeline.models.engine import response_mask, token_nll
+from pipeline.models.loading import encode_examples
+from pipeline.scorers import register_scorer
+from pipeline.scorers.base import ScoreContext, Scorer
+
+
+def answer_only(tokenizer, responses: list[str], max_length: int) -> list[dict]:
+    """Each response tokenized alone (+ eos), every token a response token, cut to `max_length`."""
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    out = []
+    for r in responses:
+        ids = (tokenizer(r, add_special_tokens=False)["input_ids"] + eos)[:max_length]
+        out.append({"input_ids": ids, "completion_mask": [1] * len(ids)})
+    return out
+
+
+def mean_nll(encoded: list[dict], nlls: list[np.ndarray]) -> np.ndarray:
+    """Mean NLL over each example's response positions (NaN when it has none)."""
+    out = []
+    for enc, nll in zip(encoded, nlls, strict=True):
+        mask = response_mask(enc)
+        out.append(float(nll[mask].mean()) if mask.any() else float("nan"))
+    return np.asarray(out, dtype=np.float64)
+
+
+@register_scorer("ifd")
+class IFD(Scorer):
+    """Columns: id, ifd = PPL(A|Q) / PPL(A), ppl_conditioned, ppl_answer."""
+
+    version = "1"
+
+    def columns(self) -> list[str]:
+        return ["ifd", "ppl_conditioned", "ppl_answer"]
+
+    def score(self, examples: pl.DataFrame, ctx: ScoreContext) -> pl.DataFrame:
+        """Two engine passes with the context's model: the whole example, then the answer alone."""
+        tok, model = ctx.tokenizer(), ctx.model()
+        pad = tok.pad_token_id or 0
+        whole = encode_examples(tok, examples, ctx.max_length)
+        alone = answer_only(tok, examples.get_column("response").to_list(), ctx.max_length)
+        cond = mean_nll(whole, token_nll(model, whole, max_tokens=ctx.max_tokens, pad_id=pad, progress=ctx.progress,
+                                         desc="ifd conditioned", response_only=True))
+        ans = mean_nll(alone, token_nll(model, alone, max_tokens=ctx.max_tokens, pad_id=pad, progress=ctx.progress,
+                                        desc="ifd answer"))
+        return pl.DataFrame({"id": examples.get_column("id"), "ifd": np.exp(cond - ans),
+                             "ppl_conditioned": np.exp(cond), "ppl_answer": np.exp(ans)})
