@@ -245,8 +245,6 @@ class Clear(Selector):
         if ctx.train_fn is None:
             raise ValueError("clear correct=True needs context.train_fn, (examples, seed) -> model folder: flows "
                              "pass pipeline.training.reference.reference_trainer")
-        if self.judge != "gold" and ctx.confidence_fn is None and not ctx.model_name:
-            self._model_judge(ctx)  # fails now, before any fine-tuning, with the message naming the judge
         generate_fn = ctx.generate_fn or default_generate_fn(self.max_new_tokens)
         n = out.height
         kept = out.get_column("kept").to_numpy().copy()
@@ -258,6 +256,10 @@ class Clear(Selector):
         prompts_all, responses = rows.get_column("prompt").to_list(), rows.get_column("response").to_list()
         answers = rows.get_column("answer").to_list() if "answer" in rows.columns else [None] * n
         gold_all = [gold_answer(a) for a in answers]
+        needs_model = self.judge in ("pairwise", "likelihood") or (
+            self.judge == "auto" and any(gold_all[i] is None for i in np.flatnonzero(~kept & valid)))
+        if needs_model:
+            self._model_judge(ctx)  # fails now, before any fine-tuning, with the message naming the judge
         for rnd in range(1, self.rounds + 1):
             todo = np.flatnonzero(~kept & valid)
             if todo.size == 0:
