@@ -560,6 +560,42 @@ def test_row_filter_decorator_declares_the_predicate_parameters():
     assert set(sel.get_column("reason")) == {"kept: short", "dropped: short"}
 
 
+def test_compose_keeps_every_correction_through_later_stages():
+    """CLEAR's corrections (new/old response, p_better) survive later stages for every row."""
+    scores = score_table(40)
+    dropped = scores.filter(pl.col("clear_confidence") <= scores.get_column("clear_confidence").median())
+    ctx = fake_clear_context([], {p: 0.95 for p in dropped.get_column("prompt")})
+    alone = run_selector(get_selector("clear", correct=True), scores, context=ctx)
+    fixed = alone.filter(pl.col("new_response").is_not_null()).select("id", "old_response", "new_response", "p_better")
+    assert fixed.height == dropped.height == 20
+    clear_step = {"rule": "clear", "correct": True}
+    for later in ({"rule": "all"}, {"rule": "quantile", "column": "ppl", "keep": [0.1, 0.9]}):
+        sel, _ = compose(scores, [clear_step, later], context=ctx)
+        got = sel.filter(pl.col("new_response").is_not_null()).select(fixed.columns)
+        assert got.equals(fixed), later["rule"]  # every correction, with its original and p_better
+        assert sel.filter(pl.col("new_response").is_null()).get_column("old_response").null_count() == 20
+        kept_later = sel.filter(pl.col("kept") & pl.col("id").is_in(fixed.get_column("id").to_list()))
+        assert kept_later.height == 20 if later["rule"] == "all" else 0 < kept_later.height < 20
+        trained = apply_corrections(scores.select("id", "prompt", "response"), sel).join(
+            sel.filter(pl.col("kept")).select("id"), on="id")
+        assert trained.filter(pl.col("response").str.starts_with("fixed")).height == kept_later.height
+
+
+def test_compose_later_stage_writing_a_column_wins_where_not_null():
+    scores = score_table(120)
+    first = {"rule": "sensitivity", "m": 80, "k": 6, "loss": "loss"}
+    sel, _ = compose(scores, [first, {"rule": "all"}], seed=3)
+    alone = run_selector(get_selector("sensitivity", m=80, k=6, loss="loss"), scores, seed=3)
+    assert sel.get_column("draws").equals(alone.get_column("draws"))  # `all` does not null them
+    second = {"rule": "sensitivity", "m": 30, "k": 4, "loss": "loss"}
+    twice, _ = compose(scores, [first, second], seed=3)
+    read = alone.filter(pl.col("kept")).select("id")
+    redo = run_selector(get_selector("sensitivity", m=30, k=4, loss="loss"),
+                        read.join(scores, on="id", how="left", maintain_order="left"), seed=3)
+    got = read.join(twice.select("id", "draws"), on="id", how="left", maintain_order="left")
+    assert got.get_column("draws").to_list() == redo.get_column("draws").to_list()
+
+
 def selector_cases(tmp_path) -> list[tuple[str, dict, SelectContext | None]]:
     scores = score_table(300)
     calls: list = []

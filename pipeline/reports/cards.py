@@ -3,6 +3,11 @@
 A card is a folder with `README.md` (Hugging Face dataset-card YAML header whose `configs` point at
 the subset's parquet, so `datasets.load_dataset(card_dir)` reads it), `card.json` with the same
 facts for scripts, one histogram PNG per score column, and `subset.parquet`.
+
+`subset.parquet` holds what training should see: where CLEAR's auto-correct (arXiv 2403.12776)
+replaced a response, the row's `response` is the correction and `old_response` the original (null
+for uncorrected rows; the column is present only when a selection stage corrected), so
+`train-subset` on the card trains on the corrections and the originals stay auditable.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import polars as pl
 import yaml
 
 from pipeline.core.io import atomic_path, write_json, write_parquet, write_text
+from pipeline.selectors.clear import apply_corrections
 
 
 def histogram_png(path: Path, values: dict[str, list[float]], column: str) -> Path:
@@ -68,16 +74,25 @@ def write_card(
     run: dict[str, Any] | None = None,
     n_examples: int = 3,
 ) -> Path:
-    """Write the card folder for the subset of `examples` kept by `selection`; return its path."""
+    """Write the card folder for the subset of `examples` kept by `selection`; return its path.
+
+    Corrections in `selection` (`new_response`) replace the kept rows' responses in the subset, the
+    replaced ones kept in `old_response`; the README and card.json count them.
+    """
     card_dir = Path(card_dir)
     card_dir.mkdir(parents=True, exist_ok=True)
+    corrects = "new_response" in selection.columns
+    examples = apply_corrections(examples, selection, keep_old=True) if corrects else examples
+    sel = selection.select("id", *[c for c in selection.columns
+                                   if c not in examples.columns and c not in ("id", "new_response")])
     table = (
-        examples.join(selection, on="id", how="left", maintain_order="left")
+        examples.join(sel, on="id", how="left", maintain_order="left")
         .join(scores, on="id", how="left", maintain_order="left")
     )
     kept = table.filter(pl.col("kept"))
     dropped = table.filter(~pl.col("kept"))
     subset = kept.select([*examples.columns, "weight"])
+    n_corrected = kept.filter(pl.col("old_response").is_not_null()).height if corrects else 0
     write_parquet(card_dir / "subset.parquet", subset)
 
     score_stats, images = {}, []
@@ -111,6 +126,7 @@ def write_card(
         "scorers": scorers,
         "rules": rules,
         "counts": {"read": table.height, "kept": kept.height, "dropped": dropped.height},
+        "corrections": {"count": n_corrected, "original_column": "old_response" if corrects else None},
         "stages": stages,
         "score_stats": score_stats,
         "histograms": images,
@@ -134,6 +150,9 @@ def _markdown(f: dict) -> str:
         "---", yaml.safe_dump(header, sort_keys=False).rstrip(), "---", "",
         f"# Data card: {f['name']}", "",
         f"Kept **{c['kept']}** of **{c['read']}** examples ({c['dropped']} dropped).", "",
+        *([f"**{f['corrections']['count']}** kept examples carry a corrected response (CLEAR auto-correct): "
+           "`response` is the correction, `old_response` the original.", ""]
+          if f.get("corrections", {}).get("count") else []),
         "## Source", "", "```json", json.dumps(f["source"], indent=2, default=str), "```", "",
         "## Scorers", "",
         *[f"- `{s.get('name')}` with model `{s.get('model')}`, params `{json.dumps(s.get('params', {}), default=str)}`" for s in f["scorers"]],

@@ -5,8 +5,11 @@ with the weight it already had: `"multiply"` (default) or `"replace"`. Every ste
 (its parameters checked) before the first one runs, so a typo in a late step fails at once, with a
 `ConfigError` naming the recipe key (`select.<key>` for one step, `select[i].<key>` in a list).
 A row dropped by a stage keeps that stage's reason and weight and is not read by later stages. Extra
-columns a stage returns (e.g. CLEAR's `new_response`) are carried into the final selection. Every
-stage runs with the same seed.
+columns a stage returns (CLEAR's `new_response`, `old_response`, `p_better`; sensitivity's `draws`)
+survive every later stage for every row: a later stage that does not write a column leaves it as it
+was, and one that writes it wins where its value is not null (a null means "nothing to say", so a
+later stage never erases an earlier CLEAR correction - arXiv 2403.12776's corrections must reach
+training and the data card). Every stage runs with the same seed.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import polars as pl
 
 from pipeline.core.registry import ConfigError
 from pipeline.selectors import build_selector
-from pipeline.selectors.base import SelectContext, Selector, run_selector
+from pipeline.selectors.base import SELECTION_SCHEMA, SelectContext, Selector, run_selector
 
 WEIGHT_MODES = ("multiply", "replace")
 
@@ -64,7 +67,19 @@ def compose(scores: pl.DataFrame, steps: list[dict[str, Any]], seed: int = 0,
 
 
 def _update(current: pl.DataFrame, out: pl.DataFrame) -> pl.DataFrame:
-    """Replace the rows a stage read by its output; rows dropped earlier stay as they were."""
+    """Replace the rows a stage read by its output; rows dropped earlier stay as they were.
+
+    Extra columns written by earlier stages are carried onto the stage's rows: columns the stage
+    does not write are copied from `current`, and columns it does write fall back to the earlier
+    value where the stage's value is null (so a `clear -> all` composition keeps every correction).
+    """
+    extras = [c for c in current.columns if c not in SELECTION_SCHEMA]
+    if extras:
+        before = current.select("id", *[pl.col(c).alias(f"_prev_{c}") for c in extras])
+        out = out.join(before, on="id", how="left", maintain_order="left").with_columns(
+            [(pl.coalesce(c, f"_prev_{c}") if c in out.columns else pl.col(f"_prev_{c}")).alias(c)
+             for c in extras]
+        ).drop([f"_prev_{c}" for c in extras])
     untouched = current.join(out.select("id"), on="id", how="anti")
     merged = pl.concat([untouched, out], how="diagonal_relaxed")
     order = current.select("id")
