@@ -124,6 +124,8 @@ def test_information_gain_scorer_learner_and_metadata(ctx):
     measured = table.filter(pl.col("ig_sampled")).get_column("ig_measured").to_numpy()
     assert abs(measured.mean()) < 1e-9 and measured.std() == pytest.approx(1.0)
     assert table.get_column("information_gain").null_count() == 0
+    # the selection column is the learner's prediction everywhere, sampled rows included
+    assert table.get_column("information_gain").equals(table.get_column("ig_predicted"), check_names=False)
     info = meta["information_gain"]
     assert info["n_heldout"] == 2 and len(info["objective_ids"]) == 3
     assert set(info["objective_ids"]).isdisjoint(set(table.filter(pl.col("ig_sampled")).get_column("id")))

@@ -7,6 +7,11 @@ pooled into an effective amount). The 5 parameters per domain are fitted from sm
 trust-region fit from several starts; the mix minimizing `sum_i L_i(w)` on the simplex is found with
 SLSQP under a floor so no domain goes to zero; a mixture with exact per-domain counts is sampled.
 N0 is measured in examples and rescaled internally by the median proxy budget (`scale`).
+
+Each proxy trains ONE epoch over exactly its N0 examples (steps proportional to N0): the fit's N0
+dependence is only meaningful if a proxy's data is its mixture; a fixed step count (formerly 20
+steps, ~160 examples whatever N0) makes it noise. The validation rows that measure the proxies are
+never selected: they are dropped with a reason naming their role and the budget comes from the rest.
 """
 
 from __future__ import annotations
@@ -199,16 +204,26 @@ def plot_curves(params: dict[str, dict[str, float]], results: Sequence[dict[str,
 
 ProxyTrainFn = Callable[[pl.DataFrame, pl.DataFrame, int], dict[str, float]]
 
+# What makes a proxy train on exactly its mixture (arXiv 2508.11953 fits L_i against N0, the proxy's
+# data): one pass over its examples, no step cap. Applied after every other override.
+PROXY_SCHEDULE: dict[str, Any] = {"epochs": 1, "max_steps": -1}
+
+
+def proxy_overrides(train_cfg: dict | None) -> dict[str, Any]:
+    """`train_fn` overrides of a proxy run: `train_cfg` (batch size, lr, ...) with `PROXY_SCHEDULE` on top."""
+    return {**(train_cfg or {}), **PROXY_SCHEDULE}
+
 
 def default_proxy_train_fn(train_fn: Callable[..., str], train_cfg: dict | None = None,
                            max_length: int = 384) -> ProxyTrainFn:
-    """Proxy run: `train_fn(examples, seed, overrides)` (the flow's reference trainer) with a small budget,
-    then the token-weighted mean response NLL of the trained model per validation domain."""
+    """Proxy run: `train_fn(examples, seed, overrides)` (the flow's reference trainer) for one epoch over
+    exactly `examples` (`proxy_overrides`), then the token-weighted mean response NLL of the trained
+    model per validation domain."""
 
     def proxy(train_examples: pl.DataFrame, validation: pl.DataFrame, seed: int) -> dict[str, float]:
         from pipeline.scorers import ScoreContext, get_scorer
 
-        model_dir = train_fn(train_examples, seed, {"max_steps": 20, **(train_cfg or {})})
+        model_dir = train_fn(train_examples, seed, proxy_overrides(train_cfg))
         ctx = ScoreContext(model_name=model_dir, max_length=max_length, progress=False)
         table = get_scorer("perplexity")(validation, ctx).with_columns(validation.get_column("domain"))
         per_domain = table.group_by("domain").agg((pl.col("nll") * pl.col("n_tokens")).sum() / pl.col("n_tokens").sum())
@@ -242,8 +257,11 @@ def run_proxies(pool: pl.DataFrame, validation: pl.DataFrame, plan: list[dict[st
         pos = pl.int_range(pl.len()).over("domain")
         quota = pl.col("domain").replace_strict(entry["amounts"], default=0, return_dtype=pl.Int64)
         train_set = pool.filter(pos < quota)
+        trained = dict(train_set.group_by("domain").len().iter_rows())
+        if trained != {d: a for d, a in entry["amounts"].items() if a > 0}:
+            raise ValueError(f"proxy {entry['name']}: the pool has {trained} rows for the planned {entry['amounts']}")
         losses = {d: float(v) for d, v in proxy_train_fn(train_set, validation, seed).items()}
-        result = {**entry, "losses": losses, "config": cfg}
+        result = {**entry, "losses": losses, "trained": trained, "config": cfg}
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, indent=1, sort_keys=True))
         tmp.replace(path)
@@ -265,15 +283,23 @@ def run_datamix(examples: pl.DataFrame, proxy_train_fn: ProxyTrainFn, cfg: dict 
     if n < 1 or n * max(cfg["factors"]) > smallest:
         raise ValueError(f"proxy_n={n} needs {n * max(cfg['factors']):.0f} examples per domain, smallest has {smallest}")
     plan = proxy_plan(domains, n, cfg["factors"])
-    results = run_proxies(pool, validation, plan, proxy_train_fn, cache_dir, seed, {"train": cfg["train"]})
+    results = run_proxies(pool, validation, plan, proxy_train_fn, cache_dir, seed,
+                          {"train": cfg["train"], "schedule": PROXY_SCHEDULE})
     params = fit_domain_curves(results, int(cfg["starts"]), float(cfg["f_scale"]), seed)
-    budget = int(cfg["budget"] or examples.height // 2)
+    if cfg["budget"] is not None and int(cfg["budget"]) > pool.height:
+        raise ValueError(f"datamix budget {cfg['budget']} exceeds the {pool.height} rows left after holding out "
+                         f"{validation.height} validation rows")
+    budget = int(cfg["budget"] or min(examples.height // 2, pool.height))
     weights = optimize_mix(params, budget, float(cfg["floor"]))
     plot_curves(params, results, Path(cache_dir) / "curves.png")
     summary = {"params": params, "weights": weights, "budget": budget, "proxy_n": n,
                "predicted": predict(params, weights, budget)}
     (Path(cache_dir) / "datamix.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
-    return sample_mix(examples, weights, budget, seed)
+    held_out = validation.select(
+        "id", pl.lit(False).alias("kept"), pl.lit(1.0).alias("weight"),
+        (pl.lit("dropped: datamix validation row (domain=") + pl.col("domain") + pl.lit(")")).alias("reason"))
+    chosen = pl.concat([sample_mix(pool, weights, budget, seed), held_out])
+    return examples.select("id").join(chosen, on="id", how="left", maintain_order="left")
 
 
 @register_selector("datamix")
@@ -287,12 +313,18 @@ class DataMix(Selector):
     per domain for the proxy validation losses; `factors`, the proxy amounts relative to `proxy_n`;
     `floor`, the smallest weight any domain may get; `starts`, fit restarts per domain; `f_scale`, the
     Huber transition in loss units; `train`, proxy training overrides for the default proxy_train_fn
-    (None = `PROXY_TRAIN_DEFAULTS`, 20 steps).
+    (batch size, lr, ...; None = none). Every proxy trains one epoch over its exact mixture
+    (`PROXY_SCHEDULE`), so `train` may not set `epochs` or `max_steps`. The validation rows are never
+    selected.
     """
 
     def __init__(self, budget: int | None = None, proxy_n: int | None = None, n_val_per_domain: int = 16,
                  factors: tuple[float, ...] = FACTORS, floor: float = 0.01, starts: int = 8,
                  f_scale: float = 0.01, train: dict[str, Any] | None = None):
+        fixed = sorted(set(train or {}) & set(PROXY_SCHEDULE))
+        if fixed:
+            raise ValueError(f"datamix train may not set {fixed}: each proxy trains one epoch over exactly its "
+                             "mixture (arXiv 2508.11953 fits the loss against the proxy's data size N0)")
         self.budget, self.proxy_n, self.n_val_per_domain = budget, proxy_n, n_val_per_domain
         self.factors, self.floor, self.starts, self.f_scale, self.train = factors, floor, starts, f_scale, train
 
@@ -318,7 +350,7 @@ class DataMix(Selector):
         return run_datamix(examples, proxy, self.config(), run_dir, ctx.seed)
 
 
-PROXY_TRAIN_DEFAULTS: dict[str, Any] = {"max_steps": 20}
+PROXY_TRAIN_DEFAULTS: dict[str, Any] = {}  # proxies follow the context's train_cfg, then PROXY_SCHEDULE
 DATAMIX_DEFAULTS: dict[str, Any] = {
     **{p.name: p.default for p in list(inspect.signature(DataMix.__init__).parameters.values())[1:]},
     "train": PROXY_TRAIN_DEFAULTS,
