@@ -41,7 +41,7 @@ def test_token_label_losses_run_from_the_recipe(tmp_path, tiny_model_dir, loss, 
 
 
 def test_dft_with_masked_thought_runs_from_the_recipe(tmp_path, tiny_model_dir):
-    args = _args(tmp_path, tiny_model_dir, "b", "train.loss=dft", "train.masked_thought.p=0.3")
+    args = _args(tmp_path, tiny_model_dir, "b", "train.loss=dft", "train.masked_thought.enabled=true")
     assert main(args) == 0
     metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert metrics["train"]["steps"] == 2 and metrics["train"]["loss"] == "dft"

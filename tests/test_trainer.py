@@ -147,7 +147,7 @@ def test_masked_thought_in_trainer_changes_inputs_not_labels(tiny_model_dir, tmp
     from pipeline.losses import MaskedThought
 
     trainer = make_trainer(tiny_model_dir, tmp_path, examples, "ce")
-    trainer.data_collator.masked_thought = MaskedThought(p=0.5, seed=0, vocab_size=100)
+    trainer.data_collator.masked_thought = MaskedThought(cap=0.5, ramp_ratio=0.0, seed=0, vocab_size=100)
     batch = collate(trainer)
     out = trainer.data_collator.apply_masked_thought(batch, step=2)
     assert out["labels"] is batch["labels"]
@@ -158,6 +158,24 @@ def test_masked_thought_in_trainer_changes_inputs_not_labels(tiny_model_dir, tmp
         clean = get_loss("ce").from_log_probs(*_fused(trainer, batch))
         masked = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=None)
     assert not torch.isclose(clean, masked)
+
+
+def test_masked_thought_in_trainer_follows_the_run_schedule(tiny_model_dir, tmp_path, examples):
+    """The default ramp (from 0 over 66% of max_steps) reads the trainer's step and max_steps: no masking at step 0."""
+    from pipeline.losses import MaskedThought
+
+    trainer = make_trainer(tiny_model_dir, tmp_path, examples, "ce")
+    batch = collate(trainer)
+    trainer.model.train()
+    with torch.no_grad():
+        clean = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=None)
+        trainer.data_collator.masked_thought = MaskedThought(cap=0.5, seed=0, vocab_size=100)
+        trainer.state.global_step, trainer.state.max_steps = 0, 10
+        at_start = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=None)
+        trainer.state.global_step = 8  # past 0.66 * 10 + 1: rate = cap
+        later = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=None)
+    torch.testing.assert_close(at_start, clean)
+    assert not torch.isclose(clean, later)
 
 
 def _fused(trainer, batch):
@@ -183,7 +201,7 @@ def test_train_requires_the_loss_columns(tiny_model_dir, tmp_path, examples):
 
 
 @pytest.mark.parametrize("loss,extra", [
-    ("dft", {"masked_thought": {"p": 0.2}}),
+    ("dft", {"masked_thought": {"enabled": True, "cap": 0.2}}),
     ("forgetting", {"loss_params": {"lambda_max": 0.25}, "grad_accum": 2}),
 ])
 def test_short_training_run(tiny_model_dir, tmp_path, examples, loss, extra):

@@ -67,12 +67,25 @@ class ScoreSection(Section):
 
 
 class MaskedThoughtSection(Section):
-    """Masked Thought (arXiv 2403.02178): corrupt response input tokens; p=0 is off."""
+    """Masked Thought (arXiv 2403.02178): corrupt response input tokens at a rate ramping from p to cap.
 
-    p: float = Field(0.0, ge=0, le=1)
-    cap: float = Field(0.4, ge=0, le=1)
-    ramp_steps: int = Field(0, ge=0)
+    The paper's reference trainer ramps from 0 to the cap over the first 66% of training
+    (`rate = cap * step / (0.66 * max_steps + 1)`); that is the default schedule.
+    """
+
+    enabled: bool = False  # on/off, independent of the starting rate p
+    p: float = Field(0.0, ge=0, le=1)  # rate at step 0
+    cap: float = Field(0.4, ge=0, le=1)  # rate at the end of the ramp (0.4 GSM8K; 0.2 collator recipes)
+    ramp_ratio: float = Field(0.66, ge=0, le=1)  # share of max_steps the ramp takes; 0 = constant cap
+    ramp_steps: int | None = Field(None, gt=0)  # absolute ramp length in steps; overrides ramp_ratio
     replace: Literal["random", "mask"] = "random"
+
+    @pydantic.model_validator(mode="after")
+    def _p_needs_enabled(self) -> MaskedThoughtSection:
+        if self.p > 0 and not self.enabled:
+            raise ValueError("p > 0 while enabled is false: set masked_thought.enabled=true to mask "
+                             "(p is the starting rate, not the on/off switch)")
+        return self
 
 
 class TokenLabelsSection(Section):

@@ -193,7 +193,7 @@ def crash_callbacks() -> list:
 
 
 def masked_thought(options: dict | None, tokenizer, model, seed: int):
-    """The Masked Thought transform from `train.masked_thought`, or None when p=0.
+    """The Masked Thought transform from `train.masked_thought`, or None unless `enabled`.
 
     `replace="mask"` uses the tokenizer's mask token, adding `<mask>` (and resizing the
     embeddings) when it has none.
@@ -201,7 +201,7 @@ def masked_thought(options: dict | None, tokenizer, model, seed: int):
     from pipeline.losses import MaskedThought
 
     options = train_settings({"masked_thought": options or {}})["masked_thought"]
-    if float(options["p"]) <= 0:
+    if not options["enabled"]:
         return None
     mask_id = None
     if options["replace"] == "mask":
@@ -210,8 +210,8 @@ def masked_thought(options: dict | None, tokenizer, model, seed: int):
             model.resize_token_embeddings(len(tokenizer))
         mask_id = tokenizer.mask_token_id
     return MaskedThought(
-        p=float(options["p"]), cap=float(options["cap"]), ramp_steps=int(options["ramp_steps"]),
-        replace=options["replace"], seed=seed,
+        p=float(options["p"]), cap=float(options["cap"]), ramp_ratio=float(options["ramp_ratio"]),
+        ramp_steps=options["ramp_steps"], replace=options["replace"], seed=seed,
         vocab_size=min(len(tokenizer), model.get_input_embeddings().num_embeddings), mask_token_id=mask_id,
     )
 

@@ -59,11 +59,12 @@ class TokenLossCollator(DataCollatorForLanguageModeling):
                             pad_to_multiple_of=self.pad_to_multiple_of)
         return out
 
-    def apply_masked_thought(self, batch: dict[str, Any], step: int, micro: int = 0) -> dict[str, Any]:
-        """Batch with response input tokens masked for (step, micro); labels untouched."""
+    def apply_masked_thought(self, batch: dict[str, Any], step: int, micro: int = 0,
+                             max_steps: int = 0) -> dict[str, Any]:
+        """Batch with response input tokens masked for (step, micro) of a `max_steps` run; labels untouched."""
         if self.masked_thought is None or not self.masked_thought.enabled:
             return batch
-        ids = self.masked_thought.masked_inputs(batch["input_ids"], batch["labels"], step, micro)
+        ids = self.masked_thought.masked_inputs(batch["input_ids"], batch["labels"], step, micro, max_steps)
         return {**batch, "input_ids": ids}
 
 
@@ -136,7 +137,8 @@ class TokenLossSFTTrainer(SFTTrainer):
         mode = "train" if self.model.training else "eval"
         extra = {k: inputs.pop(k) for k in EXTRA_COLUMNS if k in inputs}
         if mode == "train" and isinstance(self.data_collator, TokenLossCollator):
-            inputs = self.data_collator.apply_masked_thought(inputs, self.state.global_step, self._micro)
+            inputs = self.data_collator.apply_masked_thought(inputs, self.state.global_step, self._micro,
+                                                             self.state.max_steps)
             self._micro += 1
         inputs["use_cache"] = False
         if self.aux_loss_enabled:
