@@ -28,16 +28,18 @@ def _args(tmp_path, tiny_model_dir, run: str, *extra: str) -> list[str]:
 
 @pytest.mark.parametrize("loss", ["forgetting", "rho1"])
 def test_token_label_losses_run_from_the_recipe(tmp_path, tiny_model_dir, loss, capsys):
-    """Losses that need per-token labels get them from base vs a trained reference, cached and reused."""
+    """Losses that need per-token labels get them from base vs held-out references (2-fold cross-fit LoRAs)."""
     assert main(_args(tmp_path, tiny_model_dir, "a", f"train.loss={loss}")) == 0
     out = capsys.readouterr().out
     assert "token labels (" in out
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert metrics["train"]["steps"] == 2 and math.isfinite(metrics["train"]["train_loss"])
     references = list((tmp_path / "cache" / "references").iterdir())
-    assert len(references) == 1 and (references[0] / "model" / "config.json").exists()
+    assert len(references) == 2 and all((r / "model" / "config.json").exists() for r in references)
+    trained_on = [set(json.loads((r / "reference.json").read_text())["ids"]) for r in references]
+    assert trained_on[0] and trained_on[1] and not trained_on[0] & trained_on[1]  # disjoint halves
     tables = list((tmp_path / "cache" / "scorers" / "token_loss").iterdir())
-    assert len(tables) == 2  # base and reference token tables
+    assert len(tables) == 3  # base, and each fold scored by the reference trained on the other fold
 
 
 def test_dft_with_masked_thought_runs_from_the_recipe(tmp_path, tiny_model_dir):

@@ -221,3 +221,61 @@ def test_shift_columns_aligns_with_next_token():
     shifted = shift_columns(batch)
     assert shifted["token_label"].tolist() == [[1, 2], [4, 5]]
     assert shifted["example_weight"].shape == (2,)
+
+
+# ---------------------------------------------------------------------------------------------
+# token labels: no example is labelled by a reference that trained on it
+
+
+def _label_examples(n: int = 8) -> pl.DataFrame:
+    return pl.DataFrame({"id": [f"e{i}" for i in range(n)], "prompt": [PROMPTS[i % 6] + f" ({i})" for i in range(n)],
+                         "response": [RESPONSES[i % 6] for i in range(n)]})
+
+
+def test_label_folds_are_disjoint_and_cover_every_example(tmp_path):
+    from pipeline.training.token_labels import label_folds
+
+    ex = _label_examples(11)
+    for options in ({}, {"folds": 3}, {"subset_size": 2}):
+        folds = label_folds(ex, options, seed=4)
+        assert len(folds) == options.get("folds", 2)
+        labelled = [i for f in folds for i in f.label_ids]
+        assert sorted(labelled) == sorted(ex["id"].to_list())  # every kept example labelled exactly once
+        for f in folds:
+            trained = set(f.train["id"].to_list())
+            assert trained and not trained & set(f.label_ids)
+            assert len(trained) <= options.get("subset_size", 11)
+    assert [sorted(f.label_ids) for f in label_folds(ex, {}, seed=4)] == [  # independent of row order
+        sorted(f.label_ids) for f in label_folds(ex[::-1], {}, seed=4)]
+    other = ex.with_columns(pl.col("id") + "x")  # same texts under other ids: still excluded
+    extra = pl.DataFrame({"id": ["h1", "h2"], "prompt": ["Q1", "Q2"], "response": ["A1", "A2"]})
+    path = tmp_path / "hq.parquet"
+    pl.concat([ex[:3], other[3:5], extra]).write_parquet(path)
+    (fold,) = label_folds(ex, {"reference_data": str(path)}, seed=0)
+    assert sorted(fold.train["id"].to_list()) == ["h1", "h2"] and fold.label_ids == ex["id"].to_list()
+    (given,) = label_folds(ex, {"reference": "some/model", "reference_data": str(path)})
+    assert given.reference == "some/model" and given.train is None
+
+
+def test_token_labels_come_from_lora_references_that_never_saw_them(tiny_model_dir, tmp_path, monkeypatch):
+    """Real default path: two LoRA references cross-fitted; each labelled id is absent from its reference's data."""
+    from pipeline.core.io import read_json
+    from pipeline.training import token_labels
+
+    ex = _label_examples(8)
+    scored: list[tuple[list[str], str]] = []
+    score = token_labels.score_cached
+
+    def spy(examples, scorer, ctx, root, params=None, **kw):
+        if params and params.get("model"):
+            scored.append((examples["id"].to_list(), params["model"]))
+        return score(examples, scorer, ctx, root, params, **kw)
+
+    monkeypatch.setattr(token_labels, "score_cached", spy)
+    cols = token_labels.training_columns(ex, "forgetting", tiny_model_dir, 64, tmp_path,
+                                         {"reference_train": {"max_steps": 1, "batch_size": 2}}, seed=0)
+    assert len(cols["token_label"]) == 8 and {v for r in cols["token_label"] for v in r} <= {-1, 0, 1}
+    assert len(scored) == 2 and sorted(i for ids, _ in scored for i in ids) == ex["id"].to_list()
+    for ids, model_dir in scored:
+        info = read_json(Path(model_dir).parent / "reference.json")
+        assert info["train"]["lora"]["r"] == 16 and info["ids"] and not set(info["ids"]) & set(ids)

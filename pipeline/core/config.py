@@ -88,15 +88,6 @@ class MaskedThoughtSection(Section):
         return self
 
 
-class TokenLabelsSection(Section):
-    """Per-token labels for forgetting / token_cleaning / rho1 from base vs a reference model."""
-
-    method: Literal["forgetting", "token_cleaning", "rho1"] | None = None  # default: the loss name
-    fraction: float | None = Field(None, ge=0, le=1)  # rho (forgetting, 0.7) / keep (token_cleaning, 0.6)
-    reference: str | None = None  # a reference model; None = fine-tune the base on the kept set (cached)
-    reference_train: dict[str, Any] = {}  # train settings of that reference (pipeline.training.reference)
-
-
 class LoraSection(Section):
     """LoRA through peft; the saved model is merged."""
 
@@ -104,6 +95,25 @@ class LoraSection(Section):
     alpha: int = Field(32, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: str | list[str] = "all-linear"
+
+
+class TokenLabelsSection(Section):
+    """Per-token labels for forgetting / token_cleaning / rho1 from base vs a reference model.
+
+    No token is scored by a reference that trained on it: by default the kept examples are split
+    into `folds` parts and reference i (a LoRA, as in forgetting tokens, arXiv 2508.04329) trains on
+    the other parts and labels part i (cross-fitting). `reference_data` trains one reference on a
+    separate set instead (e.g. Rho-1's higher-quality reference); `reference` names a finished one.
+    """
+
+    method: Literal["forgetting", "token_cleaning", "rho1"] | None = None  # default: the loss name
+    fraction: float | None = Field(None, ge=0, le=1)  # rho (forgetting, 0.7) / keep (token_cleaning, 0.6)
+    reference: str | None = None  # a reference model folder or id; wins over training one
+    reference_data: str | None = None  # parquet (or data card folder) that trains ONE reference for all labels
+    folds: int = Field(2, ge=2)  # cross-fitting folds: reference i trains on the others, labels fold i
+    subset_size: int | None = Field(None, gt=0)  # examples each reference trains on (of those allowed); None = all
+    lora: LoraSection | None = LoraSection()  # the reference is base + LoRA (r 16, alpha 32); null = full fine-tune
+    reference_train: dict[str, Any] = {}  # other train settings of the reference (pipeline.training.reference)
 
 
 class TrainSection(Section):

@@ -259,7 +259,10 @@ def _train(train: dict, selection: dict, model: str, cfg: dict, seed: int, cache
 
 
 def token_columns_for(kept: pl.DataFrame, model: str, cfg: dict, seed: int, cache_root: str) -> dict | None:
-    """Per-token labels / reference NLLs when the loss needs them (forgetting, token_cleaning, rho1), else None."""
+    """Per-token labels / reference NLLs when the loss needs them (forgetting, token_cleaning, rho1), else None.
+
+    Each kept example is scored by a reference that never trained on it (2-fold cross-fitting by
+    default; `train.token_labels` in docs/losses.md)."""
     from pipeline.losses import get_loss
     from pipeline.training.token_labels import training_columns
 
@@ -268,7 +271,8 @@ def token_columns_for(kept: pl.DataFrame, model: str, cfg: dict, seed: int, cach
         return None
     t0 = time.perf_counter()
     columns = training_columns(kept, cfg["loss"], model, cfg["max_length"], cache_root, cfg["token_labels"], seed)
-    log(f"token labels ({', '.join(columns)}) from base and reference token losses in {time.perf_counter() - t0:.0f}s")
+    log(f"token labels ({', '.join(columns)}) from base and held-out reference token losses "
+        f"in {time.perf_counter() - t0:.0f}s")
     return columns
 
 
