@@ -121,7 +121,8 @@ def test_talr_weights_are_softmax_and_sum_to_one():
     assert (w[~mask] == 0).all()
 
 
-@pytest.mark.parametrize("params", [{}, {"tau": 0.8}, {"w_min": 0.5}, {"rescale": False}, {"median": "sequence"}])
+@pytest.mark.parametrize("params", [{}, {"tau": 0.8}, {"w_min": 0.5}, {"w_min": 0.0}, {"rescale": False},
+                                    {"median": "sequence"}])
 def test_talr_matches_formula(params):
     logits, labels, _ = make_batch(4)
 
@@ -139,12 +140,40 @@ def test_talr_matches_formula(params):
             tau = vals.sort().values[(n - 1) // 2]
         e = torch.exp(-ell / tau) * mask
         w = e / e.sum()
-        w = torch.where(mask, torch.maximum(w, torch.tensor(params.get("w_min", 0.0) / n)), w)
+        w = torch.where(mask, torch.maximum(w, torch.tensor(params.get("w_min", 0.1) / n)), w)
         if params.get("rescale", True):
             w = w * n
         return (w * nll).sum() / n
 
     assert_same(lambda: call(get_loss("talr", **params), logits, labels), formula, logits)
+
+
+def test_talr_default_floor_is_nonzero():
+    assert get_loss("talr").w_min == 0.1
+
+
+@pytest.mark.parametrize("median", ["token", "sequence"])
+def test_talr_accumulation_window_equals_one_batch(median):
+    """window="accumulation": two micro-batches with the window's stats give the whole batch's TALR loss and gradients."""
+    logits, labels, _ = make_batch(12, b=6)
+    whole = get_loss("talr", median=median)
+    acc = get_loss("talr", median=median, window="accumulation")
+    whole_v, whole_g = value_and_grad(lambda: call(whole, logits, labels), logits)
+    halves = [slice(0, 2), slice(2, 6)]
+    total = int((labels[:, 1:] != -100).sum())
+    nll = [plain_nll(logits[s], labels[s])[0].detach() for s in halves]
+    stats = acc.window_stats(nll, [labels[s, 1:] != -100 for s in halves])
+
+    def accumulated():
+        return sum(acc.from_log_probs(-plain_nll(logits[s], labels[s])[0], labels[s, 1:] != -100, total, window=stats)
+                   for s in halves)
+
+    acc_v, acc_g = value_and_grad(accumulated, logits)
+    torch.testing.assert_close(acc_v, whole_v)
+    torch.testing.assert_close(acc_g, whole_g)
+    micro_v, _ = value_and_grad(lambda: sum(whole.from_log_probs(-plain_nll(logits[s], labels[s])[0],
+                                                                 labels[s, 1:] != -100, total) for s in halves), logits)
+    assert not torch.isclose(micro_v, whole_v)  # per-micro-batch weights are a different loss
 
 
 def test_forgetting_matches_formula_with_ramp_and_cap():

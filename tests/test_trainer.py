@@ -143,6 +143,25 @@ def test_gradient_accumulation_in_trainer(tiny_model_dir, tmp_path, examples, na
     assert_grads_close(g_acc, grads(model))
 
 
+def test_talr_accumulation_window_in_trainer(tiny_model_dir, tmp_path, examples):
+    """TALR window="accumulation": the trainer's pre-pass makes two micro-batches equal one big batch."""
+    trainer = make_trainer(tiny_model_dir, tmp_path, examples, "talr", window="accumulation")
+    trainer.state.global_step, trainer.state.max_steps = 4, 10
+    model = trainer.model
+    micro = [collate(trainer, range(0, 2)), collate(trainer, range(2, 6))]
+    samples, n_items = trainer.get_batch_samples(iter(micro), 2, torch.device("cpu"))
+    assert set(trainer._window_stats) == {"tau", "log_z", "n"}
+    total = sum(trainer.compute_loss(model, dict(b), num_items_in_batch=n_items) for b in samples)
+    total.backward()
+    g_acc = grads(model)
+    model.zero_grad()
+    samples, n_items = trainer.get_batch_samples(iter([collate(trainer)]), 1, torch.device("cpu"))
+    single = trainer.compute_loss(model, dict(samples[0]), num_items_in_batch=n_items)
+    single.backward()
+    torch.testing.assert_close(total, single, rtol=1e-5, atol=1e-6)
+    assert_grads_close(g_acc, grads(model))
+
+
 def test_masked_thought_in_trainer_changes_inputs_not_labels(tiny_model_dir, tmp_path, examples):
     from pipeline.losses import MaskedThought
 

@@ -4,7 +4,9 @@ TRL's collator and `remove_unused_columns` drop extra dataset columns and its `c
 never sees them, so this module has its own collator (pads and carries `example_weight` and
 per-token columns) and overrides `compute_loss`. Normalizer counts (response, positive, kept
 tokens...) are summed over the whole gradient-accumulation window before the first micro-batch,
-like `num_items_in_batch`, so accumulation gives the update of one big batch.
+like `num_items_in_batch`, so accumulation gives the update of one big batch. A loss whose weights
+depend on every token of the window (`needs_window_nll`, e.g. TALR with `window="accumulation"`) also
+gets `window_stats` from a no-grad forward over the window's micro-batches, run once per step.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ class TokenLossSFTTrainer(SFTTrainer):
                  **kwargs: Any):
         self.token_loss = loss if loss is not None else CrossEntropy()
         self._window_counts: dict[str, torch.Tensor] | None = None
+        self._window_stats: dict[str, torch.Tensor] | None = None
         self._micro = 0
         targs = kwargs.get("args")
         if targs is not None and getattr(targs, "padding_free", False):
@@ -115,7 +118,28 @@ class TokenLossSFTTrainer(SFTTrainer):
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         self._micro = 0
         self._window_counts = self._count_window(batch_samples, device)
+        self._window_stats = self._window_nll_stats(batch_samples)
         return batch_samples, num_items_in_batch
+
+    def _window_nll_stats(self, batch_samples: list[dict]) -> dict[str, torch.Tensor] | None:
+        """The loss's `window_stats` from detached token losses of every micro-batch (inputs masked as in training)."""
+        if not getattr(self.token_loss, "needs_window_nll", False) or not batch_samples:
+            return None
+        nlls, masks = [], []
+        model = self.model
+        with torch.no_grad():
+            for micro, batch in enumerate(batch_samples):
+                if "labels" not in batch:
+                    return None
+                inputs = self._prepare_inputs({k: v for k, v in batch.items() if k not in EXTRA_COLUMNS})
+                if isinstance(self.data_collator, TokenLossCollator):
+                    inputs = self.data_collator.apply_masked_thought(inputs, self.state.global_step, micro,
+                                                                     self.state.max_steps)
+                out = model(**inputs, use_cache=False, fused_lm_head=True)
+                nlls.append(-out.log_probs.float().masked_fill(~out.label_mask.bool(), 0.0))
+                masks.append(out.label_mask.bool())
+        # per process: with several processes the statistics cover this process's micro-batches only
+        return self.token_loss.window_stats(nlls, masks)
 
     def _count_window(self, batch_samples: list[dict], device) -> dict[str, torch.Tensor] | None:
         total: dict[str, torch.Tensor] = {}
@@ -148,6 +172,7 @@ class TokenLossSFTTrainer(SFTTrainer):
         loss = self.token_loss.from_log_probs(
             outputs.log_probs, outputs.label_mask, num_items_in_batch, shift_columns(extra),
             step=self.state.global_step, max_steps=self.state.max_steps, counts=counts,
+            window=self._window_stats if counts is not None else None,
         )
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
