@@ -298,3 +298,63 @@ def test_token_labels_come_from_lora_references_that_never_saw_them(tiny_model_d
     for ids, model_dir in scored:
         info = read_json(Path(model_dir).parent / "reference.json")
         assert info["train"]["lora"]["r"] == 16 and info["ids"] and not set(info["ids"]) & set(ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# IGF training-time filter (arXiv 2010.00050)
+
+IGF = {"column": "information_gain", "threshold": 1.0, "after_steps": 10, "then": -1.0}
+IG_VALUES = [2.0, 0.5, 1.5, -0.5, -2.0, 1.0]
+
+
+def make_igf_trainer(tiny_model_dir, tmp_path, examples, rows=None, igf=True):
+    from pipeline.training.trainer import TokenLossSFTTrainer
+
+    rows = list(range(6)) if rows is None else rows
+    tokenizer, model = load(tiny_model_dir)
+    args = sft_config(train_settings({"max_steps": 20, "batch_size": 6}), tmp_path / "igf", 0)
+    args.shuffle_dataset = False
+    weights = [1.0, 2.0, 0.5, 1.0, 3.0, 1.5]
+    dataset = build_dataset(tokenizer, examples[rows], 64, weights=[weights[i] for i in rows])
+    dataset = dataset.add_column("igf_score", [IG_VALUES[i] for i in rows])
+    return TokenLossSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                               igf_filter=IGF if igf else None)
+
+
+def test_igf_threshold_schedule(tiny_model_dir, tmp_path, examples):
+    trainer = make_igf_trainer(tiny_model_dir, tmp_path, examples)
+    assert [trainer.igf_threshold(s) for s in (0, 9, 10, 50)] == [1.0, 1.0, -1.0, -1.0]
+    assert train_settings({})["igf_filter"] is None
+    assert train_settings({"igf_filter": {}})["igf_filter"] == IGF
+
+
+@pytest.mark.parametrize("step,kept", [(0, [0, 2, 5]), (10, [0, 1, 2, 3, 5])])
+def test_igf_filtered_examples_contribute_no_gradient(tiny_model_dir, tmp_path, examples, step, kept):
+    """Below-threshold examples are skipped: loss and gradients equal those of the kept examples alone."""
+    trainer = make_igf_trainer(tiny_model_dir, tmp_path, examples)
+    trainer.model.train()
+    trainer.state.global_step = step
+    samples, n_items = trainer.get_batch_samples(iter([collate(trainer)]), 1, torch.device("cpu"))
+    assert trainer.igf_filtered == 6 - len(kept)
+    assert samples[0]["example_weight"].nonzero().flatten().tolist() == kept
+    loss = trainer.compute_loss(trainer.model, dict(samples[0]), num_items_in_batch=n_items)
+    loss.backward()
+    g_filtered = grads(trainer.model)
+
+    alone = make_igf_trainer(tiny_model_dir, tmp_path, examples, rows=kept, igf=False)
+    alone.model.load_state_dict(trainer.model.state_dict())
+    alone.model.train()
+    samples, n_alone = alone.get_batch_samples(iter([collate(alone)]), 1, torch.device("cpu"))
+    assert int(n_items) == int(n_alone)  # the divisor counts only the examples that take part
+    ref = alone.compute_loss(alone.model, dict(samples[0]), num_items_in_batch=n_alone)
+    ref.backward()
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
+    assert_grads_close(g_filtered, grads(alone.model))
+
+
+def test_igf_filter_in_a_training_run(tiny_model_dir, tmp_path, examples):
+    ex = examples.with_columns(pl.Series("information_gain", IG_VALUES))
+    result = train(tiny_model_dir, ex, tmp_path, {"max_steps": 2, "batch_size": 3, "igf_filter": {}}, seed=0)
+    assert result["steps"] == 2 and result["igf_skipped"] >= 1 and math.isfinite(result["train_loss"])
+    with pytest.raises(ValueError, match="information_gain"):
+        train(tiny_model_dir, examples, tmp_path / "x", {"max_steps": 1, "igf_filter": {}})

@@ -116,11 +116,23 @@ class TokenLabelsSection(Section):
     reference_train: dict[str, Any] = {}  # other train settings of the reference (pipeline.training.reference)
 
 
+class IgfFilterSection(Section):
+    """IGF's training-time filter (Antonello et al. 2021, arXiv 2010.00050): an example takes part in a step
+    only if its predicted information gain (a score column) is >= the threshold of that step; the reference
+    schedule is 1.0 (one std above the mean of z-scored IG) for the first 10 steps, then -1.0."""
+
+    column: str = "information_gain"  # the score table's column of predicted IG
+    threshold: float = 1.0  # threshold for steps < after_steps
+    after_steps: int = Field(10, ge=0)
+    then: float = -1.0  # threshold from step after_steps on
+
+
 class TrainSection(Section):
     loss: str = "ce"  # ce | dft | talr | forgetting | token_cleaning | rho1 | module:attr
     loss_params: dict[str, Any] = {}
     masked_thought: MaskedThoughtSection = MaskedThoughtSection()
     token_labels: TokenLabelsSection = TokenLabelsSection()
+    igf_filter: IgfFilterSection | None = None  # e.g. {} for the reference schedule; None = off
     epochs: float = Field(1, gt=0)
     max_steps: int = -1  # > 0 overrides epochs
     batch_size: int = Field(8, gt=0)

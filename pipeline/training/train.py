@@ -137,6 +137,8 @@ def train(model_name: str, examples: pl.DataFrame, output_dir: str | Path, cfg: 
     model = load_model(model_name, dtype=torch.float32).train()
     masked = masked_thought(cfg["masked_thought"], tokenizer, model, seed)
     dataset = build_dataset(tokenizer, examples, int(cfg["max_length"]), weights, token_columns)
+    if cfg["igf_filter"]:  # IGF's predicted information gain travels with each example
+        dataset = dataset.add_column("igf_score", igf_scores(examples, cfg["igf_filter"]))
     trainer = TokenLossSFTTrainer(
         model=model,
         args=sft_config(cfg, output_dir / "checkpoints", seed),
@@ -144,6 +146,7 @@ def train(model_name: str, examples: pl.DataFrame, output_dir: str | Path, cfg: 
         processing_class=tokenizer,
         loss=loss,
         masked_thought=masked,
+        igf_filter=cfg["igf_filter"],
         callbacks=crash_callbacks(),
         peft_config=lora_config(cfg["lora"]),
     )
@@ -163,7 +166,20 @@ def train(model_name: str, examples: pl.DataFrame, output_dir: str | Path, cfg: 
         "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in history],
         "model_dir": str(final),
         "resumed_from": resume,
+        "igf_skipped": trainer.igf_filtered if cfg["igf_filter"] else None,
     }
+
+
+def igf_scores(examples: pl.DataFrame, options: dict) -> list[float]:
+    """Each example's predicted information gain (`train.igf_filter.column` of the examples) for the IGF filter."""
+    column = options["column"]
+    if column not in examples.columns:
+        raise ValueError(f"train.igf_filter: the examples have no column {column!r} (the train stage joins it "
+                         "from the score table; score with information_gain)")
+    values = examples.get_column(column).cast(pl.Float64)
+    if values.null_count() or not values.is_finite().all():
+        raise ValueError(f"train.igf_filter: column {column!r} has missing or non-finite values")
+    return values.to_list()
 
 
 def lora_config(options: dict | None):
