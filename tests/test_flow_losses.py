@@ -28,20 +28,22 @@ def _args(tmp_path, tiny_model_dir, run: str, *extra: str) -> list[str]:
 
 @pytest.mark.parametrize("loss", ["forgetting", "rho1"])
 def test_token_label_losses_run_from_the_recipe(tmp_path, tiny_model_dir, loss, capsys):
-    """Losses that need per-token labels get them from base vs a trained reference, cached and reused."""
+    """Losses that need per-token labels get them from base vs held-out references (2-fold cross-fit LoRAs)."""
     assert main(_args(tmp_path, tiny_model_dir, "a", f"train.loss={loss}")) == 0
     out = capsys.readouterr().out
     assert "token labels (" in out
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert metrics["train"]["steps"] == 2 and math.isfinite(metrics["train"]["train_loss"])
     references = list((tmp_path / "cache" / "references").iterdir())
-    assert len(references) == 1 and (references[0] / "model" / "config.json").exists()
+    assert len(references) == 2 and all((r / "model" / "config.json").exists() for r in references)
+    trained_on = [set(json.loads((r / "reference.json").read_text())["ids"]) for r in references]
+    assert trained_on[0] and trained_on[1] and not trained_on[0] & trained_on[1]  # disjoint halves
     tables = list((tmp_path / "cache" / "scorers" / "token_loss").iterdir())
-    assert len(tables) == 2  # base and reference token tables
+    assert len(tables) == 3  # base, and each fold scored by the reference trained on the other fold
 
 
 def test_dft_with_masked_thought_runs_from_the_recipe(tmp_path, tiny_model_dir):
-    args = _args(tmp_path, tiny_model_dir, "b", "train.loss=dft", "train.masked_thought.p=0.3")
+    args = _args(tmp_path, tiny_model_dir, "b", "train.loss=dft", "train.masked_thought.enabled=true")
     assert main(args) == 0
     metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert metrics["train"]["steps"] == 2 and metrics["train"]["loss"] == "dft"
@@ -121,3 +123,41 @@ def test_scoring_killed_with_sigkill_resumes_byte_identical(tmp_path, tiny_model
     assert _cli(curate("clean", "cache2"), env, log) == 0, log.read_text()[-3000:]
     for name in ("scores.parquet", "selection.parquet"):
         assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "clean" / name).read_bytes()
+
+
+def test_sensitivity_weights_reach_the_trainer(tmp_path, tiny_model_dir, monkeypatch):
+    """The `example_weight` TokenLossSFTTrainer.compute_loss receives is the selection's weight of each kept id
+    (normalized to mean 1 by default), row for row."""
+    from pipeline.training import train as train_module
+    from pipeline.training.trainer import TokenLossSFTTrainer
+
+    built: dict = {}
+    seen: list[tuple[list[int], float]] = []
+    build, compute = train_module.build_dataset, TokenLossSFTTrainer.compute_loss
+
+    def spy_build(tokenizer, examples, max_length, weights=None, token_columns=None):
+        ds = build(tokenizer, examples, max_length, weights, token_columns)
+        built.update(ids=examples.get_column("id").to_list(), input_ids=ds["input_ids"])
+        return ds
+
+    def spy_compute(self, model, inputs, *args, **kwargs):
+        if self.model.training:
+            lengths = inputs["attention_mask"].sum(1).tolist()
+            for row, n, w in zip(inputs["input_ids"].tolist(), lengths, inputs["example_weight"].tolist(),
+                                 strict=True):
+                seen.append((row[:n], w))
+        return compute(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "build_dataset", spy_build)
+    monkeypatch.setattr(TokenLossSFTTrainer, "compute_loss", spy_compute)
+    args = _args(tmp_path, tiny_model_dir, "w", "score.scorer=[perplexity, embedding]",
+                 "select={rule: sensitivity, m: 8, k: 4, loss: nll}", "train.batch_size=8", "train.max_steps=1")
+    assert main(args) == 0
+    kept = pl.read_parquet(tmp_path / "w" / "selection.parquet").filter(pl.col("kept"))
+    expected = dict(zip(kept["id"].to_list(), kept["weight"].to_list(), strict=True))
+    assert kept["weight"].mean() == pytest.approx(1.0) and kept["weight"].n_unique() > 1  # normalized, not uniform
+    row_id = {tuple(ids): i for i, ids in zip(built["ids"], built["input_ids"], strict=True)}
+    received = {row_id[tuple(ids)]: w for ids, w in seen}
+    assert set(received) == set(expected)  # one batch of 8 covers every kept row
+    for i, w in received.items():
+        assert w == pytest.approx(expected[i], rel=1e-6)

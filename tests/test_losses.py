@@ -121,7 +121,8 @@ def test_talr_weights_are_softmax_and_sum_to_one():
     assert (w[~mask] == 0).all()
 
 
-@pytest.mark.parametrize("params", [{}, {"tau": 0.8}, {"w_min": 0.5}, {"rescale": False}, {"median": "sequence"}])
+@pytest.mark.parametrize("params", [{}, {"tau": 0.8}, {"w_min": 0.5}, {"w_min": 0.0}, {"rescale": False},
+                                    {"median": "sequence"}])
 def test_talr_matches_formula(params):
     logits, labels, _ = make_batch(4)
 
@@ -139,12 +140,40 @@ def test_talr_matches_formula(params):
             tau = vals.sort().values[(n - 1) // 2]
         e = torch.exp(-ell / tau) * mask
         w = e / e.sum()
-        w = torch.where(mask, torch.maximum(w, torch.tensor(params.get("w_min", 0.0) / n)), w)
+        w = torch.where(mask, torch.maximum(w, torch.tensor(params.get("w_min", 0.1) / n)), w)
         if params.get("rescale", True):
             w = w * n
         return (w * nll).sum() / n
 
     assert_same(lambda: call(get_loss("talr", **params), logits, labels), formula, logits)
+
+
+def test_talr_default_floor_is_nonzero():
+    assert get_loss("talr").w_min == 0.1
+
+
+@pytest.mark.parametrize("median", ["token", "sequence"])
+def test_talr_accumulation_window_equals_one_batch(median):
+    """window="accumulation": two micro-batches with the window's stats give the whole batch's TALR loss and gradients."""
+    logits, labels, _ = make_batch(12, b=6)
+    whole = get_loss("talr", median=median)
+    acc = get_loss("talr", median=median, window="accumulation")
+    whole_v, whole_g = value_and_grad(lambda: call(whole, logits, labels), logits)
+    halves = [slice(0, 2), slice(2, 6)]
+    total = int((labels[:, 1:] != -100).sum())
+    nll = [plain_nll(logits[s], labels[s])[0].detach() for s in halves]
+    stats = acc.window_stats(nll, [labels[s, 1:] != -100 for s in halves])
+
+    def accumulated():
+        return sum(acc.from_log_probs(-plain_nll(logits[s], labels[s])[0], labels[s, 1:] != -100, total, window=stats)
+                   for s in halves)
+
+    acc_v, acc_g = value_and_grad(accumulated, logits)
+    torch.testing.assert_close(acc_v, whole_v)
+    torch.testing.assert_close(acc_g, whole_g)
+    micro_v, _ = value_and_grad(lambda: sum(whole.from_log_probs(-plain_nll(logits[s], labels[s])[0],
+                                                                 labels[s, 1:] != -100, total) for s in halves), logits)
+    assert not torch.isclose(micro_v, whole_v)  # per-micro-batch weights are a different loss
 
 
 def test_forgetting_matches_formula_with_ramp_and_cap():
@@ -276,8 +305,8 @@ def _masking_setup(b: int = 64, t: int = 200):
 def test_masked_thought_masks_only_response_at_the_rate():
     ids, labels = _masking_setup()
     labels_before = labels.clone()
-    mt = MaskedThought(p=0.2, cap=0.4, seed=7, vocab_size=49152)
-    out = mt.masked_inputs(ids, labels, step=3)
+    mt = MaskedThought(p=0.2, cap=0.2, seed=7, vocab_size=49152)
+    out = mt.masked_inputs(ids, labels, step=3, max_steps=10)
     changed = out != ids
     resp = labels != -100
     assert not changed[~resp].any()
@@ -289,24 +318,48 @@ def test_masked_thought_masks_only_response_at_the_rate():
 
 def test_masked_thought_mask_token_and_determinism():
     ids, labels = _masking_setup()
-    mt = MaskedThought(p=0.3, replace="mask", mask_token_id=2, seed=1)
+    mt = MaskedThought(cap=0.3, ramp_ratio=0.0, replace="mask", mask_token_id=2, seed=1)
     a, b = mt.masked_inputs(ids, labels, step=5), mt.masked_inputs(ids, labels, step=5)
     assert torch.equal(a, b)
     assert set((a[a != ids]).tolist()) == {2}
     assert not torch.equal(a, mt.masked_inputs(ids, labels, step=6))
     assert not torch.equal(a, mt.masked_inputs(ids, labels, step=5, micro=1))
-    other_seed = MaskedThought(p=0.3, replace="mask", mask_token_id=2, seed=2)
+    other_seed = MaskedThought(cap=0.3, ramp_ratio=0.0, replace="mask", mask_token_id=2, seed=2)
     assert not torch.equal(a, other_seed.masked_inputs(ids, labels, step=5))
+    other_rank = MaskedThought(cap=0.3, ramp_ratio=0.0, replace="mask", mask_token_id=2, seed=1, rank=1)
+    assert not torch.equal(a, other_rank.masked_inputs(ids, labels, step=5))
+    assert MaskedThought(seed=1).generator(5).initial_seed() == MaskedThought(seed=1, rank=0).generator(5).initial_seed()
 
 
 def test_masked_thought_schedule():
-    assert MaskedThought(p=0.0).rate(10) == 0.0
-    assert not MaskedThought(p=0.0).enabled
-    ramp = MaskedThought(p=0.1, cap=0.4, ramp_steps=100)
-    assert [ramp.rate(s) for s in (0, 50, 100, 500)] == pytest.approx([0.1, 0.25, 0.4, 0.4])
-    assert MaskedThought(p=0.6, cap=0.4).rate(0) == pytest.approx(0.4)
+    """Default: the reference trainer's ramp from 0 to cap over 66% of training, cap * step / (0.66 max + 1)."""
+    off = MaskedThought(p=0.2, enabled=False)
+    assert off.rate(10, 100) == 0.0
     ids, labels = _masking_setup()
-    assert torch.equal(MaskedThought(p=0.0).masked_inputs(ids, labels, 1), ids)
+    assert torch.equal(off.masked_inputs(ids, labels, 1, max_steps=100), ids)
+    default = MaskedThought()
+    assert default.p == 0.0 and default.ramp_ratio == 0.66
+    for step in (0, 1, 30, 66, 67, 100):
+        assert default.rate(step, 100) == pytest.approx(min(0.4 * step / (0.66 * 100 + 1), 0.4))
+    assert default.rate(0, 100) == 0.0 and default.rate(67, 100) == pytest.approx(0.4)
+    assert torch.equal(default.masked_inputs(ids, labels, 0, max_steps=100), ids)  # rate 0 at step 0
+    start = MaskedThought(p=0.1, cap=0.4, ramp_ratio=0.5)  # from p: length 0.5 * 40 + 1 = 21 steps
+    assert [start.rate(s, 40) for s in (0, 21, 40)] == pytest.approx([0.1, 0.4, 0.4])
+    absolute = MaskedThought(p=0.1, cap=0.4, ramp_steps=100)
+    assert [absolute.rate(s, 1000) for s in (0, 50, 100, 500)] == pytest.approx([0.1, 0.25, 0.4, 0.4])
+    assert MaskedThought(cap=0.3, ramp_ratio=0.0).rate(0, 100) == pytest.approx(0.3)  # no ramp: constant cap
+    assert MaskedThought(cap=0.3).rate(5, 0) == pytest.approx(0.3)  # unknown run length: cap
+
+
+def test_masked_thought_config_separates_switch_from_rate():
+    from pipeline.core.config import ConfigError
+    from pipeline.training.train import train_settings
+
+    mt = train_settings({})["masked_thought"]
+    assert mt["enabled"] is False and mt["p"] == 0.0 and mt["ramp_ratio"] == 0.66 and mt["ramp_steps"] is None
+    assert train_settings({"masked_thought": {"enabled": True}})["masked_thought"]["cap"] == 0.4
+    with pytest.raises(ConfigError, match="enabled"):
+        train_settings({"masked_thought": {"p": 0.2}})
 
 
 def _docs_example() -> str:

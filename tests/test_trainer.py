@@ -143,11 +143,30 @@ def test_gradient_accumulation_in_trainer(tiny_model_dir, tmp_path, examples, na
     assert_grads_close(g_acc, grads(model))
 
 
+def test_talr_accumulation_window_in_trainer(tiny_model_dir, tmp_path, examples):
+    """TALR window="accumulation": the trainer's pre-pass makes two micro-batches equal one big batch."""
+    trainer = make_trainer(tiny_model_dir, tmp_path, examples, "talr", window="accumulation")
+    trainer.state.global_step, trainer.state.max_steps = 4, 10
+    model = trainer.model
+    micro = [collate(trainer, range(0, 2)), collate(trainer, range(2, 6))]
+    samples, n_items = trainer.get_batch_samples(iter(micro), 2, torch.device("cpu"))
+    assert set(trainer._window_stats) == {"tau", "log_z", "n"}
+    total = sum(trainer.compute_loss(model, dict(b), num_items_in_batch=n_items) for b in samples)
+    total.backward()
+    g_acc = grads(model)
+    model.zero_grad()
+    samples, n_items = trainer.get_batch_samples(iter([collate(trainer)]), 1, torch.device("cpu"))
+    single = trainer.compute_loss(model, dict(samples[0]), num_items_in_batch=n_items)
+    single.backward()
+    torch.testing.assert_close(total, single, rtol=1e-5, atol=1e-6)
+    assert_grads_close(g_acc, grads(model))
+
+
 def test_masked_thought_in_trainer_changes_inputs_not_labels(tiny_model_dir, tmp_path, examples):
     from pipeline.losses import MaskedThought
 
     trainer = make_trainer(tiny_model_dir, tmp_path, examples, "ce")
-    trainer.data_collator.masked_thought = MaskedThought(p=0.5, seed=0, vocab_size=100)
+    trainer.data_collator.masked_thought = MaskedThought(cap=0.5, ramp_ratio=0.0, seed=0, vocab_size=100)
     batch = collate(trainer)
     out = trainer.data_collator.apply_masked_thought(batch, step=2)
     assert out["labels"] is batch["labels"]
@@ -158,6 +177,24 @@ def test_masked_thought_in_trainer_changes_inputs_not_labels(tiny_model_dir, tmp
         clean = get_loss("ce").from_log_probs(*_fused(trainer, batch))
         masked = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=None)
     assert not torch.isclose(clean, masked)
+
+
+def test_masked_thought_in_trainer_follows_the_run_schedule(tiny_model_dir, tmp_path, examples):
+    """The default ramp (from 0 over 66% of max_steps) reads the trainer's step and max_steps: no masking at step 0."""
+    from pipeline.losses import MaskedThought
+
+    trainer = make_trainer(tiny_model_dir, tmp_path, examples, "ce")
+    batch = collate(trainer)
+    trainer.model.train()
+    with torch.no_grad():
+        clean = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=None)
+        trainer.data_collator.masked_thought = MaskedThought(cap=0.5, seed=0, vocab_size=100)
+        trainer.state.global_step, trainer.state.max_steps = 0, 10
+        at_start = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=None)
+        trainer.state.global_step = 8  # past 0.66 * 10 + 1: rate = cap
+        later = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=None)
+    torch.testing.assert_close(at_start, clean)
+    assert not torch.isclose(clean, later)
 
 
 def _fused(trainer, batch):
@@ -183,7 +220,7 @@ def test_train_requires_the_loss_columns(tiny_model_dir, tmp_path, examples):
 
 
 @pytest.mark.parametrize("loss,extra", [
-    ("dft", {"masked_thought": {"p": 0.2}}),
+    ("dft", {"masked_thought": {"enabled": True, "cap": 0.2}}),
     ("forgetting", {"loss_params": {"lambda_max": 0.25}, "grad_accum": 2}),
 ])
 def test_short_training_run(tiny_model_dir, tmp_path, examples, loss, extra):
@@ -203,3 +240,121 @@ def test_shift_columns_aligns_with_next_token():
     shifted = shift_columns(batch)
     assert shifted["token_label"].tolist() == [[1, 2], [4, 5]]
     assert shifted["example_weight"].shape == (2,)
+
+
+# ---------------------------------------------------------------------------------------------
+# token labels: no example is labelled by a reference that trained on it
+
+
+def _label_examples(n: int = 8) -> pl.DataFrame:
+    return pl.DataFrame({"id": [f"e{i}" for i in range(n)], "prompt": [PROMPTS[i % 6] + f" ({i})" for i in range(n)],
+                         "response": [RESPONSES[i % 6] for i in range(n)]})
+
+
+def test_label_folds_are_disjoint_and_cover_every_example(tmp_path):
+    from pipeline.training.token_labels import label_folds
+
+    ex = _label_examples(11)
+    for options in ({}, {"folds": 3}, {"subset_size": 2}):
+        folds = label_folds(ex, options, seed=4)
+        assert len(folds) == options.get("folds", 2)
+        labelled = [i for f in folds for i in f.label_ids]
+        assert sorted(labelled) == sorted(ex["id"].to_list())  # every kept example labelled exactly once
+        for f in folds:
+            trained = set(f.train["id"].to_list())
+            assert trained and not trained & set(f.label_ids)
+            assert len(trained) <= options.get("subset_size", 11)
+    assert [sorted(f.label_ids) for f in label_folds(ex, {}, seed=4)] == [  # independent of row order
+        sorted(f.label_ids) for f in label_folds(ex[::-1], {}, seed=4)]
+    other = ex.with_columns(pl.col("id") + "x")  # same texts under other ids: still excluded
+    extra = pl.DataFrame({"id": ["h1", "h2"], "prompt": ["Q1", "Q2"], "response": ["A1", "A2"]})
+    path = tmp_path / "hq.parquet"
+    pl.concat([ex[:3], other[3:5], extra]).write_parquet(path)
+    (fold,) = label_folds(ex, {"reference_data": str(path)}, seed=0)
+    assert sorted(fold.train["id"].to_list()) == ["h1", "h2"] and fold.label_ids == ex["id"].to_list()
+    (given,) = label_folds(ex, {"reference": "some/model", "reference_data": str(path)})
+    assert given.reference == "some/model" and given.train is None
+
+
+def test_token_labels_come_from_lora_references_that_never_saw_them(tiny_model_dir, tmp_path, monkeypatch):
+    """Real default path: two LoRA references cross-fitted; each labelled id is absent from its reference's data."""
+    from pipeline.core.io import read_json
+    from pipeline.training import token_labels
+
+    ex = _label_examples(8)
+    scored: list[tuple[list[str], str]] = []
+    score = token_labels.score_cached
+
+    def spy(examples, scorer, ctx, root, params=None, **kw):
+        if params and params.get("model"):
+            scored.append((examples["id"].to_list(), params["model"]))
+        return score(examples, scorer, ctx, root, params, **kw)
+
+    monkeypatch.setattr(token_labels, "score_cached", spy)
+    cols = token_labels.training_columns(ex, "forgetting", tiny_model_dir, 64, tmp_path,
+                                         {"reference_train": {"max_steps": 1, "batch_size": 2}}, seed=0)
+    assert len(cols["token_label"]) == 8 and {v for r in cols["token_label"] for v in r} <= {-1, 0, 1}
+    assert len(scored) == 2 and sorted(i for ids, _ in scored for i in ids) == ex["id"].to_list()
+    for ids, model_dir in scored:
+        info = read_json(Path(model_dir).parent / "reference.json")
+        assert info["train"]["lora"]["r"] == 16 and info["ids"] and not set(info["ids"]) & set(ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# IGF training-time filter (arXiv 2010.00050)
+
+IGF = {"column": "information_gain", "threshold": 1.0, "after_steps": 10, "then": -1.0}
+IG_VALUES = [2.0, 0.5, 1.5, -0.5, -2.0, 1.0]
+
+
+def make_igf_trainer(tiny_model_dir, tmp_path, examples, rows=None, igf=True):
+    from pipeline.training.trainer import TokenLossSFTTrainer
+
+    rows = list(range(6)) if rows is None else rows
+    tokenizer, model = load(tiny_model_dir)
+    args = sft_config(train_settings({"max_steps": 20, "batch_size": 6}), tmp_path / "igf", 0)
+    args.shuffle_dataset = False
+    weights = [1.0, 2.0, 0.5, 1.0, 3.0, 1.5]
+    dataset = build_dataset(tokenizer, examples[rows], 64, weights=[weights[i] for i in rows])
+    dataset = dataset.add_column("igf_score", [IG_VALUES[i] for i in rows])
+    return TokenLossSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                               igf_filter=IGF if igf else None)
+
+
+def test_igf_threshold_schedule(tiny_model_dir, tmp_path, examples):
+    trainer = make_igf_trainer(tiny_model_dir, tmp_path, examples)
+    assert [trainer.igf_threshold(s) for s in (0, 9, 10, 50)] == [1.0, 1.0, -1.0, -1.0]
+    assert train_settings({})["igf_filter"] is None
+    assert train_settings({"igf_filter": {}})["igf_filter"] == IGF
+
+
+@pytest.mark.parametrize("step,kept", [(0, [0, 2, 5]), (10, [0, 1, 2, 3, 5])])
+def test_igf_filtered_examples_contribute_no_gradient(tiny_model_dir, tmp_path, examples, step, kept):
+    """Below-threshold examples are skipped: loss and gradients equal those of the kept examples alone."""
+    trainer = make_igf_trainer(tiny_model_dir, tmp_path, examples)
+    trainer.model.train()
+    trainer.state.global_step = step
+    samples, n_items = trainer.get_batch_samples(iter([collate(trainer)]), 1, torch.device("cpu"))
+    assert trainer.igf_filtered == 6 - len(kept)
+    assert samples[0]["example_weight"].nonzero().flatten().tolist() == kept
+    loss = trainer.compute_loss(trainer.model, dict(samples[0]), num_items_in_batch=n_items)
+    loss.backward()
+    g_filtered = grads(trainer.model)
+
+    alone = make_igf_trainer(tiny_model_dir, tmp_path, examples, rows=kept, igf=False)
+    alone.model.load_state_dict(trainer.model.state_dict())
+    alone.model.train()
+    samples, n_alone = alone.get_batch_samples(iter([collate(alone)]), 1, torch.device("cpu"))
+    assert int(n_items) == int(n_alone)  # the divisor counts only the examples that take part
+    ref = alone.compute_loss(alone.model, dict(samples[0]), num_items_in_batch=n_alone)
+    ref.backward()
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
+    assert_grads_close(g_filtered, grads(alone.model))
+
+
+def test_igf_filter_in_a_training_run(tiny_model_dir, tmp_path, examples):
+    ex = examples.with_columns(pl.Series("information_gain", IG_VALUES))
+    result = train(tiny_model_dir, ex, tmp_path, {"max_steps": 2, "batch_size": 3, "igf_filter": {}}, seed=0)
+    assert result["steps"] == 2 and result["igf_skipped"] >= 1 and math.isfinite(result["train_loss"])
+    with pytest.raises(ValueError, match="information_gain"):
+        train(tiny_model_dir, examples, tmp_path / "x", {"max_steps": 1, "igf_filter": {}})

@@ -67,21 +67,25 @@ class ScoreSection(Section):
 
 
 class MaskedThoughtSection(Section):
-    """Masked Thought (arXiv 2403.02178): corrupt response input tokens; p=0 is off."""
+    """Masked Thought (arXiv 2403.02178): corrupt response input tokens at a rate ramping from p to cap.
 
-    p: float = Field(0.0, ge=0, le=1)
-    cap: float = Field(0.4, ge=0, le=1)
-    ramp_steps: int = Field(0, ge=0)
+    The paper's reference trainer ramps from 0 to the cap over the first 66% of training
+    (`rate = cap * step / (0.66 * max_steps + 1)`); that is the default schedule.
+    """
+
+    enabled: bool = False  # on/off, independent of the starting rate p
+    p: float = Field(0.0, ge=0, le=1)  # rate at step 0
+    cap: float = Field(0.4, ge=0, le=1)  # rate at the end of the ramp (0.4 GSM8K; 0.2 collator recipes)
+    ramp_ratio: float = Field(0.66, ge=0, le=1)  # share of max_steps the ramp takes; 0 = constant cap
+    ramp_steps: int | None = Field(None, gt=0)  # absolute ramp length in steps; overrides ramp_ratio
     replace: Literal["random", "mask"] = "random"
 
-
-class TokenLabelsSection(Section):
-    """Per-token labels for forgetting / token_cleaning / rho1 from base vs a reference model."""
-
-    method: Literal["forgetting", "token_cleaning", "rho1"] | None = None  # default: the loss name
-    fraction: float | None = Field(None, ge=0, le=1)  # rho (forgetting, 0.7) / keep (token_cleaning, 0.6)
-    reference: str | None = None  # a reference model; None = fine-tune the base on the kept set (cached)
-    reference_train: dict[str, Any] = {}  # train settings of that reference (pipeline.training.reference)
+    @pydantic.model_validator(mode="after")
+    def _p_needs_enabled(self) -> MaskedThoughtSection:
+        if self.p > 0 and not self.enabled:
+            raise ValueError("p > 0 while enabled is false: set masked_thought.enabled=true to mask "
+                             "(p is the starting rate, not the on/off switch)")
+        return self
 
 
 class LoraSection(Section):
@@ -93,11 +97,42 @@ class LoraSection(Section):
     target_modules: str | list[str] = "all-linear"
 
 
+class TokenLabelsSection(Section):
+    """Per-token labels for forgetting / token_cleaning / rho1 from base vs a reference model.
+
+    No token is scored by a reference that trained on it: by default the kept examples are split
+    into `folds` parts and reference i (a LoRA, as in forgetting tokens, arXiv 2508.04329) trains on
+    the other parts and labels part i (cross-fitting). `reference_data` trains one reference on a
+    separate set instead (e.g. Rho-1's higher-quality reference); `reference` names a finished one.
+    """
+
+    method: Literal["forgetting", "token_cleaning", "rho1"] | None = None  # default: the loss name
+    fraction: float | None = Field(None, ge=0, le=1)  # rho (forgetting, 0.7) / keep (token_cleaning, 0.6)
+    reference: str | None = None  # a reference model folder or id; wins over training one
+    reference_data: str | None = None  # parquet (or data card folder) that trains ONE reference for all labels
+    folds: int = Field(2, ge=2)  # cross-fitting folds: reference i trains on the others, labels fold i
+    subset_size: int | None = Field(None, gt=0)  # examples each reference trains on (of those allowed); None = all
+    lora: LoraSection | None = LoraSection()  # the reference is base + LoRA (r 16, alpha 32); null = full fine-tune
+    reference_train: dict[str, Any] = {}  # other train settings of the reference (pipeline.training.reference)
+
+
+class IgfFilterSection(Section):
+    """IGF's training-time filter (Antonello et al. 2021, arXiv 2010.00050): an example takes part in a step
+    only if its predicted information gain (a score column) is >= the threshold of that step; the reference
+    schedule is 1.0 (one std above the mean of z-scored IG) for the first 10 steps, then -1.0."""
+
+    column: str = "information_gain"  # the score table's column of predicted IG
+    threshold: float = 1.0  # threshold for steps < after_steps
+    after_steps: int = Field(10, ge=0)
+    then: float = -1.0  # threshold from step after_steps on
+
+
 class TrainSection(Section):
     loss: str = "ce"  # ce | dft | talr | forgetting | token_cleaning | rho1 | module:attr
     loss_params: dict[str, Any] = {}
     masked_thought: MaskedThoughtSection = MaskedThoughtSection()
     token_labels: TokenLabelsSection = TokenLabelsSection()
+    igf_filter: IgfFilterSection | None = None  # e.g. {} for the reference schedule; None = off
     epochs: float = Field(1, gt=0)
     max_steps: int = -1  # > 0 overrides epochs
     batch_size: int = Field(8, gt=0)

@@ -235,17 +235,23 @@ def select(scores: dict, train: dict, model: str, model_rev: str, cfg: dict | li
 
 @task(name="train", **TASK_OPTIONS)
 def train_model(train: dict, selection: dict, model: str, model_rev: str, cfg: dict, seed: int,
-                cache_root: str, code: str) -> dict:
-    """Fine-tune on the kept examples (selection weights reach the loss); resumes from checkpoints."""
-    out = stage_dir(cache_root, "train", train["fingerprint"], selection["hash"], model_rev, cfg, seed, code)
+                cache_root: str, code: str, scores: dict | None = None) -> dict:
+    """Fine-tune on the kept examples (selection weights reach the loss); resumes from checkpoints.
+
+    `scores` (the score stage's output) is needed by `train.igf_filter`, whose score column travels with
+    the examples; it then enters the cache key."""
+    igf = (scores or {}).get("key") if cfg.get("igf_filter") else None
+    out = stage_dir(cache_root, "train", train["fingerprint"], selection["hash"], model_rev, cfg, seed, code,
+                    *([igf] if igf else []))
     done = out / "train_metrics.json"
     with locked(out):
         if not is_complete(out):
-            _train(train, selection, model, cfg, seed, cache_root, out)
+            _train(train, selection, model, cfg, seed, cache_root, out, scores)
     return read_json(done)
 
 
-def _train(train: dict, selection: dict, model: str, cfg: dict, seed: int, cache_root: str, out: Path) -> None:
+def _train(train: dict, selection: dict, model: str, cfg: dict, seed: int, cache_root: str, out: Path,
+           scores: dict | None = None) -> None:
     """Train into `out` (resuming from its checkpoints) and mark it complete."""
     from pipeline.selectors.clear import apply_corrections
     from pipeline.training.launch import launch_training
@@ -258,6 +264,16 @@ def _train(train: dict, selection: dict, model: str, cfg: dict, seed: int, cache
     uniform = all(abs(w - 1.0) < 1e-12 for w in weights)
     log(f"training on {kept.height} examples with loss {cfg['loss']}")
     kept = kept.drop("weight")
+    if cfg.get("igf_filter"):  # IGF's training-time filter reads each example's predicted IG
+        column = cfg["igf_filter"]["column"]
+        if scores is None:
+            raise ValueError("train.igf_filter needs the score table: pass scores= to train_model")
+        table = pl.read_parquet(scores["path"])
+        if column not in table.columns:
+            raise ValueError(f"train.igf_filter.column {column!r} is not in the score table "
+                             f"(columns: {', '.join(c for c in table.columns if c != 'id')})")
+        kept = kept.drop(column, strict=False).join(table.select("id", column), on="id", how="left",
+                                                    maintain_order="left")
     metrics = launch_training(model, kept, out, cfg, seed=seed, weights=None if uniform else weights,
                               token_columns=token_columns_for(kept, model, cfg, seed, cache_root))
     write_json(out / "train_metrics.json", metrics)
@@ -266,7 +282,10 @@ def _train(train: dict, selection: dict, model: str, cfg: dict, seed: int, cache
 
 
 def token_columns_for(kept: pl.DataFrame, model: str, cfg: dict, seed: int, cache_root: str) -> dict | None:
-    """Per-token labels / reference NLLs when the loss needs them (forgetting, token_cleaning, rho1), else None."""
+    """Per-token labels / reference NLLs when the loss needs them (forgetting, token_cleaning, rho1), else None.
+
+    Each kept example is scored by a reference that never trained on it (2-fold cross-fitting by
+    default; `train.token_labels` in docs/losses.md)."""
     from pipeline.losses import get_loss
     from pipeline.training.token_labels import training_columns
 
@@ -275,7 +294,8 @@ def token_columns_for(kept: pl.DataFrame, model: str, cfg: dict, seed: int, cach
         return None
     t0 = time.perf_counter()
     columns = training_columns(kept, cfg["loss"], model, cfg["max_length"], cache_root, cfg["token_labels"], seed)
-    log(f"token labels ({', '.join(columns)}) from base and reference token losses in {time.perf_counter() - t0:.0f}s")
+    log(f"token labels ({', '.join(columns)}) from base and held-out reference token losses "
+        f"in {time.perf_counter() - t0:.0f}s")
     return columns
 
 

@@ -38,6 +38,7 @@ class LossContext:
     step: int = 0
     max_steps: int = 0
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    window: dict[str, torch.Tensor] | None = None  # `TokenLoss.window_stats` of the accumulation window
 
     def column(self, name: str) -> torch.Tensor:
         """A per-token column aligned with the log-probs; a clear error when the batch lacks it."""
@@ -72,6 +73,13 @@ class TokenLoss(Part):
 
     trl_loss_type = "nll"
     requires: tuple[str, ...] = ()
+    # True: the trainer runs a no-grad forward over the whole accumulation window first and hands
+    # `window_stats` of those detached losses to every micro-batch (window-level weights, e.g. TALR)
+    needs_window_nll: bool = False
+
+    def window_stats(self, nlls: list[torch.Tensor], masks: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Statistics of the detached token losses of every micro-batch of the window (see needs_window_nll)."""
+        return {}
 
     def counts(self, mask: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Normalizer counts of one micro-batch, known before the forward pass (summed over accumulation)."""
@@ -90,11 +98,13 @@ class TokenLoss(Part):
         step: int = 0,
         max_steps: int = 0,
         counts: dict[str, torch.Tensor] | None = None,
+        window: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """The scalar loss from per-token log-probs [B, T-1] and their mask (columns aligned with them).
 
         `num_items_in_batch` (response tokens over the whole accumulation window) overrides the
-        `tokens` count; `counts` gives window totals of the loss's other counts.
+        `tokens` count; `counts` gives window totals of the loss's other counts; `window` the loss's
+        `window_stats` over the whole accumulation window (when it needs them).
         """
         batch = batch or {}
         missing = [c for c in self.requires if c not in batch]
@@ -107,7 +117,7 @@ class TokenLoss(Part):
         if num_items_in_batch is not None:
             merged["tokens"] = torch.as_tensor(num_items_in_batch)
         merged = {k: v.to(log_probs.device).clamp(min=1) for k, v in merged.items()}
-        ctx = LossContext(mask=mask, batch=batch, counts=merged, step=step, max_steps=max_steps)
+        ctx = LossContext(mask=mask, batch=batch, counts=merged, step=step, max_steps=max_steps, window=window)
         nll = (-log_probs.float()).masked_fill(~mask, 0.0)
         contrib = self.per_token(nll, ctx)
         weight = batch.get(EXAMPLE_WEIGHT)

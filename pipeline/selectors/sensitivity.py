@@ -7,6 +7,14 @@ An example drawn r times gets weight `r / (m p)`, so `sum_j w_j loss_j` over the
 is the Horvitz-Thompson estimate of the total loss (unbiased) and `sum_j w_j` estimates N.
 How the paper chose `lam` and `k` is UNVERIFIED: both are parameters, and `estimate_lambda` fits
 `lam` on a pilot sample.
+
+What training sees: `TokenLossSFTTrainer` multiplies every response token's loss by its example's
+weight and divides by the number of response tokens N of the batch (the accumulation window), i.e.
+`sum_b w_b sum_t nll_bt / N`. The raw weights average about (pool size) / m, so they would scale
+that loss (and the effective learning rate) by about pool/m; the selector therefore rescales the
+kept weights to mean 1 by default (`normalize=True`): the relative importance weights, hence the
+importance-weighted estimate up to that constant, are unchanged and the loss keeps the token-mean
+scale of plain SFT.
 """
 
 from __future__ import annotations
@@ -182,7 +190,9 @@ def _loss_fn(scores: pl.DataFrame, loss_column: str | None, context: SelectConte
 class Sensitivity(Selector):
     """Keep the rows drawn by sensitivity sampling with weight multiplicity/(m p); the rest weight 0.
 
-    `lam="auto"` estimates lambda from a pilot sample; `normalize=True` rescales kept weights to mean 1.
+    `lam="auto"` estimates lambda from a pilot sample; `normalize=True` (default) rescales kept weights to
+    mean 1, so the trainer's token-mean loss keeps its scale (see the module docstring); `False` keeps the
+    raw `r / (m p)` (sum about the pool size: the loss is scaled by about pool / m).
     `loss` names a loss column of the score table; without it the losses come from `ctx.loss_fn(rows)`
     or the base model `ctx.model_name`. Clustering and draws are seeded by `ctx.seed`.
     Extra column `draws`: how many of the m draws landed on the row.
@@ -190,7 +200,7 @@ class Sensitivity(Selector):
 
     def __init__(self, m: int, k: int = 64, lam: float | Literal["auto"] = "auto", z: float = 2.0,
                  column: str = "embedding", loss: str | None = None, n_pilot: int = 256, niter: int = 20,
-                 normalize: bool = False):
+                 normalize: bool = True):
         if m <= 0:
             raise ConfigError("m", f"must be positive, got {m}")
         self.m, self.k, self.lam, self.z, self.column, self.loss = m, k, lam, z, column, loss

@@ -53,7 +53,8 @@ def reference_model(base: str, examples: pl.DataFrame, cache_root: str | Path, t
         if not is_complete(folder):
             cfg = {**REFERENCE_TRAIN, **(train_cfg or {})}
             metrics = train(base, examples, folder, cfg, seed=seed)
-            write_json(done, {"base": base, "rows": examples.height, "train": cfg, "seed": seed,
+            write_json(done, {"base": base, "rows": examples.height, "ids": examples.get_column("id").to_list()
+                              if "id" in examples.columns else None, "train": cfg, "seed": seed,
                               "steps": metrics["steps"], "model_dir": metrics["model_dir"]})
             mark_complete(folder, ["reference.json", "model"])
     return read_json(done)["model_dir"]

@@ -1,16 +1,34 @@
 """Per-token training columns for forgetting tokens, token cleaning and Rho-1, from base vs reference.
 
 The base and reference token-loss tables come from the `token_loss` scorer (cached like any score
-table); the reference is `pipeline.training.reference.reference_model` unless the recipe names one;
-the labels themselves are the pure functions of `pipeline.scorers.token_table`.
+table); the labels themselves are the pure functions of `pipeline.scorers.token_table`.
+
+No token is scored by a reference model that was trained on it. A reference fine-tuned on the very
+examples it scores has a low loss on them because it saw them (memorization), not because the tokens
+are learnable, which is what the influence `L_base - L_ref` is meant to measure; forgetting tokens
+(Taheri et al., arXiv 2508.04329) train their LoRA reference on a separate 10k sample for this
+reason. Every kept example still needs labels, so by default the labels are *cross-fitted*: the kept
+examples are split into `folds` parts (2 by default, by a seeded hash of the id), reference i is the
+base fine-tuned on the other parts (at most `subset_size` of them) and scores part i only. The
+alternatives: `reference_data` trains ONE reference on a separate set (e.g. Rho-1's reference
+trained on higher-quality data, Lin et al., NeurIPS 2024), with any of its rows that are also kept
+examples removed from it; `reference` names a finished reference model, used as given. The
+reference is base + LoRA (`lora`, r 16 / alpha 32, merged on save) unless `lora` is null.
+Influence is then ranked globally over all kept tokens, as in the papers.
 """
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
+from pipeline.core.config import TokenLabelsSection, check_section
+from pipeline.core.hashing import config_hash
+from pipeline.core.io import write_parquet
 from pipeline.scorers import ScoreContext
 from pipeline.scorers.cache import score_cached
 from pipeline.scorers.token_table import token_columns
@@ -19,26 +37,105 @@ from pipeline.training.reference import reference_model
 TOKEN_METHODS = ("forgetting", "token_cleaning", "rho1")
 
 
+@dataclass
+class LabelFold:
+    """One reference and the examples it labels: `train` trains it (None for a given reference), `label_ids` are scored."""
+
+    train: pl.DataFrame | None
+    label_ids: list[str]
+    reference: str | None = None
+
+
+def label_settings(options: dict | None) -> dict[str, Any]:
+    """`train.token_labels` with every default filled in and checked."""
+    return check_section(TokenLabelsSection, options or {}, "train.token_labels").model_dump()
+
+
+def _hash_order(ids: list[str], seed: int) -> list[int]:
+    """Positions of `ids` in a seeded, order-independent pseudo-random order (sha1 of seed and id)."""
+    keys = [hashlib.sha1(f"{seed}:{i}".encode()).hexdigest() for i in ids]
+    return sorted(range(len(ids)), key=lambda n: (keys[n], ids[n]))
+
+
+def _read_examples(path: str) -> pl.DataFrame:
+    """A parquet of examples (id, prompt, response), or a data card folder's subset.parquet."""
+    file = Path(path) / "subset.parquet" if Path(path).is_dir() else Path(path)
+    if not file.exists():
+        raise FileNotFoundError(f"train.token_labels.reference_data: {file} does not exist")
+    df = pl.read_parquet(file)
+    missing = {"id", "prompt", "response"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{file}: missing columns {sorted(missing)} (need id, prompt, response)")
+    return df.select("id", "prompt", "response")
+
+
+def label_folds(examples: pl.DataFrame, options: dict | None = None, seed: int = 0) -> list[LabelFold]:
+    """Which reference labels which examples, each trained only on examples it does not label.
+
+    `options` is a recipe's `train.token_labels`; see the module docstring for the three modes.
+    """
+    o = label_settings(options)
+    ids = examples.get_column("id").to_list()
+    if o["reference"]:
+        return [LabelFold(None, ids, o["reference"])]
+    if o["reference_data"]:
+        other = _read_examples(o["reference_data"])
+        pairs = examples.select("prompt", "response")
+        other = other.filter(~pl.col("id").is_in(ids)).join(pairs, on=["prompt", "response"], how="anti")
+        if other.height == 0:
+            raise ValueError("train.token_labels.reference_data has no example that is not also a kept example")
+        order = _hash_order(other.get_column("id").to_list(), seed)[: o["subset_size"] or other.height]
+        return [LabelFold(other[sorted(order)], ids)]
+    k = int(o["folds"])
+    if len(ids) < k:
+        raise ValueError(f"token labels by {k}-fold cross-fitting need at least {k} kept examples, got {len(ids)}")
+    fold_of = [0] * len(ids)
+    for rank, n in enumerate(_hash_order(ids, seed)):
+        fold_of[n] = rank % k
+    folds = []
+    for f in range(k):
+        label = [n for n in range(len(ids)) if fold_of[n] == f]
+        allowed = [n for n in range(len(ids)) if fold_of[n] != f]
+        if o["subset_size"]:
+            keep = set(_hash_order([ids[n] for n in allowed], seed + 1 + f)[: o["subset_size"]])
+            allowed = [n for i, n in enumerate(allowed) if i in keep]
+        folds.append(LabelFold(examples[allowed], [ids[n] for n in label]))
+    return folds
+
+
+def reference_settings(options: dict | None, max_length: int) -> dict[str, Any]:
+    """Train settings of a label reference: the run's max_length, `lora` (unless reference_train names one)
+    and `reference_train` on top of `pipeline.training.reference.REFERENCE_TRAIN`."""
+    o = label_settings(options)
+    return {"max_length": max_length, "lora": o["lora"], **o["reference_train"]}
+
+
 def training_columns(examples: pl.DataFrame, loss_name: str, model: str, max_length: int,
                      cache_root: str | Path, options: dict | None = None, seed: int = 0) -> dict[str, list[list]]:
-    """The per-token columns a token-label loss trains with, from base and reference token tables.
+    """The per-token columns a token-label loss trains with, from base and (held-out) reference token tables.
 
     `options` (a recipe's `train.token_labels`): `method` (forgetting | token_cleaning | rho1,
-    default: the loss name), `fraction` (rho / keep share), `reference` (a model folder or id) or
-    `reference_train` (settings for training one: the base fine-tuned on `examples`, as in
-    forgetting tokens' base + fine-tune reference). Both tables and the reference are cached.
+    default: the loss name), `fraction` (rho / keep share), and how the references are obtained
+    (`label_folds`). References and token tables are cached by content.
     """
-    options = dict(options or {})
-    method = options.get("method") or (loss_name if loss_name in TOKEN_METHODS else None)
+    o = label_settings(options)
+    method = o["method"] or (loss_name if loss_name in TOKEN_METHODS else None)
     if method is None:
         raise ValueError(f"loss {loss_name!r} needs per-token labels: set train.token_labels.method "
                          "to forgetting, token_cleaning or rho1")
     ctx = ScoreContext(model_name=model, max_length=max_length, seed=seed)
     scorers = Path(cache_root) / "scorers"
-    reference = options.get("reference") or reference_model(model, examples, cache_root,
-                                                            options.get("reference_train"), seed)
+    train_cfg = reference_settings(o, max_length)
+    paths = []
+    for fold in label_folds(examples, o, seed):
+        reference = fold.reference or reference_model(model, fold.train, cache_root, train_cfg, seed)
+        subset = examples.filter(pl.col("id").is_in(fold.label_ids))
+        paths.append(score_cached(subset, "token_loss", ctx, scorers, {"model": reference}))
     base = score_cached(examples, "token_loss", ctx, scorers)
-    ref = score_cached(examples, "token_loss", ctx, scorers, {"model": reference})
-    fraction = options.get("fraction")
-    return token_columns(base, ref, method, examples.get_column("id").to_list(),
-                         None if fraction is None else float(fraction))
+    # the folds' reference tables as one table in the base table's order (global ranking needs all tokens)
+    ref = Path(cache_root) / "token_labels" / config_hash([str(base), *map(str, paths)], 20) / "reference.parquet"
+    if not ref.exists():
+        table = pl.read_parquet(base).select("id").join(pl.concat([pl.read_parquet(p) for p in paths]), on="id",
+                                                        how="left", maintain_order="left")
+        write_parquet(ref, table)
+    return token_columns(base, ref, method, examples.get_column("id").to_list(), o["fraction"])

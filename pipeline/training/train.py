@@ -137,6 +137,8 @@ def train(model_name: str, examples: pl.DataFrame, output_dir: str | Path, cfg: 
     model = load_model(model_name, dtype=torch.float32).train()
     masked = masked_thought(cfg["masked_thought"], tokenizer, model, seed)
     dataset = build_dataset(tokenizer, examples, int(cfg["max_length"]), weights, token_columns)
+    if cfg["igf_filter"]:  # IGF's predicted information gain travels with each example
+        dataset = dataset.add_column("igf_score", igf_scores(examples, cfg["igf_filter"]))
     trainer = TokenLossSFTTrainer(
         model=model,
         args=sft_config(cfg, output_dir / "checkpoints", seed),
@@ -144,6 +146,7 @@ def train(model_name: str, examples: pl.DataFrame, output_dir: str | Path, cfg: 
         processing_class=tokenizer,
         loss=loss,
         masked_thought=masked,
+        igf_filter=cfg["igf_filter"],
         callbacks=crash_callbacks(),
         peft_config=lora_config(cfg["lora"]),
     )
@@ -159,6 +162,7 @@ def train(model_name: str, examples: pl.DataFrame, output_dir: str | Path, cfg: 
         "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in history],
         "model_dir": str(final),
         "resumed_from": resume,
+        "igf_skipped": trainer.igf_filtered if cfg["igf_filter"] else None,
     }
 
 
@@ -183,6 +187,18 @@ def save_model(trainer, model_name: str, tokenizer, final: Path, adapter: Path |
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(final))
     trainer.accelerator.wait_for_everyone()
+
+
+def igf_scores(examples: pl.DataFrame, options: dict) -> list[float]:
+    """Each example's predicted information gain (`train.igf_filter.column` of the examples) for the IGF filter."""
+    column = options["column"]
+    if column not in examples.columns:
+        raise ValueError(f"train.igf_filter: the examples have no column {column!r} (the train stage joins it "
+                         "from the score table; score with information_gain)")
+    values = examples.get_column(column).cast(pl.Float64)
+    if values.null_count() or not values.is_finite().all():
+        raise ValueError(f"train.igf_filter: column {column!r} has missing or non-finite values")
+    return values.to_list()
 
 
 def lora_config(options: dict | None):
@@ -212,7 +228,7 @@ def crash_callbacks() -> list:
 
 
 def masked_thought(options: dict | None, tokenizer, model, seed: int):
-    """The Masked Thought transform from `train.masked_thought`, or None when p=0.
+    """The Masked Thought transform from `train.masked_thought`, or None unless `enabled`.
 
     `replace="mask"` uses the tokenizer's mask token, adding `<mask>` (and resizing the
     embeddings) when it has none.
@@ -220,7 +236,7 @@ def masked_thought(options: dict | None, tokenizer, model, seed: int):
     from pipeline.losses import MaskedThought
 
     options = train_settings({"masked_thought": options or {}})["masked_thought"]
-    if float(options["p"]) <= 0:
+    if not options["enabled"]:
         return None
     mask_id = None
     if options["replace"] == "mask":
@@ -229,8 +245,8 @@ def masked_thought(options: dict | None, tokenizer, model, seed: int):
             model.resize_token_embeddings(len(tokenizer))
         mask_id = tokenizer.mask_token_id
     return MaskedThought(
-        p=float(options["p"]), cap=float(options["cap"]), ramp_steps=int(options["ramp_steps"]),
-        replace=options["replace"], seed=seed,
+        p=float(options["p"]), cap=float(options["cap"]), ramp_ratio=float(options["ramp_ratio"]),
+        ramp_steps=options["ramp_steps"], replace=options["replace"], seed=seed,
         vocab_size=min(len(tokenizer), model.get_input_embeddings().num_embeddings), mask_token_id=mask_id,
     )
 

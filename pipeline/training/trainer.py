@@ -4,7 +4,9 @@ TRL's collator and `remove_unused_columns` drop extra dataset columns and its `c
 never sees them, so this module has its own collator (pads and carries `example_weight` and
 per-token columns) and overrides `compute_loss`. Normalizer counts (response, positive, kept
 tokens...) are summed over the whole gradient-accumulation window before the first micro-batch,
-like `num_items_in_batch`, so accumulation gives the update of one big batch.
+like `num_items_in_batch`, so accumulation gives the update of one big batch. A loss whose weights
+depend on every token of the window (`needs_window_nll`, e.g. TALR with `window="accumulation"`) also
+gets `window_stats` from a no-grad forward over the window's micro-batches, run once per step.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from pipeline.losses.base import EXAMPLE_WEIGHT, TOKEN_COLUMNS, TokenLoss, shift
 from pipeline.losses.ce import CrossEntropy
 from pipeline.losses.masked_thought import MaskedThought
 
-EXTRA_COLUMNS = (EXAMPLE_WEIGHT, *TOKEN_COLUMNS)
+IGF_SCORE = "igf_score"  # per-example predicted information gain for the IGF filter
+EXTRA_COLUMNS = (EXAMPLE_WEIGHT, IGF_SCORE, *TOKEN_COLUMNS)
+_EXAMPLE_COLUMNS = (EXAMPLE_WEIGHT, IGF_SCORE)
 _TOKEN_DTYPES = {"token_label": torch.int8}
 
 
@@ -46,7 +50,7 @@ class TokenLossCollator(DataCollatorForLanguageModeling):
             if name not in examples[0]:
                 continue
             values = [ex[name] for ex in examples]
-            if name == EXAMPLE_WEIGHT:
+            if name in _EXAMPLE_COLUMNS:
                 out[name] = torch.tensor(values, dtype=torch.float32)
                 continue
             rows = []
@@ -59,11 +63,12 @@ class TokenLossCollator(DataCollatorForLanguageModeling):
                             pad_to_multiple_of=self.pad_to_multiple_of)
         return out
 
-    def apply_masked_thought(self, batch: dict[str, Any], step: int, micro: int = 0) -> dict[str, Any]:
-        """Batch with response input tokens masked for (step, micro); labels untouched."""
+    def apply_masked_thought(self, batch: dict[str, Any], step: int, micro: int = 0,
+                             max_steps: int = 0) -> dict[str, Any]:
+        """Batch with response input tokens masked for (step, micro) of a `max_steps` run; labels untouched."""
         if self.masked_thought is None or not self.masked_thought.enabled:
             return batch
-        ids = self.masked_thought.masked_inputs(batch["input_ids"], batch["labels"], step, micro)
+        ids = self.masked_thought.masked_inputs(batch["input_ids"], batch["labels"], step, micro, max_steps)
         return {**batch, "input_ids": ids}
 
 
@@ -81,9 +86,12 @@ class TokenLossSFTTrainer(SFTTrainer):
     """SFTTrainer whose loss is a `TokenLoss` computed on the fused LM head's per-token log-probs."""
 
     def __init__(self, *args: Any, loss: TokenLoss | None = None, masked_thought: MaskedThought | None = None,
-                 **kwargs: Any):
+                 igf_filter: dict[str, Any] | None = None, **kwargs: Any):
         self.token_loss = loss if loss is not None else CrossEntropy()
+        self.igf_filter = igf_filter
+        self.igf_filtered = 0  # examples skipped by the IGF filter so far
         self._window_counts: dict[str, torch.Tensor] | None = None
+        self._window_stats: dict[str, torch.Tensor] | None = None
         self._micro = 0
         targs = kwargs.get("args")
         if targs is not None and getattr(targs, "padding_free", False):
@@ -112,9 +120,59 @@ class TokenLossSFTTrainer(SFTTrainer):
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """Also sum the loss's normalizer counts over the accumulation window (like num_items_in_batch)."""
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.igf_filter is not None and self.model.training:
+            if self._apply_igf_filter(batch_samples):  # normalizers count only the examples that take part
+                num_items_in_batch = self._get_num_items_in_batch(batch_samples, device)
         self._micro = 0
         self._window_counts = self._count_window(batch_samples, device)
+        self._window_stats = self._window_nll_stats(batch_samples)
         return batch_samples, num_items_in_batch
+
+    def igf_threshold(self, step: int) -> float:
+        """IGF's threshold at `step`: `threshold` before `after_steps`, `then` afterwards (1.0 then -1.0 in the paper)."""
+        f = self.igf_filter or {}
+        return float(f["threshold"] if step < int(f["after_steps"]) else f["then"])
+
+    def _apply_igf_filter(self, batch_samples: list[dict]) -> int:
+        """IGF (arXiv 2010.00050): skip examples whose predicted IG is below this step's threshold.
+
+        A skipped example gets `example_weight` 0 and all its labels ignored (-100), so it adds nothing
+        to the loss, its gradient or the window's token counts; returns how many were skipped.
+        """
+        threshold = self.igf_threshold(self.state.global_step)
+        dropped = 0
+        for batch in batch_samples:
+            if IGF_SCORE not in batch:
+                raise ValueError(f"train.igf_filter is on but the batch has no {IGF_SCORE!r} column")
+            keep = batch[IGF_SCORE] >= threshold
+            weight = batch.get(EXAMPLE_WEIGHT, torch.ones_like(batch[IGF_SCORE]))
+            batch[EXAMPLE_WEIGHT] = weight * keep.to(weight.dtype)
+            batch["labels"] = batch["labels"].masked_fill(~keep.to(batch["labels"].device)[:, None], -100)
+            dropped += int((~keep).sum())
+        self.igf_filtered += dropped
+        self._metrics["train"]["igf_skipped"].append(float(dropped))
+        self._metrics["train"]["igf_threshold"].append(threshold)
+        return dropped
+
+    def _window_nll_stats(self, batch_samples: list[dict]) -> dict[str, torch.Tensor] | None:
+        """The loss's `window_stats` from detached token losses of every micro-batch (inputs masked as in training)."""
+        if not getattr(self.token_loss, "needs_window_nll", False) or not batch_samples:
+            return None
+        nlls, masks = [], []
+        model = self.model
+        with torch.no_grad():
+            for micro, batch in enumerate(batch_samples):
+                if "labels" not in batch:
+                    return None
+                inputs = self._prepare_inputs({k: v for k, v in batch.items() if k not in EXTRA_COLUMNS})
+                if isinstance(self.data_collator, TokenLossCollator):
+                    inputs = self.data_collator.apply_masked_thought(inputs, self.state.global_step, micro,
+                                                                     self.state.max_steps)
+                out = model(**inputs, use_cache=False, fused_lm_head=True)
+                nlls.append(-out.log_probs.float().masked_fill(~out.label_mask.bool(), 0.0))
+                masks.append(out.label_mask.bool())
+        # per process: with several processes the statistics cover this process's micro-batches only
+        return self.token_loss.window_stats(nlls, masks)
 
     def _count_window(self, batch_samples: list[dict], device) -> dict[str, torch.Tensor] | None:
         total: dict[str, torch.Tensor] = {}
@@ -135,8 +193,10 @@ class TokenLossSFTTrainer(SFTTrainer):
         """Fused forward, then our loss on per-token log-probs with the extra columns; TRL's metrics plus the loss's."""
         mode = "train" if self.model.training else "eval"
         extra = {k: inputs.pop(k) for k in EXTRA_COLUMNS if k in inputs}
+        extra.pop(IGF_SCORE, None)  # used by get_batch_samples' filter only
         if mode == "train" and isinstance(self.data_collator, TokenLossCollator):
-            inputs = self.data_collator.apply_masked_thought(inputs, self.state.global_step, self._micro)
+            inputs = self.data_collator.apply_masked_thought(inputs, self.state.global_step, self._micro,
+                                                             self.state.max_steps)
             self._micro += 1
         inputs["use_cache"] = False
         if self.aux_loss_enabled:
@@ -146,6 +206,7 @@ class TokenLossSFTTrainer(SFTTrainer):
         loss = self.token_loss.from_log_probs(
             outputs.log_probs, outputs.label_mask, num_items_in_batch, shift_columns(extra),
             step=self.state.global_step, max_steps=self.state.max_steps, counts=counts,
+            window=self._window_stats if counts is not None else None,
         )
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
