@@ -161,3 +161,14 @@ def test_sensitivity_weights_reach_the_trainer(tmp_path, tiny_model_dir, monkeyp
     assert set(received) == set(expected)  # one batch of 8 covers every kept row
     for i, w in received.items():
         assert w == pytest.approx(expected[i], rel=1e-6)
+
+
+def test_igf_filter_reaches_training_from_the_recipe(tmp_path, tiny_model_dir):
+    """sft-math scores with information_gain; train.igf_filter skips the examples below each step's threshold."""
+    extra = ["score.scorer=[perplexity, information_gain]",
+             "score.params={information_gain: {sample_size: 6, objective_size: 3, holdout: 0.0, folds: 2}}",
+             "train.igf_filter={threshold: 100.0, after_steps: 1, then: -100.0}", "train.batch_size=4"]
+    assert main(_args(tmp_path, tiny_model_dir, "igf", *extra)) == 0
+    metrics = json.loads((tmp_path / "igf" / "metrics.json").read_text())
+    assert metrics["train"]["steps"] == 2
+    assert metrics["train"]["igf_skipped"] == 4  # step 1: every example is below 100; step 2: none is below -100

@@ -108,6 +108,15 @@ def check_parts(config: dict) -> None:
     if config["flow"] in ("curate", "sft_math"):
         check_score_columns(config["select"], declared_columns(config["score"]))
     check_paths(config)
+    igf = config["train"].get("igf_filter")
+    if igf:
+        if config["flow"] != "sft_math":
+            raise ConfigError("train.igf_filter", f"needs the score table of a curation in the same run: use it with "
+                                                  f"the sft_math flow, not {config['flow']!r}")
+        columns = declared_columns(config["score"])
+        if columns is not None and igf["column"] not in columns:
+            raise ConfigError("train.igf_filter.column", f"no score column {igf['column']!r} (the scorers write: "
+                                                         f"{', '.join(columns)}; score with information_gain)")
 
 
 def check_paths(config: dict) -> None:

@@ -32,7 +32,8 @@ def sft_math_flow(config: dict, run_dir: str | None = None) -> dict:
     seconds["eval_base"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
     trained = stages.run_stage(stages.train_model, cur["data"]["train"], cur["selection"], config["model"],
-                               cur["model_rev"], config["train"], seed, root, stages.stage_code("train", config["train"]))
+                               cur["model_rev"], config["train"], seed, root, stages.stage_code("train", config["train"]),
+                               cur["scores"])
     seconds["train"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
     tuned_rev = model_key(trained["model_dir"])
@@ -52,9 +53,9 @@ def sft_math_flow(config: dict, run_dir: str | None = None) -> dict:
         "tuned": tuned,
         "delta": {"accuracy": tuned["accuracy"] - base["accuracy"], "nll": tuned["nll"] - base["nll"]},
         "selection": {k: sel[k] for k in ("read", "kept", "dropped")},
-        "train": {"loss": config["train"].get("loss", "ce"),
+        "train": {"loss": config["train"]["loss"],
                   **{k: trained.get(k) for k in ("train_loss", "steps", "runtime_s", "model_dir", "resumed_from",
-                                                 "loss_history")}},
+                                                 "loss_history", "igf_skipped")}},
         "seconds": seconds,
         "data_card": cur["card"],
         "cache_keys": {**cur["cache_keys"], "tuned_model": tuned_rev},

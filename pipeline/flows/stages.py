@@ -293,7 +293,10 @@ def token_columns_for(kept: pl.DataFrame, model: str, cfg: dict, seed: int, cach
     if not getattr(loss, "requires", ()):
         return None
     t0 = time.perf_counter()
-    columns = training_columns(kept, cfg["loss"], model, cfg["max_length"], cache_root, cfg["token_labels"], seed)
+    from pipeline.training.reference import reference_settings
+
+    columns = training_columns(kept, cfg["loss"], model, cfg["max_length"], cache_root, cfg["token_labels"], seed,
+                               reference_settings(cfg))
     log(f"token labels ({', '.join(columns)}) from base and held-out reference token losses "
         f"in {time.perf_counter() - t0:.0f}s")
     return columns

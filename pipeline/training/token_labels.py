@@ -103,15 +103,17 @@ def label_folds(examples: pl.DataFrame, options: dict | None = None, seed: int =
     return folds
 
 
-def reference_settings(options: dict | None, max_length: int) -> dict[str, Any]:
-    """Train settings of a label reference: the run's max_length, `lora` (unless reference_train names one)
-    and `reference_train` on top of `pipeline.training.reference.REFERENCE_TRAIN`."""
+def label_reference_train(options: dict | None, max_length: int, inherited: dict | None = None) -> dict[str, Any]:
+    """Train settings of a label reference: the recipe's train settings it inherits (`inherited`,
+    `pipeline.training.reference.reference_settings`), the run's max_length, `lora` (unless
+    reference_train names one) and `reference_train` on top."""
     o = label_settings(options)
-    return {"max_length": max_length, "lora": o["lora"], **o["reference_train"]}
+    return {**(inherited or {}), "max_length": max_length, "lora": o["lora"], **o["reference_train"]}
 
 
 def training_columns(examples: pl.DataFrame, loss_name: str, model: str, max_length: int,
-                     cache_root: str | Path, options: dict | None = None, seed: int = 0) -> dict[str, list[list]]:
+                     cache_root: str | Path, options: dict | None = None, seed: int = 0,
+                     inherited: dict | None = None) -> dict[str, list[list]]:
     """The per-token columns a token-label loss trains with, from base and (held-out) reference token tables.
 
     `options` (a recipe's `train.token_labels`): `method` (forgetting | token_cleaning | rho1,
@@ -125,7 +127,7 @@ def training_columns(examples: pl.DataFrame, loss_name: str, model: str, max_len
                          "to forgetting, token_cleaning or rho1")
     ctx = ScoreContext(model_name=model, max_length=max_length, seed=seed)
     scorers = Path(cache_root) / "scorers"
-    train_cfg = reference_settings(o, max_length)
+    train_cfg = label_reference_train(o, max_length, inherited)
     paths = []
     for fold in label_folds(examples, o, seed):
         reference = fold.reference or reference_model(model, fold.train, cache_root, train_cfg, seed)
