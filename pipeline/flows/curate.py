@@ -24,7 +24,8 @@ def curate_stages(config: dict, run_dir: str) -> dict[str, Any]:
     scores = stages.run_stage(stages.score, data["train"], config["model"], model_rev, config["score"], seed, root,
                               stages.stage_code("score", config["score"]), ref_cfg)
     selection = stages.run_stage(stages.select, scores, data["train"], config["model"], model_rev,
-                                 config["select"], seed, root, stages.stage_code("select", config["select"]), ref_cfg)
+                                 config["select"], seed, root, stages.stage_code("select", config["select"]), ref_cfg,
+                                 config["score"]["max_length"])
     run = Path(run_dir)
     for name in ("train", "validation", "test"):
         stages.publish(data[name]["path"], run / "data" / f"{name}.parquet")

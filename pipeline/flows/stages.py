@@ -205,21 +205,22 @@ def with_reference(scorer: str, params: dict, examples: pl.DataFrame, ctx, cache
 
 @task(name="select", **TASK_OPTIONS)
 def select(scores: dict, train: dict, model: str, model_rev: str, cfg: dict | list, seed: int,
-           cache_root: str, code: str, ref_cfg: dict) -> dict[str, Any]:
+           cache_root: str, code: str, ref_cfg: dict, max_length: int) -> dict[str, Any]:
     """Apply the selection rule(s); every id gets kept/dropped, a reason and a weight. Selectors that
-    train (CLEAR's correction model, data-mix proxies) get a trainer with the recipe's settings `ref_cfg`."""
+    train (CLEAR's correction model, data-mix proxies) get a trainer with the recipe's settings `ref_cfg`;
+    those that score with the model (sensitivity's default loss) tokenize with the scores' `max_length`."""
     from pipeline.selectors import SelectContext, compose
     from pipeline.selectors.base import summarize
     from pipeline.training.reference import reference_trainer
 
     out_dir = stage_dir(cache_root, "selection", scores["key"], train["fingerprint"], model_rev, cfg, seed, code,
-                        ref_cfg)
+                        ref_cfg, max_length)
     out, stages_path = out_dir / "selection.parquet", out_dir / "stages.json"
     with locked(out_dir):
         if not is_complete(out_dir):
             context = SelectContext(examples=pl.read_parquet(train["path"]), model_name=model,
                                     run_dir=str(out_dir / "work"), train_fn=reference_trainer(model, cache_root, ref_cfg),
-                                    train_cfg=ref_cfg)
+                                    train_cfg=ref_cfg, max_length=max_length)
             score_table = pl.read_parquet(scores["path"])
             check_score_columns(cfg, score_table.columns)
             selection, stage_counts = compose(score_table, select_steps(cfg), seed, context)

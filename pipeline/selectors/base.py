@@ -17,6 +17,7 @@ from typing import Any
 
 import polars as pl
 
+from pipeline.core.config import DEFAULT_MAX_LENGTH
 from pipeline.core.registry import Part
 
 SELECTION_SCHEMA: dict[str, pl.DataType] = {
@@ -34,7 +35,8 @@ class SelectContext:
     `seed`: the run's seed (set by `run_selector`; sampling selectors read it). `examples`: the example
     table (id, prompt, response, domain, ...). `loss_fn`: rows -> per-row losses (sensitivity).
     `train_fn`, `generate_fn`, `confidence_fn`: CLEAR's auto-correct steps. `proxy_train_fn`:
-    datamix's proxy runs. `model_name`, `run_dir`, `train_cfg`: for the defaults.
+    datamix's proxy runs. `model_name`, `run_dir`, `train_cfg`, `max_length` (the recipe's scoring
+    tokenization): for the defaults.
     """
 
     examples: pl.DataFrame | None = None
@@ -48,6 +50,7 @@ class SelectContext:
     train_cfg: dict[str, Any] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    max_length: int = DEFAULT_MAX_LENGTH
 
 
 class Selector(Part):

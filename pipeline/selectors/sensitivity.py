@@ -179,7 +179,7 @@ def _loss_fn(scores: pl.DataFrame, loss_column: str | None, context: SelectConte
         return lambda idx: values[idx]
     row_fn = context.loss_fn if context is not None else None
     if row_fn is None and context is not None and context.model_name:
-        row_fn = model_loss_fn(context.model_name)
+        row_fn = model_loss_fn(context.model_name, context.max_length)
     if row_fn is None:
         raise ValueError("sensitivity needs a loss column (loss=...), context.loss_fn or context.model_name")
     rows = _rows(scores, context)
