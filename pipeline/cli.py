@@ -42,6 +42,11 @@ def _print_summary(m: dict) -> None:
         print("")
         print(f"  base  accuracy {b['accuracy']:.3f}   response NLL {b['nll']:.4f}")
         print(f"  tuned accuracy {t['accuracy']:.3f}   response NLL {t['nll']:.4f}")
+        d = m.get("delta") or {}
+        if d.get("nll_ci"):
+            print(f"  tuned - base response NLL {d['nll']:+.4f} (95% CI {d['nll_ci'][0]:+.4f} to "
+                  f"{d['nll_ci'][1]:+.4f}, paired over {d['n_examples']} test examples); bits per byte "
+                  f"{d['bits_per_byte']:+.4f} ({d['bits_per_byte_ci'][0]:+.4f} to {d['bits_per_byte_ci'][1]:+.4f})")
         print(f"  selection: kept {m['selection']['kept']} of {m['selection']['read']}")
     if "eval" in m:
         print(f"\n  {m['model']}: accuracy {m['eval']['accuracy']:.3f}   response NLL {m['eval']['nll']:.4f}")
@@ -118,6 +123,28 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_study(report: dict) -> None:
+    """A study folder: its results table (the same one results.md holds)."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    level = int(round(100 * (report.get("level") or 0.95)))
+    table = Table(title=f"study {report['folder']} (baseline: {report['baseline']}, {level}% CIs)")
+    cols = ("variant", "nll", "d_nll", "bpb", "d_bpb", "accuracy", "d_accuracy")
+    for c in cols:
+        table.add_column(c)
+    for row in report["rows"]:
+        cells = [str(row["variant"])]
+        for c in cols[1:]:
+            v, lo, hi = row.get(c), row.get(f"{c}_lo"), row.get(f"{c}_hi")
+            fmt = "+.4f" if c.startswith("d_") else ".4f"
+            ci = f" [{lo:{fmt}}, {hi:{fmt}}]" if lo is not None and hi is not None else ""
+            cells.append("" if v is None else f"{v:{fmt}}{ci}")
+        table.add_row(*(Text(c) for c in cells))
+    Console(markup=False, emoji=False, highlight=False).print(table)
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Summary, --list, --id, --compare, --export or a filtered listing; rich tables or --json."""
     from pipeline.reports import inspect as ins
@@ -156,6 +183,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         elif args.export:
             report = ins.export_report(args.run_dir, args.export, n=args.n, force=args.force, **filters)
             show = ins.print_export
+        elif not (filtered or args.columns) and (Path(args.run_dir) / "results.parquet").is_file():
+            from pipeline.reports.study import study_report
+
+            report, show = study_report(args.run_dir), _print_study
         elif filtered or args.columns:
             columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
             report = ins.query_report(args.run_dir, n=20 if args.n is None else args.n, columns=columns, **filters)

@@ -176,6 +176,11 @@ class Recipe(Section):
     train: TrainSection = TrainSection()
     eval: EvalSection = EvalSection()
     recipe_file: str | None = None  # where it was loaded from (not part of any cache key)
+    data_seed: int | None = None  # seed of the data splits; None = `seed` (a study keeps one test split)
+    # The study flow: seeds to repeat every variant with, and the variants (each a `name` plus overrides
+    # of any section; the shared sections above are the baseline: see pipeline/flows/study.py).
+    seeds: list[int] | None = None
+    variants: list[dict[str, Any]] | None = None
 
 
 def section_defaults(section: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ FLOWS = {
     "curate": "pipeline.flows.curate:curate_flow",
     "train": "pipeline.flows.train:train_flow",
     "evaluate": "pipeline.flows.evaluate:evaluate_flow",
+    "study": "pipeline.flows.study:study_flow",
 }
 
 

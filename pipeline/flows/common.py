@@ -13,6 +13,11 @@ def cache_root(config: dict) -> str:
     return str(Path(config.get("cache_dir") or cache_dir() / "stages").resolve())
 
 
+def data_seed(config: dict) -> int:
+    """The seed of the data splits: `data_seed` when set (a study's seeds share one test split), else `seed`."""
+    return int(config["seed"] if config.get("data_seed") is None else config["data_seed"])
+
+
 def ensure_run_dir(config: dict, run_dir: str | None) -> str:
     """The given run dir, or a fresh timestamped one (scheduled runs get one each)."""
     from pipeline.core.runs import new_run_dir

@@ -9,7 +9,7 @@ from prefect import flow
 
 from pipeline.core.io import write_json
 from pipeline.flows import stages
-from pipeline.flows.common import cache_root, ensure_run_dir, publish_artifacts
+from pipeline.flows.common import cache_root, data_seed, ensure_run_dir, publish_artifacts
 from pipeline.flows.recipe import resolve_config
 from pipeline.models.loading import model_key
 from pipeline.training.reference import reference_settings
@@ -20,7 +20,8 @@ def curate_stages(config: dict, run_dir: str) -> dict[str, Any]:
     seed, root = int(config.get("seed", 0)), cache_root(config)
     model_rev = model_key(config["model"])
     ref_cfg = reference_settings(config["train"])  # references train like the recipe says (LoRA included)
-    data = stages.run_stage(stages.load_data, config["data"], seed, root, stages.stage_code("data"))
+    data = stages.run_stage(stages.load_data, config["data"], data_seed(config), root,
+                            stages.stage_code("data"))
     scores = stages.run_stage(stages.score, data["train"], config["model"], model_rev, config["score"], seed, root,
                               stages.stage_code("score", config["score"]), ref_cfg)
     selection = stages.run_stage(stages.select, scores, data["train"], config["model"], model_rev,

@@ -8,7 +8,7 @@ from prefect import flow
 
 from pipeline.core.io import write_json
 from pipeline.flows import stages
-from pipeline.flows.common import cache_root, ensure_run_dir, publish_artifacts
+from pipeline.flows.common import cache_root, data_seed, ensure_run_dir, publish_artifacts
 from pipeline.flows.recipe import resolve_config
 from pipeline.models.loading import model_key
 
@@ -18,8 +18,9 @@ def evaluate_flow(config: dict, run_dir: str | None = None) -> dict:
     """Evaluate `model` (an id or a trained folder, e.g. a train run's `model`) on the recipe's test split."""
     config = resolve_config(config)
     run_dir = ensure_run_dir(config, run_dir)
-    seed, root = int(config.get("seed", 0)), cache_root(config)
-    data = stages.run_stage(stages.load_data, config["data"], seed, root, stages.stage_code("data"))
+    root = cache_root(config)
+    data = stages.run_stage(stages.load_data, config["data"], data_seed(config), root,
+                            stages.stage_code("data"))
     model_rev = model_key(config["model"])
     result = stages.run_stage(stages.evaluate, config["model"], model_rev, "model", data["test"], config["eval"], root,
                              stages.stage_code("eval"))

@@ -9,6 +9,7 @@ command line are always checked against the new part.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -168,10 +169,63 @@ def declared_columns(score: dict) -> list[str] | None:
     return out
 
 
+BASELINE = "baseline"
+SECTIONS = ("score", "select", "train", "eval")
+COMPUTE_KEYS = ("max_steps", "epochs", "batch_size", "grad_accum")  # equal compute: shared by every variant
+
+
+def variant_configs(config: dict) -> list[tuple[str, dict]]:
+    """(name, resolved config) of the baseline and of every variant; errors name `variants[i].<key>`."""
+    variants = config.get("variants") or []
+    if not variants:
+        raise ConfigError("variants", "a study needs at least one variant, e.g. [{name: dft, train: {loss: dft}}]")
+    if int(config["train"]["max_steps"]) <= 0:
+        raise ConfigError("train.max_steps", "a study trains every variant the same number of steps: set it > 0")
+    base = {k: v for k, v in config.items() if k not in ("variants", "seeds")}
+    baseline = resolve_config({**base, "flow": "sft_math", "name": f"{config['name']}-{BASELINE}"})
+    out, names = [(BASELINE, baseline)], {BASELINE}
+    for i, variant in enumerate(variants):
+        where = f"variants[{i}]"
+        if not isinstance(variant, dict) or not isinstance(variant.get("name"), str) or not variant["name"]:
+            raise ConfigError(where, "each variant is a mapping with a `name` and section overrides")
+        if variant["name"] in names:
+            raise ConfigError(f"{where}.name", f"{variant['name']!r} is used twice (or is the baseline's name)")
+        names.add(variant["name"])
+        unknown = set(variant) - {"name", *SECTIONS}
+        if unknown:
+            raise ConfigError(f"{where}.{sorted(unknown)[0]}", f"a variant overrides only {', '.join(SECTIONS)}")
+        fixed = set(variant.get("train") or {}) & set(COMPUTE_KEYS)
+        if fixed:
+            raise ConfigError(f"{where}.train.{sorted(fixed)[0]}", "equal compute: steps, epochs and batch are "
+                                                                   "shared by every variant (set them in train)")
+        cfg = {**copy.deepcopy(base), "flow": "sft_math", "name": f"{config['name']}-{variant['name']}"}
+        for section in SECTIONS:
+            if section not in variant:
+                continue
+            if section == "select" or not isinstance(variant[section], dict):
+                cfg[section] = copy.deepcopy(variant[section])
+            else:
+                cfg[section] = _merge(cfg[section], variant[section])
+        try:
+            out.append((variant["name"], resolve_config(cfg)))
+        except ConfigError as err:
+            raise ConfigError(f"{where}.{err.key}", str(err).removeprefix(f"{err.key}: ")) from None
+    return out
+
+
+def _merge(base: dict, over: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for k, v in over.items():
+        merged[k] = _merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+    return merged
+
+
 def resolve_config(config: dict) -> dict:
     """A config dict (e.g. a flow's parameter) validated, defaults filled in, parts checked."""
     resolved = validate(config).model_dump()
     check_parts(resolved)
+    if resolved["flow"] == "study":
+        variant_configs(resolved)  # every variant resolved and checked before anything runs
     return resolved
 
 

@@ -51,7 +51,7 @@ def sft_math_flow(config: dict, run_dir: str | None = None) -> dict:
         "recipe": config["name"],
         "base": base,
         "tuned": tuned,
-        "delta": {"accuracy": tuned["accuracy"] - base["accuracy"], "nll": tuned["nll"] - base["nll"]},
+        "delta": nll_delta(base, tuned, seed),
         "selection": {k: sel[k] for k in ("read", "kept", "dropped")},
         "train": {"loss": config["train"]["loss"],
                   **{k: trained.get(k) for k in ("train_loss", "steps", "runtime_s", "model_dir", "resumed_from",
@@ -64,3 +64,17 @@ def sft_math_flow(config: dict, run_dir: str | None = None) -> dict:
     write_json(Path(run_dir) / "metrics.json", metrics)
     publish_artifacts(config["name"], metrics, stage_counts(sel))
     return metrics
+
+
+def nll_delta(base: dict, tuned: dict, seed: int) -> dict:
+    """Tuned minus base accuracy, response NLL and bits per byte, the last two with paired 95% bootstrap
+    CIs over the test examples: whether the fine-tune helped beyond test-set noise."""
+    import polars as pl
+
+    from pipeline.evaluation.stats import paired_nll_difference
+
+    diff = paired_nll_difference(pl.read_parquet(Path(base["path"]).with_suffix(".parquet")),
+                                 pl.read_parquet(Path(tuned["path"]).with_suffix(".parquet")), seed=seed)
+    return {"accuracy": tuned["accuracy"] - base["accuracy"], "nll": diff["d_nll"],
+            "nll_ci": [diff["d_nll_lo"], diff["d_nll_hi"]], "bits_per_byte": diff["d_bpb"],
+            "bits_per_byte_ci": [diff["d_bpb_lo"], diff["d_bpb_hi"]], "n_examples": diff["n_examples"]}

@@ -124,3 +124,31 @@ class TopK(Selector):
     def select(self, scores: pl.DataFrame, ctx: SelectContext) -> pl.DataFrame:
         return _result(scores, self.column, _rank(scores, self.column, self.order) < int(self.k),
                        f"top {self.k} ({self.order}) by {self.column}")
+
+
+@register_selector("random")
+class RandomSubset(Selector):
+    """Keep a uniformly random subset of exactly round(fraction * n) (or k) rows, seeded by the run's seed:
+    the baseline every selection method is compared with at the same budget."""
+
+    def __init__(self, fraction: float | None = None, k: int | None = None):
+        if (fraction is None) == (k is None):
+            raise ConfigError("fraction", "give exactly one of fraction or k")
+        if fraction is not None and not 0.0 <= fraction <= 1.0:
+            raise ConfigError("fraction", f"must be in [0, 1], got {fraction}")
+        if k is not None and k < 0:
+            raise ConfigError("k", f"must be >= 0, got {k}")
+        self.fraction, self.k = fraction, k
+
+    def select(self, scores: pl.DataFrame, ctx: SelectContext) -> pl.DataFrame:
+        import numpy as np
+
+        n = scores.height
+        budget = min(n, self.k if self.k is not None else round(self.fraction * n))
+        chosen = np.zeros(n, dtype=bool)
+        chosen[np.random.default_rng(ctx.seed).permutation(n)[:budget]] = True
+        rule = f"random {budget} of {n} (seed {ctx.seed})"
+        return scores.select("id").with_columns(
+            pl.Series("kept", chosen), pl.lit(1.0).alias("weight"),
+            pl.when(pl.Series(chosen)).then(pl.lit(f"kept: {rule}")).otherwise(pl.lit(f"dropped: {rule}"))
+            .alias("reason"))

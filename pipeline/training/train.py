@@ -163,6 +163,7 @@ def train(model_name: str, examples: pl.DataFrame, output_dir: str | Path, cfg: 
         "model_dir": str(final),
         "resumed_from": resume,
         "igf_skipped": trainer.igf_filtered if cfg["igf_filter"] else None,
+        "train_tokens": int(getattr(trainer, "_total_train_tokens", 0)),  # real (non-pad) tokens trained on
     }
 
 

@@ -1,0 +1,59 @@
+"""The study flow: variants x seeds at equal compute, paired CIs vs the baseline, resumable after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import polars as pl
+
+from pipeline.cli import main
+from tests.test_flow_losses import _cli
+
+SMALL = ["train.max_steps=2", "train.batch_size=4", "train.max_length=192", "data.n_train=16", "data.n_val=4",
+         "data.n_test=8", "eval.n_generate=2", "eval.max_new_tokens=8", "eval.max_length=192", "score.max_length=192"]
+
+
+def study_args(tmp_path, tiny_model_dir, run: str, *extra: str) -> list[str]:
+    args = ["run", "study", "--run-dir", str(tmp_path / run)]
+    for s in (f"model={tiny_model_dir}", f"cards_dir={tmp_path / 'cards'}", f"cache_dir={tmp_path / 'cache'}",
+              "seeds=[0, 1]", "variants=[{name: dft, train: {loss: dft}}, {name: ppl-low, select: {rule: fraction, "
+              "column: ppl, fraction: 0.5, order: lowest}}]", *SMALL, *extra):
+        args += ["--set", s]
+    return args
+
+
+def test_study_compares_variants_with_paired_intervals(tmp_path, tiny_model_dir):
+    assert main(study_args(tmp_path, tiny_model_dir, "s")) == 0
+    run = tmp_path / "s"
+    results = pl.read_parquet(run / "results.parquet")
+    assert results.get_column("variant").to_list() == ["baseline", "dft", "ppl-low"]
+    base = results.filter(pl.col("variant") == "baseline").row(0, named=True)
+    assert base["d_nll"] == 0 and base["d_nll_lo"] == 0 and base["d_nll_hi"] == 0
+    for row in results.iter_rows(named=True):
+        assert row["nll_lo"] <= row["nll"] <= row["nll_hi"] and row["d_nll_lo"] <= row["d_nll"] <= row["d_nll_hi"]
+    per_example = pl.read_parquet(run / "per_example.parquet")
+    assert per_example.group_by("variant", "seed").len().get_column("len").to_list() == [8] * 6  # same 8 test ids
+    assert per_example.group_by("variant").agg(pl.col("id").n_unique()).get_column("id").to_list() == [8, 8, 8]
+    text = (run / "results.md").read_text()
+    assert all(name in text for name in ("baseline", "dft", "ppl-low")) and (run / "results.png").exists()
+    runs = json.loads((run / "metrics.json").read_text())["study"]
+    assert {r["variant"] for r in runs} == {"baseline", "dft", "ppl-low"}
+    # equal compute: every cell trained the same steps at the same batch
+    cells = sorted((run / "cells").iterdir())
+    assert len(cells) == 6
+
+
+def test_killed_study_resumes_and_finishes_only_the_rest(tmp_path, tiny_model_dir):
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "SFT_PIPELINE_CRASH": "train:1"}
+    args = study_args(tmp_path, tiny_model_dir, "s", "seeds=[0]", "train.save_steps=1")
+    assert _cli(args, env, tmp_path / "log1.txt") == -signal.SIGKILL  # killed after the first checkpoint
+    env.pop("SFT_PIPELINE_CRASH")
+    assert _cli(args, env, tmp_path / "log2.txt") == 0, (tmp_path / "log2.txt").read_text()[-3000:]
+    log = (tmp_path / "log2.txt").read_text()
+    assert log.count("scored with") == 0  # the killed run's scores were complete: reused, not recomputed
+    assert log.count("training on") == 3  # the interrupted cell resumed, the other two ran once
+    done = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "train").glob("*/train_metrics.json")]
+    assert sum(1 for m in done if m["resumed_from"]) == 1
+    assert (tmp_path / "s" / "results.md").exists()
