@@ -1,4 +1,4 @@
-"""Paired bootstrap statistics (pipeline.evaluation.stats)."""
+"""Paired bootstrap statistics (pipeline.evaluation.stats) and the study report writer (pipeline.reports.study)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 from pipeline.evaluation.stats import compare, corpus_metrics, paired_nll_difference
+from pipeline.reports.study import study_report, write_results
 
 
 def _frame(nll: dict[str, np.ndarray], tok: np.ndarray, n_gen: int = 0,
@@ -179,3 +180,49 @@ def test_compare_is_fast_at_study_scale():
     assert time.perf_counter() - start < 5  # about a second at most on a shared 2-core machine
     assert out.height == 10
 
+
+def _study(tmp_path):
+    rng = np.random.default_rng(10)
+    tok = rng.integers(10, 60, 20)
+    base = 2 + rng.normal(0, 0.5, (2, 20))
+    nll = {"full": base, "ifd-top": base - 0.1 + rng.normal(0, 0.02, (2, 20)), "random": base + rng.normal(0, 0.02, (2, 20))}
+    correct = {v: rng.random((2, 20)) < 0.5 for v in nll}
+    per_example = _frame(nll, tok, n_gen=10, correct=correct)
+    runs = pl.DataFrame({"variant": [v for v in nll for _ in range(2)], "seed": [0, 1] * 3,
+                         "steps": [100] * 6, "train_tokens": [250_000] * 6, "seconds": [61.0, 59.0] * 3,
+                         "selector": [v for v in nll for _ in range(2)]})
+    meta = {"command": "pipeline run study recipe.yaml", "machine": "test-box", "seeds": [0, 1], "test_size": 20,
+            "date": "2025-01-01"}
+    return write_results(tmp_path / "study", per_example, runs, "full", meta, n_boot=300), per_example
+
+
+def test_write_results_writes_table_markdown_and_figure(tmp_path):
+    res, per_example = _study(tmp_path)
+    paths = res["paths"]
+    table = pl.read_parquet(paths["results"])
+    assert table.get_column("variant").to_list() == ["full", "ifd-top", "random"]
+    assert {"d_nll", "d_nll_lo", "d_nll_hi", "bpb_lo", "accuracy_hi", "steps", "train_tokens", "seconds", "n_runs"} <= set(table.columns)
+    assert _row(table, "ifd-top")["seconds"] == 60.0 and _row(table, "ifd-top")["selector"] == "ifd-top"
+    assert pl.read_parquet(paths["per_example"]).equals(per_example)
+    md = open(paths["markdown"], encoding="utf-8").read()
+    for v in ("full (baseline)", "ifd-top", "random", "pipeline run study recipe.yaml", "test-box", "2025-01-01"):
+        assert v in md
+    assert "`full` is the baseline." in md
+    assert "`ifd-top`: on NLL it beats the baseline" in md
+    assert "`random`: on NLL it" in md and "on accuracy it" in md
+    with open(paths["figure"], "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert res["rows"] == table.to_dicts()
+
+
+def test_study_report_round_trips(tmp_path):
+    res, _ = _study(tmp_path)
+    folder = tmp_path / "study"
+    report = study_report(folder)
+    assert report["rows"] == res["rows"] and report["baseline"] == "full" and report["level"] == 0.95
+    assert report["meta"]["command"] == "pipeline run study recipe.yaml"
+    (folder / "study.json").write_text('{"variants": ["full", "ifd-top", "random"], "machine": "other"}')
+    report = study_report(folder)
+    assert report["meta"]["variants"] == ["full", "ifd-top", "random"] and report["meta"]["machine"] == "other"
+    with pytest.raises(FileNotFoundError):
+        study_report(tmp_path / "nothing")
