@@ -1,0 +1,188 @@
+"""Study results: variants x seeds at equal compute, compared with a baseline on one held-out test split.
+
+`write_results` turns the per-example evaluation of every tuned model into the files a reader needs:
+`results.parquet` (the `pipeline.evaluation.stats.compare` table with per-variant training cost),
+`per_example.parquet` (its input, so every number can be recomputed), `results.md` (a paper-ready
+table with 95% CIs and a verdict per variant) and `results.png` (differences from the baseline with
+their CIs). `study_report` reads them back for `pipeline inspect`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from pipeline.core.io import atomic_path, read_json, write_parquet, write_text
+from pipeline.evaluation.stats import METRICS, compare
+
+RESULTS = "results.parquet"
+PER_EXAMPLE = "per_example.parquet"
+MARKDOWN = "results.md"
+FIGURE = "results.png"
+META_KEY = "pipeline.study"  # parquet key-value metadata holding baseline, level and meta
+COST = ("steps", "train_tokens", "seconds")
+_LABELS = {"nll": "NLL (nats/token)", "bpb": "bits/byte", "accuracy": "accuracy"}
+
+
+def _cost(runs: pl.DataFrame) -> pl.DataFrame:
+    """Per variant: number of runs, mean of every numeric run column (steps, tokens, seconds, extras) and
+    the other columns that hold one value per variant (a selector or loss description)."""
+    if "variant" not in runs.columns:
+        raise ValueError(f"runs needs a 'variant' column (has {runs.columns})")
+    runs = runs.with_columns(*[pl.lit(None, dtype=pl.Float64).alias(c) for c in COST if c not in runs.columns])
+    numeric = [c for c, t in runs.schema.items() if c not in ("variant", "seed") and (t.is_numeric() or t == pl.Null)]
+    others = [c for c in runs.columns if c not in ("variant", "seed", *numeric)
+              and runs.group_by("variant").agg(pl.col(c).n_unique()).get_column(c).max() == 1]
+    return runs.group_by("variant", maintain_order=True).agg(
+        pl.len().alias("n_runs"), *[pl.col(c).cast(pl.Float64).mean() for c in numeric],
+        *[pl.col(c).first() for c in others])
+
+
+def _verdict(lo: float | None, hi: float | None, lower_is_better: bool) -> str:
+    """'better', 'worse' or 'indistinguishable' from the CI of variant minus baseline."""
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+        return "not measured"
+    if hi < 0:
+        return "better" if lower_is_better else "worse"
+    if lo > 0:
+        return "worse" if lower_is_better else "better"
+    return "indistinguishable"
+
+
+def _num(x: float | None, digits: int = 4, sign: bool = False, scale: float = 1.0) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x * scale:+.{digits}f}" if sign else f"{x * scale:.{digits}f}"
+
+
+def _ci(row: dict, name: str, digits: int = 4, sign: bool = False, scale: float = 1.0, unit: str = "") -> str:
+    """`value [lo, hi]` of column `name` in `row`."""
+    if row.get(name) is None:
+        return "-"
+    return (f"{_num(row[name], digits, sign, scale)}{unit} "
+            f"[{_num(row[f'{name}_lo'], digits, sign, scale)}, {_num(row[f'{name}_hi'], digits, sign, scale)}]")
+
+
+def _tokens(x: float | None) -> str:
+    if x is None or math.isnan(x):
+        return "-"
+    return f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x / 1e3:.1f}k" if x >= 1e3 else f"{x:.0f}"
+
+
+def _seconds(x: float | None) -> str:
+    if x is None or math.isnan(x):
+        return "-"
+    return f"{x / 3600:.1f} h" if x >= 3600 else f"{x / 60:.1f} min" if x >= 60 else f"{x:.0f} s"
+
+
+def _markdown(rows: list[dict], baseline: str, level: float, n_boot: int, meta: dict) -> str:
+    """The results table, a verdict per variant and a header with how the numbers were made."""
+    pct = f"{level:.0%}"
+    first = rows[0] if rows else {}
+    header = {"command": meta.get("command"), "machine": meta.get("machine") or platform.node(),
+              "seeds": meta.get("seeds", first.get("n_seeds")), "test size": meta.get("test_size", first.get("n_examples")),
+              "generated (accuracy)": first.get("n_generated"),
+              "date": meta.get("date") or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    extra = {k: v for k, v in meta.items() if k not in ("command", "machine", "seeds", "test_size", "date")}
+    lines = ["# Study results", "", *[f"- **{k}**: {json.dumps(v, default=str) if isinstance(v, (dict, list)) else v}"
+                                      for k, v in {**header, **extra}.items() if v is not None],
+             f"- **baseline**: `{baseline}`",
+             f"- **intervals**: {pct} percentile bootstrap ({n_boot} replicates) over test examples and seeds; "
+             "differences are paired (same resampled examples and seeds for variant and baseline)", "",
+             f"| variant | NLL [{pct} CI] | ΔNLL vs baseline | bits/byte | Δbpb | accuracy | Δacc (pts) | steps | train tokens | wall time |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        is_base = r["variant"] == baseline
+        name = f"{r['variant']} (baseline)" if is_base else r["variant"]
+        lines.append(" | ".join([
+            f"| {name}", _ci(r, "nll"), "0" if is_base else _ci(r, "d_nll", sign=True),
+            _ci(r, "bpb"), "0" if is_base else _ci(r, "d_bpb", sign=True),
+            _ci(r, "accuracy", 1, scale=100, unit="%"),
+            "0" if is_base or r.get("d_accuracy") is None else _ci(r, "d_accuracy", 1, sign=True, scale=100),
+            _num(r.get("steps"), 0), _tokens(r.get("train_tokens")), _seconds(r.get("seconds")) + " |"]))
+    lines += ["", f"## Verdicts at {pct}", "", f"- `{baseline}` is the baseline."]
+    for r in rows:
+        if r["variant"] == baseline:
+            continue
+        nll = _verdict(r["d_nll_lo"], r["d_nll_hi"], lower_is_better=True)
+        acc = _verdict(r.get("d_accuracy_lo"), r.get("d_accuracy_hi"), lower_is_better=False)
+        words = {"better": "beats the baseline", "worse": "is worse than the baseline",
+                 "indistinguishable": "is indistinguishable from the baseline", "not measured": "was not measured"}
+        lines.append(f"- `{r['variant']}`: on NLL it {words[nll]} (ΔNLL {_ci(r, 'd_nll', sign=True)}); "
+                     f"on accuracy it {words[acc]} (Δ {_ci(r, 'd_accuracy', 1, sign=True, scale=100)} pts).")
+    lines += ["", f"![differences from the baseline]({FIGURE})", ""]
+    return "\n".join(lines)
+
+
+def _figure(path: Path, rows: list[dict], baseline: str, level: float) -> Path:
+    """One panel per metric: variant minus baseline with its CI as an error bar, and a zero line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["variant"] for r in rows]
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 0.5 * len(names) + 1.8), dpi=100, sharey=True)
+    for ax, m in zip(axes, METRICS, strict=True):
+        scale = 100.0 if m == "accuracy" else 1.0
+        ax.axvline(0.0, color="grey", lw=1, ls="--")
+        ys = [i for i, r in enumerate(rows) if r.get(f"d_{m}") is not None]
+        if ys:
+            d = [rows[i][f"d_{m}"] * scale for i in ys]
+            err = [[(rows[i][f"d_{m}"] - rows[i][f"d_{m}_lo"]) * scale for i in ys],
+                   [(rows[i][f"d_{m}_hi"] - rows[i][f"d_{m}"]) * scale for i in ys]]
+            ax.errorbar(d, ys, xerr=err, fmt="o", capsize=3)
+        else:
+            ax.text(0.5, 0.5, "not measured", transform=ax.transAxes, ha="center", va="center")
+        ax.set_yticks(range(len(names)), names)
+        ax.set_xlabel(f"Δ {_LABELS[m]}{' (pts)' if m == 'accuracy' else ''}")
+        ax.set_title(f"{_LABELS[m]}: variant − {baseline}")
+    axes[0].invert_yaxis()
+    fig.suptitle(f"Difference from baseline with {level:.0%} CI (lower NLL/bpb, higher accuracy is better)", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def write_results(folder: str | Path, per_example: pl.DataFrame, runs: pl.DataFrame, baseline: str,
+                  meta: dict[str, Any], *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict[str, Any]:
+    """Compare the variants with `baseline` and write results.parquet, per_example.parquet, results.md and
+    results.png into `folder`; return their paths and the results rows."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    table = compare(per_example, baseline, n_boot=n_boot, seed=seed, level=level)
+    table = table.join(_cost(runs), on="variant", how="left", maintain_order="left")
+    rows = table.to_dicts()
+    stored = {"baseline": baseline, "level": level, "n_boot": n_boot, "seed": seed, "meta": meta}
+    paths = {"results": folder / RESULTS, "per_example": folder / PER_EXAMPLE,
+             "markdown": folder / MARKDOWN, "figure": folder / FIGURE}
+    with atomic_path(paths["results"]) as tmp:
+        table.write_parquet(tmp, metadata={META_KEY: json.dumps(stored, default=str)})
+    write_parquet(paths["per_example"], per_example)
+    write_text(paths["markdown"], _markdown(rows, baseline, level, n_boot, meta))
+    _figure(paths["figure"], rows, baseline, level)
+    return {"paths": {k: str(v) for k, v in paths.items()}, "rows": rows}
+
+
+def study_report(folder: str | Path) -> dict[str, Any]:
+    """A study folder's results for `pipeline inspect`: baseline, level, meta (study.json over the stored
+    meta) and one dict per variant."""
+    folder = Path(folder)
+    path = folder / RESULTS
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: not a study folder, or its results were not written yet")
+    stored = json.loads(pl.read_parquet_metadata(path).get(META_KEY) or "{}")
+    meta = dict(stored.get("meta") or {})
+    if (folder / "study.json").exists():
+        study = read_json(folder / "study.json")
+        meta.update(study if isinstance(study, dict) else {"study": study})
+    return {"folder": str(folder), "baseline": stored.get("baseline"), "level": stored.get("level"),
+            "n_boot": stored.get("n_boot"), "meta": meta, "rows": pl.read_parquet(path).to_dicts()}
