@@ -52,9 +52,13 @@ def _print_summary(m: dict) -> None:
         print(f"\n  {m['model']}: accuracy {m['eval']['accuracy']:.3f}   response NLL {m['eval']['nll']:.4f}")
     if "model_dir" in m:
         print(f"  model:     {m['model_dir']}")
-    print(f"  data card: {m.get('data_card')}")
+    if "results" in m:
+        print(f"  results:   {m['results']} (pipeline inspect {m['run_dir']})")
+    else:
+        print(f"  data card: {m.get('data_card')}")
     print(f"  metrics:   {Path(m['run_dir']) / 'metrics.json'}")
-    print(f"  seconds:   {json.dumps(m.get('seconds', {}))}")
+    if m.get("seconds"):
+        print(f"  seconds:   {json.dumps(m['seconds'])}")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

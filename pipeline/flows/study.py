@@ -13,12 +13,14 @@ stages live in the shared content-addressed cache: a killed study re-run finishe
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 import time
 from pathlib import Path
 
 import polars as pl
+import torch
 from prefect import flow
 
 from pipeline.core.io import write_json
@@ -69,9 +71,11 @@ def study_flow(config: dict, run_dir: str | None = None) -> dict:
                 pl.when(pl.col("generated")).then(pl.col("correct")).alias("correct")))
             runs.append({"variant": name, "seed": seed, **{k: out[k] for k in ("steps", "train_tokens", "kept")},
                          "seconds": out["seconds"]})
-    meta = {"recipe": config["name"], "command": "pipeline " + " ".join(sys.argv[1:]), "seeds": seeds, "baseline": BASELINE,
-            "variants": [name for name, _ in cells], "test_examples": config["data"]["n_test"],
-            "train_steps": config["train"]["max_steps"], "machine": f"{platform.machine()} {platform.processor()}".strip(),
+    meta = {"recipe": config["name"], "command": "pipeline " + " ".join(sys.argv[1:]), "seeds": seeds,
+            "test_size": config["data"]["n_test"], "variants": [name for name, _ in cells],
+            "train_steps": config["train"]["max_steps"], "batch_size": config["train"]["batch_size"],
+            "model": config["model"], "machine": f"{platform.machine()} {os.cpu_count()} CPUs"
+                                                 + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""),
             "date": time.strftime("%Y-%m-%d %H:%M"), "wall_seconds": round(time.perf_counter() - t0, 1)}
     written = write_results(Path(run_dir), pl.concat(tables), pl.DataFrame(runs), BASELINE, meta)
     write_json(Path(run_dir) / "study.json", meta)
