@@ -43,6 +43,17 @@ def test_study_compares_variants_with_paired_intervals(tmp_path, tiny_model_dir)
     # equal compute: every cell trained the same steps at the same batch
     cells = sorted((run / "cells").iterdir())
     assert len(cells) == 6
+    assert {r["steps"] for r in results.iter_rows(named=True)} == {2}
+
+
+def test_inspect_reads_a_study_folder(tmp_path, tiny_model_dir, capsys):
+    assert main(study_args(tmp_path, tiny_model_dir, "s", "seeds=[0]", "variants=[{name: dft, train: {loss: dft}}]")) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "s"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["baseline"] == "baseline" and [r["variant"] for r in report["rows"]] == ["baseline", "dft"]
+    assert main(["inspect", str(tmp_path / "s")]) == 0
+    assert "dft" in capsys.readouterr().out
 
 
 def test_killed_study_resumes_and_finishes_only_the_rest(tmp_path, tiny_model_dir):
