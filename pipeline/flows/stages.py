@@ -50,11 +50,11 @@ def stage_code(stage: str, cfg: Any = None) -> str:
     """The code version a stage's output depends on: the layers it runs (`pipeline.core.hashing`) and
     the source of any `module:attr` scorer, rule or loss its config names. Stages that train a
     reference model (learnability, CLEAR's correction, data-mix proxies) also depend on training."""
-    from pipeline.scorers import get_scorer
+    from pipeline.scorers import SCORERS
 
     if stage == "score":
         names = [name for name, _ in scorer_list(cfg)]
-        trains = any(getattr(get_scorer(n), "trains_reference", False) for n in names)
+        trains = any(SCORERS.get(n).trains_reference for n in names)
         return code_version("training" if trains else "scorers", names)
     if stage == "select":
         rules = [step.get("rule", "") for step in select_steps(cfg)]
@@ -191,10 +191,10 @@ def with_reference(scorer: str, params: dict, examples: pl.DataFrame, ctx, cache
     """A scorer that compares with a reference model (learnability) gets one: the recipe's `reference`,
     else the base fine-tuned on the candidate set with the recipe's train settings `ref_cfg` updated
     by the scorer's `reference_train` (trained once, cached)."""
-    from pipeline.scorers import get_scorer
+    from pipeline.scorers import SCORERS
     from pipeline.training.reference import reference_model
 
-    if not getattr(get_scorer(scorer), "trains_reference", False) or params.get("reference"):
+    if not SCORERS.get(scorer).trains_reference or params.get("reference"):
         return params
     t0 = time.perf_counter()
     cfg = {**(ref_cfg or {}), "max_length": ctx.max_length, **(params.get("reference_train") or {})}

@@ -34,7 +34,6 @@ def register_scorer(name: str) -> Callable[[S], S]:
 
     def deco(cls: S) -> S:
         _check_scorer_class(cls, name)
-        cls.name = name
         return SCORERS.register(name)(cls)
 
     return deco

@@ -33,7 +33,6 @@ def register_selector(name: str):
         if not (isinstance(cls, type) and issubclass(cls, Selector)):
             raise TypeError(f"@register_selector({name!r}) needs a Selector subclass, got {cls!r}: "
                             "write `class X(Selector)` with select(scores, ctx), or a RowFilter with keep(row)")
-        cls.name = name
         return SELECTORS.register(name)(cls)
 
     return deco
