@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("source", help="a file, a folder of files, a datasets.save_to_disk folder, or a hub name")
     i.add_argument("--out", required=True, help="output folder for examples.parquet and quarantine.parquet")
     i.add_argument("--strict", action="store_true", help="exit 1 at the first bad record (file:line: reason)")
-    i.add_argument("--domain", default="default")
+    i.add_argument("--domain", default=None, help="domain of records without one (default: the file name in a folder, else \"default\")")
     i.add_argument("--field", action="append", metavar="CANON=NAME", help="map a field, e.g. prompt=instruction")
     i.add_argument("--max-chars", type=int, default=32_000)
     i.set_defaults(fn=cmd_ingest)

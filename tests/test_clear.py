@@ -144,7 +144,7 @@ def test_card_subset_holds_corrections_and_originals(tmp_path):
     plain = write_card(tmp_path / "plain", name="t", examples=examples, scores=scores,
                        selection=selection.drop("old_response", "new_response", "p_better"), source={}, scorers=[],
                        rules=[], stages=[], score_columns=["token_confidence"])
-    assert pl.read_parquet(plain / "subset.parquet").columns == ["id", "prompt", "response", "weight"]
+    assert pl.read_parquet(plain / "subset.parquet").columns == ["id", "prompt", "response", "weight", "reason"]
 
 
 def test_curate_flow_card_carries_corrections_through_a_later_stage(tmp_path, tiny_model_dir):

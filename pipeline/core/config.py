@@ -30,6 +30,8 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_EMBEDDER = "all-minilm-l6-v2"
 # Tokens per example where scoring, training and evaluation tokenize (sft-math's examples fit).
 DEFAULT_MAX_LENGTH = 384
+# Characters per prompt or response above which ingest quarantines a record as too long.
+DEFAULT_MAX_CHARS = 32_000
 
 
 def cache_dir() -> Path:
@@ -54,6 +56,24 @@ class DataSection(Section):
     n_val: int = Field(16, gt=0)
     n_test: int = Field(48, gt=0)
     subset: str | None = None  # the train flow's input: a data card folder or a parquet of examples
+    # Your own data instead of `dataset` (pipeline.data.source): a JSONL/JSON/CSV/parquet file (.gz too),
+    # a folder of them, a `pipeline ingest` output folder, a datasets.save_to_disk folder or a hub name.
+    source: str | None = None
+    split: str = "train"  # the split of a hub dataset `source`
+    fields: dict[str, str] = {}  # canonical name -> your field: prompt, response, messages, answer, domain, id
+    domain: str | None = None  # domain of records without one; None = the file name in a folder, else "default"
+    validation: str | None = None  # optional held-out sources (same formats) for datamix / evaluation
+    test: str | None = None
+    max_chars: int = Field(DEFAULT_MAX_CHARS, gt=0)  # longer prompts or responses are quarantined
+
+    @pydantic.field_validator("fields")
+    @classmethod
+    def _known_fields(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - {"prompt", "response", "messages", "answer", "domain", "id"})
+        if unknown:
+            raise ValueError(f"unknown canonical field {unknown[0]!r}: map prompt, response, messages, answer, "
+                             "domain or id to your field names")
+        return value
 
 
 class ScoreSection(Section):
@@ -176,6 +196,7 @@ class Recipe(Section):
     train: TrainSection = TrainSection()
     eval: EvalSection = EvalSection()
     recipe_file: str | None = None  # where it was loaded from (not part of any cache key)
+    required: list[str] = []  # dotted keys a user must set for this recipe, e.g. [data.source]
     data_seed: int | None = None  # seed of the data splits; None = `seed` (a study keeps one test split)
     # The study flow: seeds to repeat every variant with, and the variants (each a `name` plus overrides
     # of any section; the shared sections above are the baseline: see pipeline/flows/study.py).

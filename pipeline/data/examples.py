@@ -26,6 +26,8 @@ from typing import Any
 
 import polars as pl
 
+from pipeline.core.config import DEFAULT_MAX_CHARS
+
 SCHEMA: dict[str, pl.DataType] = {
     "id": pl.String,
     "prompt": pl.String,
@@ -48,7 +50,6 @@ QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
 # Field names accepted for prompt and response when a record does not use ours.
 PROMPT_ALIASES = ("prompt", "instruction", "question", "input", "query")
 RESPONSE_ALIASES = ("response", "completion", "output", "answer_cot", "solution", "answer")
-DEFAULT_MAX_CHARS = 32_000
 
 COMPRESSIONS: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 CSV_SEPARATORS = {".csv": ",", ".tsv": "\t"}
@@ -57,6 +58,7 @@ RECORD_LIST_KEYS = ("data", "examples", "train", "records", "rows", "instances",
 FORMATS = (".jsonl, .ndjson, .json (lines, an array, or an object with its records under 'data'), "
            ".csv, .tsv (these also as .gz, .bz2, .xz), .parquet, a folder of them, "
            "a datasets.save_to_disk folder, or a hub dataset name")
+INGEST_CHUNK = 50_000  # rows validated into one columnar frame at a time
 _BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
@@ -111,6 +113,16 @@ class Validator:
     max_chars: int = DEFAULT_MAX_CHARS
     seen: set[str] = field(default_factory=set)
 
+    def rename(self, rec: dict) -> dict:
+        """The record under our field names where `fields` maps them: a mapped `messages` field becomes
+        `messages`, a mapped `id` is kept in meta as `source_id` (our `id` is the content hash)."""
+        out = dict(rec)
+        for canon, target in (("messages", "messages"), ("id", "source_id")):
+            name = self.fields.get(canon)
+            if name and name != target and name in out:
+                out[target] = out.pop(name)
+        return out
+
     def __call__(self, raw: Raw) -> tuple[dict | None, dict | None]:
         """Return (row, None) for a good record or (None, quarantine_row)."""
 
@@ -136,6 +148,7 @@ class Validator:
                 return bad("*", f"bad_json: {e.msg} at column {e.colno}")
         if not isinstance(rec, dict):
             return bad("*", f"not_object: expected a JSON object, got {type(rec).__name__}")
+        rec = self.rename(rec)
 
         if "messages" in rec and not any(k in rec for k in ("prompt", "response")):
             prompt_resp = _from_messages(rec["messages"])
@@ -491,18 +504,25 @@ def iter_source(source: str | Path, split: str = "train") -> Iterator[Raw]:
 
 def ingest(
     source: str | Path,
-    domain: str = "default",
+    domain: str | None = None,
     fields: dict[str, str] | None = None,
     max_chars: int = DEFAULT_MAX_CHARS,
     strict: bool = False,
+    split: str = "train",
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Read and validate a source into (examples, quarantine); `strict` raises on the first bad row."""
-    validate = Validator(source=str(source), domain=domain, fields=fields or {}, max_chars=max_chars)
+    """Read and validate a source into (examples, quarantine); `strict` raises on the first bad row.
+
+    A record's domain is its `domain` field (or the field `fields["domain"]` names), else `domain`,
+    else, in a folder of files, the file's name without suffixes (`math.jsonl.gz` -> `math`), else
+    "default". `split` picks a hub dataset's split (or a JSON object's record list)."""
+    validate = Validator(source=str(source), domain=domain or "default", fields=fields or {}, max_chars=max_chars)
     per_file = Path(source).is_dir() and not _is_saved_dataset(Path(source))
-    rows, bad_rows = [], []
-    for raw in iter_source(source):
-        if per_file:  # a folder of files: each example's source names its own file
+    rows, bad_rows, frames = [], [], []
+    for raw in iter_source(source, split):
+        if per_file:  # a folder of files: each example's source names its own file (and its domain)
             validate.source = raw.source
+            if domain is None:
+                validate.domain = Path(raw.source).name.split(".")[0] or "default"
         row, bad = validate(raw)
         if bad is not None:
             if strict:
@@ -510,7 +530,11 @@ def ingest(
             bad_rows.append(bad)
         else:
             rows.append(row)
-    examples = pl.DataFrame(rows, schema=SCHEMA) if rows else empty_examples()
+            if len(rows) == INGEST_CHUNK:  # columnar every chunk: Python dicts of 1M rows would not fit 4 GB
+                frames.append(pl.DataFrame(rows, schema=SCHEMA))
+                rows = []
+    frames += [pl.DataFrame(rows, schema=SCHEMA)] if rows else []
+    examples = pl.concat(frames, rechunk=True) if frames else empty_examples()
     quarantine = pl.DataFrame(bad_rows, schema=QUARANTINE_SCHEMA) if bad_rows else empty_quarantine()
     return examples, quarantine
 

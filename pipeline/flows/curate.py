@@ -30,6 +30,8 @@ def curate_stages(config: dict, run_dir: str) -> dict[str, Any]:
     run = Path(run_dir)
     for name in ("train", "validation", "test"):
         stages.publish(data[name]["path"], run / "data" / f"{name}.parquet")
+    if data.get("quarantine"):  # records of the user's source that could not be read, with reasons
+        stages.publish(data["quarantine"], run / "quarantine.parquet")
     stages.publish(scores["path"], run / "scores.parquet")
     stages.publish(selection["path"], run / "selection.parquet")
     keys = {"data": data["train"]["fingerprint"], "scores": scores["key"], "selection": selection["hash"],

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.config import apply_overrides, load_raw, parse_override, validate
+from pipeline.data.source import missing_local
 from pipeline.core.registry import ConfigError
 
 SELECT_KEYS = {"rule", "weights"}
@@ -91,6 +92,7 @@ def check_parts(config: dict) -> None:
 
     if config["flow"] not in FLOWS:
         raise ConfigError("flow", f"unknown flow {config['flow']!r} (known: {', '.join(FLOWS)})")
+    check_required(config)
     steps = select_steps(config["select"])
     for i, step in enumerate(steps):
         where = "select" if len(steps) == 1 and isinstance(config["select"], dict) else f"select[{i}]"
@@ -120,6 +122,16 @@ def check_parts(config: dict) -> None:
                                                          f"{', '.join(columns)}; score with information_gain)")
 
 
+def check_required(config: dict) -> None:
+    """Every key the recipe lists under `required` is set (the user's data, a subset, ...)."""
+    for key in config.get("required") or []:
+        value: Any = config
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value in (None, "", [], {}):
+            raise ConfigError(key, f"recipe {config['name']} needs it: --set {key}=...")
+
+
 def check_paths(config: dict) -> None:
     """Local paths the recipe names exist: a model folder, the train flow's subset."""
     model = str(config["model"])
@@ -129,6 +141,11 @@ def check_paths(config: dict) -> None:
             raise ConfigError("model", f"{model} is not a model folder (no config.json)")
     elif model.startswith(("/", ".", "~")):
         raise ConfigError("model", f"{model}: no such folder (give a folder, a hub id or smollm2-135m-instruct)")
+    for key in ("source", "validation", "test"):
+        where = (config.get("data") or {}).get(key)
+        if where and missing_local(str(where)):
+            raise ConfigError(f"data.{key}", f"{where}: no such file or folder (give a file, a folder, "
+                                             "a `pipeline ingest` output or a hub dataset name)")
     if config["flow"] == "train":
         subset = config["data"]["subset"]
         if not subset:

@@ -101,19 +101,35 @@ def load_data(cfg: dict, seed: int, cache_root: str, code: str) -> dict[str, Any
     """Train/validation/test parquet files with disjoint questions, and their fingerprints."""
     from pipeline.data import load_math
 
-    out = stage_dir(cache_root, "data", cfg, seed, code)
+    from pipeline.data.source import load_source, source_version
+
+    if cfg.get("source"):  # the user's data: keyed by the bytes of its files, not by their names
+        cfg = {k: v for k, v in cfg.items() if k not in ("dataset", "n_train", "n_val", "n_test", "subset")}
+        versions = {k: source_version(str(cfg[k])) for k in ("source", "validation", "test") if cfg.get(k)}
+        out = stage_dir(cache_root, "data", cfg, code, versions)
+    else:
+        out = stage_dir(cache_root, "data", cfg, seed, code)
     info_path = out / "splits.json"
     with locked(out):
         if not is_complete(out):
-            splits = load_math(cfg["dataset"], int(cfg["n_train"]), int(cfg["n_val"]), int(cfg["n_test"]), seed)
-            info: dict[str, Any] = {"dataset": cfg["dataset"], "seed": seed}
+            info: dict[str, Any] = {"dataset": cfg.get("source") or cfg["dataset"], "seed": seed}
+            if cfg.get("source"):
+                loaded = load_source(cfg)
+                splits = {k: loaded[k] for k in ("train", "validation", "test")}
+                write_parquet(out / "quarantine.parquet", loaded["quarantine"])
+                info.update(read=loaded["read"], quarantined=loaded["quarantine"].height,
+                            quarantine=str(out / "quarantine.parquet"))
+            else:
+                splits = load_math(cfg["dataset"], int(cfg["n_train"]), int(cfg["n_val"]), int(cfg["n_test"]), seed)
             for name, df in splits.items():
                 write_parquet(out / f"{name}.parquet", df)
                 info[name] = {"path": str(out / f"{name}.parquet"), "rows": df.height, "fingerprint": fingerprint(df)}
             write_json(info_path, info)
-            mark_complete(out, ["splits.json", *(f"{name}.parquet" for name in splits)])
+            mark_complete(out, ["splits.json", *(f"{name}.parquet" for name in splits),
+                                *(["quarantine.parquet"] if "quarantine" in info else [])])
     info = read_json(info_path)
-    log("data: " + ", ".join(f"{k} {info[k]['rows']}" for k in ("train", "validation", "test")))
+    log("data: " + ", ".join(f"{k} {info[k]['rows']}" for k in ("train", "validation", "test"))
+        + (f"; read {info['read']}, quarantined {info['quarantined']}" if "read" in info else ""))
     return info
 
 
@@ -143,9 +159,11 @@ def load_subset(path: str, content_hash: str, cache_root: str) -> dict[str, Any]
     train_path, sel_path = out / "train.parquet", out / "selection.parquet"
     with locked(out):
         if not is_complete(out):
-            write_parquet(train_path, df.drop("weight", strict=False))
+            reasons = (df.get_column("reason").fill_null("kept: data.subset") if "reason" in df.columns
+                       else pl.Series(["kept: data.subset"] * df.height))  # a card's subset keeps its reasons
+            write_parquet(train_path, df.drop("weight", "reason", strict=False))
             write_parquet(sel_path, pl.DataFrame({"id": df.get_column("id"), "kept": [True] * df.height,
-                                                  "weight": weights, "reason": ["kept: data.subset"] * df.height}))
+                                                  "weight": weights, "reason": reasons}))
             mark_complete(out, ["train.parquet", "selection.parquet"])
     log(f"subset: {df.height} examples from {path}")
     return {"train": {"path": str(train_path), "rows": df.height, "fingerprint": fingerprint(df)},
@@ -342,7 +360,8 @@ def card(config: dict, data: dict, scores: dict, selection: dict, run_dir: str, 
         scores=score_table,
         selection=pl.read_parquet(selection["path"]),
         source={"dataset": data["dataset"], "split": "train", "seed": data["seed"],
-                "fingerprint": data["train"]["fingerprint"], "rows": data["train"]["rows"]},
+                "fingerprint": data["train"]["fingerprint"], "rows": data["train"]["rows"],
+                **({k: data[k] for k in ("read", "quarantined")} if "read" in data else {})},
         scorers=[{"name": name, "model": config["model"], "params": params}
                  for name, params in scorer_list(config["score"])],
         rules=select_steps(config["select"]),
@@ -350,6 +369,7 @@ def card(config: dict, data: dict, scores: dict, selection: dict, run_dir: str, 
         score_columns=columns[:3],
         run={"run_dir": run_dir, "recipe": config["name"], "cache_keys": cache_keys, **_flow_run_id(),
              "config": {k: v for k, v in config.items() if not k.startswith("_")}},
+        quarantine=pl.read_parquet(data["quarantine"]) if data.get("quarantine") else None,
     )
     publish(path, Path(run_dir) / "data_card")
     return str(path)

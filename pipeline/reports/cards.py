@@ -73,9 +73,13 @@ def write_card(
     score_columns: list[str],
     run: dict[str, Any] | None = None,
     n_examples: int = 3,
+    quarantine: pl.DataFrame | None = None,
 ) -> Path:
     """Write the card folder for the subset of `examples` kept by `selection`; return its path.
 
+    The folder holds `subset.parquet` (kept rows with their weight and reason), `dropped.parquet`
+    (every dropped row with its reason) and, when records were rejected on reading, their
+    `quarantine.parquet`: kept + dropped + quarantined = records read, also per domain.
     Corrections in `selection` (`new_response`) replace the kept rows' responses in the subset, the
     replaced ones kept in `old_response`; the README and card.json count them.
     """
@@ -91,9 +95,16 @@ def write_card(
     )
     kept = table.filter(pl.col("kept"))
     dropped = table.filter(~pl.col("kept"))
-    subset = kept.select([*examples.columns, "weight"])
+    subset = kept.select([*examples.columns, "weight", "reason"])
     n_corrected = kept.filter(pl.col("old_response").is_not_null()).height if corrects else 0
     write_parquet(card_dir / "subset.parquet", subset)
+    write_parquet(card_dir / "dropped.parquet", dropped.select([*examples.columns, "reason"]))
+    n_quarantined = 0 if quarantine is None else quarantine.height
+    if n_quarantined:
+        write_parquet(card_dir / "quarantine.parquet", quarantine)
+    domains = (table.group_by("domain").agg(pl.len().alias("read"), pl.col("kept").sum().alias("kept"))
+               .with_columns((pl.col("read") - pl.col("kept")).alias("dropped")).sort("domain")
+               if "domain" in table.columns else pl.DataFrame())
 
     score_stats, images = {}, []
     for col in score_columns:
@@ -125,7 +136,9 @@ def write_card(
         "source": source,
         "scorers": scorers,
         "rules": rules,
-        "counts": {"read": table.height, "kept": kept.height, "dropped": dropped.height},
+        "counts": {"read": table.height + n_quarantined, "kept": kept.height, "dropped": dropped.height,
+                   "quarantined": n_quarantined},
+        "domains": {r["domain"]: {k: r[k] for k in ("read", "kept", "dropped")} for r in domains.iter_rows(named=True)},
         "corrections": {"count": n_corrected, "original_column": "old_response" if corrects else None},
         "stages": stages,
         "score_stats": score_stats,
@@ -149,7 +162,13 @@ def _markdown(f: dict) -> str:
     lines = [
         "---", yaml.safe_dump(header, sort_keys=False).rstrip(), "---", "",
         f"# Data card: {f['name']}", "",
-        f"Kept **{c['kept']}** of **{c['read']}** examples ({c['dropped']} dropped).", "",
+        f"Kept **{c['kept']}** of **{c['read']}** records read ({c['dropped']} dropped by the rules, "
+        f"{c.get('quarantined', 0)} quarantined on reading). Every kept row's reason is in `subset.parquet`, "
+        "every dropped row's in `dropped.parquet`"
+        + (", every quarantined record's in `quarantine.parquet`." if c.get("quarantined") else "."), "",
+        *(["## Domains", "", "| domain | read | kept | dropped |", "|---|---|---|---|",
+           *[f"| {d} | {v['read']} | {v['kept']} | {v['dropped']} |" for d, v in f.get("domains", {}).items()], ""]
+          if len(f.get("domains", {})) > 1 else []),
         *([f"**{f['corrections']['count']}** kept examples carry a corrected response (CLEAR auto-correct): "
            "`response` is the correction, `old_response` the original.", ""]
           if f.get("corrections", {}).get("count") else []),

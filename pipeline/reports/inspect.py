@@ -194,9 +194,13 @@ def _card_run(facts: dict[str, Any]) -> Path | None:
 
 
 def _card_table(card: Path) -> pl.DataFrame:
-    """A card's kept subset, with scores and reasons from its run when that run still exists."""
+    """A card's kept subset and its dropped rows (cards since `dropped.parquet`), with scores and reasons
+    from its run when that run still exists."""
     facts = _read_json(card / "card.json")
     table = _read_parquet(card / "subset.parquet").with_columns(kept=pl.lit(True))
+    if (card / "dropped.parquet").is_file():
+        dropped = _read_parquet(card / "dropped.parquet").with_columns(kept=pl.lit(False))
+        table = pl.concat([table, dropped], how="diagonal_relaxed")
     run = _card_run(facts)
     if run is not None and (run / "scores.parquet").is_file():
         table = _join_new(table, _read_parquet(run / "scores.parquet"))
@@ -263,13 +267,14 @@ def _inspect_card(card: Path, n: int) -> dict[str, Any]:
     """The summary of a card: its recorded counts and score statistics, and its first kept examples."""
     facts = _read_json(card / "card.json")
     table = load_table(card)
+    kept, dropped_rows = table.filter(pl.col("kept")), table.filter(~pl.col("kept"))
     show = [c for c in ("id", "reason", "weight", *score_columns(table)[:2], "prompt") if c in table.columns]
-    counts = {"read": None, "kept": table.height, "dropped": None, **_dict(facts.get("counts"))}
+    counts = {"read": None, "kept": kept.height, "dropped": None, **_dict(facts.get("counts"))}
     dropped = _dict(facts.get("examples")).get("dropped")
     return {
         "run_dir": str(card), "recipe": facts.get("name"), "select": facts.get("rules"),
-        "counts": counts, "scores": _dict(facts.get("score_stats")), "drop_reasons": [],
-        "kept_examples": table.head(n).select(show).to_dicts(),
+        "counts": counts, "scores": _dict(facts.get("score_stats")), "drop_reasons": _reason_counts(dropped_rows),
+        "kept_examples": kept.head(n).select(show).to_dicts(),
         "dropped_examples": [d for d in dropped if isinstance(d, dict)][:n] if isinstance(dropped, list) else [],
     }
 

@@ -1,0 +1,104 @@
+"""`data.source`: the user's own data through the curate flow, its card, and train-subset on the card."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+
+from pipeline.cli import main
+from pipeline.data.source import load_source, source_version
+
+
+def _chat(topic: str, reply: str = "") -> dict:
+    return {"messages": [{"role": "system", "content": "You are terse."},
+                         {"role": "user", "content": f"Write a short poem about {topic}."},
+                         {"role": "assistant", "content": f"A poem on {topic}: quiet lines. {reply}"},
+                         {"role": "user", "content": "Shorter."},
+                         {"role": "assistant", "content": f"{topic.capitalize()}, briefly."}]}
+
+
+def _write(path, rows: list, extra_lines: tuple[str, ...] = ()) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "".join(line + "\n" for line in extra_lines))
+
+
+def _common(tmp_path, tiny_model_dir) -> list[str]:
+    return ["--set", f"model={tiny_model_dir}", "--set", f"cache_dir={tmp_path / 'cache'}",
+            "--set", f"cards_dir={tmp_path / 'cards'}", "--set", "score.max_length=128"]
+
+
+def test_curate_own_chat_data_accounts_for_every_record_and_trains(tmp_path, tiny_model_dir):
+    src = tmp_path / "mine.jsonl"
+    topics = ["the ocean", "mountains", "a city at night", "autumn", "a lost key", "coffee"]
+    _write(src, [{**_chat(t), "domain": "poems"} for t in topics]
+           + [{"instruction": "Add 2 and 3.", "input": "", "output": "5", "domain": "math"}],
+           ("{broken json", json.dumps({"messages": [{"role": "user", "content": "no reply"}]})))
+    run = tmp_path / "curate"
+    args = ["run", "curate", "--run-dir", str(run), *_common(tmp_path, tiny_model_dir),
+            "--set", f"data.source={src}", "--set", "select=[{rule: quantile, column: ppl, keep: [0.0, 0.5]}]"]
+    assert main(args) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    card = json.loads((tmp_path / "cards" / metrics["data_card"].split("/")[-1] / "card.json").read_text())
+    counts = card["counts"]
+    assert counts["read"] == 9 and counts["quarantined"] == 2
+    assert counts["kept"] + counts["dropped"] + counts["quarantined"] == counts["read"]
+    assert card["domains"]["poems"]["read"] == 6 and card["domains"]["math"]["read"] == 1
+    quarantine = pl.read_parquet(run / "quarantine.parquet")
+    assert sorted(quarantine["line"].to_list()) == [8, 9] and quarantine["reason"].str.len_chars().min() > 0
+    folder = tmp_path / "cards" / metrics["data_card"].split("/")[-1]
+    subset, dropped = pl.read_parquet(folder / "subset.parquet"), pl.read_parquet(folder / "dropped.parquet")
+    assert subset.height + dropped.height == 7
+    assert subset["reason"].str.starts_with("kept").all() and dropped["reason"].str.starts_with("dropped").all()
+    chats = subset.filter(pl.col("messages").is_not_null())
+    assert all(len(json.loads(m)) == 5 for m in chats["messages"])  # every turn, system included
+
+    train = ["run", "train-subset", "--run-dir", str(tmp_path / "train"), *_common(tmp_path, tiny_model_dir),
+             "--set", f"data.subset={folder}", "--set", "train.max_steps=1", "--set", "train.batch_size=2",
+             "--set", "train.max_length=128"]
+    assert main(train) == 0
+    trained = json.loads((tmp_path / "train" / "metrics.json").read_text())
+    assert trained["subset"]["rows"] == subset.height and trained["train"]["steps"] == 1
+
+
+def test_folder_source_gives_each_file_its_domain_and_field_mapping(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    _write(folder / "poems.jsonl", [{"q": "A poem about rain?", "a": "Rain falls."}])
+    _write(folder / "code.jsonl", [{"q": "Print hi in Python.", "a": "print('hi')", "domain": "python"}])
+    out = load_source({"source": str(folder), "fields": {"prompt": "q", "response": "a"}})
+    assert dict(zip(out["train"]["prompt"], out["train"]["domain"], strict=True)) == {
+        "A poem about rain?": "poems", "Print hi in Python.": "python"}
+    assert out["read"] == 2 and out["quarantine"].height == 0
+    assert out["validation"].height == 0 and out["test"].height == 0
+
+
+def test_ingest_output_folder_is_reused_with_its_quarantine(tmp_path):
+    src = tmp_path / "raw.jsonl"
+    _write(src, [{"prompt": "p1", "response": "r1"}, {"prompt": "p2", "response": "r2"}], ("not json",))
+    assert main(["ingest", str(src), "--out", str(tmp_path / "ing")]) == 0
+    out = load_source({"source": str(tmp_path / "ing")})
+    assert out["train"].height == 2 and out["quarantine"].height == 1 and out["read"] == 3
+
+
+def test_source_version_follows_the_bytes(tmp_path):
+    src = tmp_path / "a.jsonl"
+    _write(src, [{"prompt": "p", "response": "r"}])
+    before = source_version(str(src))
+    _write(src, [{"prompt": "p", "response": "r2"}])
+    assert source_version(str(src)) != before
+    assert source_version("org/some-dataset").startswith("hub:")
+
+
+@pytest.mark.parametrize("override,message", [
+    ("data.source=/nope/missing.jsonl", "data.source: /nope/missing.jsonl: no such file or folder"),
+    ("data.fields={prompt: q, title: t}", "unknown canonical field 'title'"),
+])
+def test_bad_source_settings_are_one_line_errors(tmp_path, capsys, override, message):
+    assert main(["run", "curate", "--set", override, "--run-dir", str(tmp_path / "r")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_curate_without_a_source_says_what_to_set(tmp_path, capsys):
+    assert main(["run", "curate", "--run-dir", str(tmp_path / "r")]) == 2
+    assert "data.source" in capsys.readouterr().err
