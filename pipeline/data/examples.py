@@ -48,9 +48,6 @@ QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
 # Field names accepted for prompt and response when a record does not use ours.
 PROMPT_ALIASES = ("prompt", "instruction", "question", "input", "query")
 RESPONSE_ALIASES = ("response", "completion", "output", "answer_cot", "solution", "answer")
-# Fields holding a chat, ours first, then ShareGPT's; a turn is role/content or ShareGPT's from/value.
-CHAT_FIELDS = ("messages", "conversations")
-CHAT_ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
 DEFAULT_MAX_CHARS = 32_000
 
 COMPRESSIONS: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
@@ -224,6 +221,11 @@ def _jsonable(value: Any) -> Any:
 def _dumps(value: Any) -> str:
     """Strict JSON text of a value (no NaN, no Python reprs): what `meta` and `messages` hold."""
     return json.dumps(_jsonable(value), ensure_ascii=False, allow_nan=False)
+
+
+# Fields holding a chat, ours first, then ShareGPT's; a turn is role/content or ShareGPT's from/value.
+CHAT_FIELDS = ("messages", "conversations")
+CHAT_ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
 
 
 def _chat(messages: Any) -> list[dict] | str:
