@@ -73,12 +73,20 @@ class DataError(ValueError):
         super().__init__(f"{source}:{line}: {field}: {reason}")
 
 
-def example_id(prompt: str, response: str) -> str:
-    """Stable content hash of an example: same text, same id, on every machine."""
+def example_id(prompt: str, response: str, messages: list | None = None) -> str:
+    """Stable content hash of an example: same text, same id, on every machine.
+
+    A chat's id also covers its whole conversation (`messages`: every turn, every key), so two chats
+    that differ anywhere, an earlier assistant turn included, get different ids.
+    """
     h = hashlib.sha256()
     h.update(prompt.encode("utf-8"))
     h.update(b"\x00")
     h.update(response.encode("utf-8"))
+    if messages is not None:
+        h.update(b"\x00messages\x00")
+        h.update(json.dumps(_jsonable(messages), sort_keys=True, ensure_ascii=False, separators=(",", ":"),
+                            allow_nan=False).encode("utf-8"))
     return h.hexdigest()[:16]
 
 
@@ -150,16 +158,20 @@ class Validator:
             return bad("*", f"not_object: expected a JSON object, got {type(rec).__name__}")
         rec = self.rename(rec)
 
-        if "messages" in rec and not any(k in rec for k in ("prompt", "response")):
-            prompt_resp = _from_messages(rec["messages"])
-            if isinstance(prompt_resp, str):
-                return bad("messages", prompt_resp)
-            rec = {**rec, "prompt": prompt_resp[0], "response": prompt_resp[1]}
+        chat_key = next((k for k in CHAT_FIELDS if rec.get(k) is not None), None)
+        chat = None
+        if chat_key is not None:  # a chat is the example: prompt and response summarize it
+            chat = _chat(rec[chat_key])
+            if isinstance(chat, str):
+                return bad(chat_key, chat)
+            prompt, response = _chat_summary(chat)
+            rec = {**{k: v for k, v in rec.items() if k != chat_key}, "prompt": prompt, "response": response,
+                   "messages": chat}
 
         values: dict[str, str] = {}
         merged: set[str] = set()  # fields folded into the prompt, so not repeated in meta
         for canon, aliases in (("prompt", PROMPT_ALIASES), ("response", RESPONSE_ALIASES)):
-            name = self.fields.get(canon) or next((a for a in aliases if a in rec), None)
+            name = canon if chat is not None else self.fields.get(canon) or next((a for a in aliases if a in rec), None)
             if name is None or name not in rec:
                 return bad(self.fields.get(canon, canon), "missing_field")
             value = rec[name]
@@ -168,7 +180,7 @@ class Validator:
             if not isinstance(value, str):
                 return bad(name, f"wrong_type: expected string, got {type(value).__name__}")
             if not value.strip():
-                return bad(name, "empty_field")
+                return bad(chat_key or name, f"empty_field: the chat's {canon} is empty" if chat else "empty_field")
             if canon == "prompt" and name == "instruction" and rec.get("input") is not None:
                 extra = rec["input"]  # Alpaca: the prompt is the instruction, a blank line, the input
                 if not isinstance(extra, str):
@@ -177,12 +189,13 @@ class Validator:
                     value = f"{value}\n\n{extra}"
                     merged.add("input")
             if len(value) > self.max_chars:
-                return bad(name, f"too_long: {len(value)} chars > max_chars={self.max_chars}")
+                return bad(chat_key or name, f"too_long: {len(value)} chars > max_chars={self.max_chars}")
             values[canon] = value
 
-        ex_id = example_id(values["prompt"], values["response"])
+        ex_id = example_id(values["prompt"], values["response"], chat)
         if ex_id in self.seen:
-            return bad("id", f"duplicate_id: {ex_id} (same prompt and response seen before)")
+            same = "conversation" if chat else "prompt and response"
+            return bad("id", f"duplicate_id: {ex_id} (same {same} seen before)")
         self.seen.add(ex_id)
         answer = rec.get(self.fields.get("answer", "answer"))
         meta = {k: v for k, v in rec.items() if k not in {"prompt", "response", "messages", *merged}}
@@ -193,7 +206,7 @@ class Validator:
             "source": str(rec.get("source") or self.source),
             "domain": str(rec.get(self.fields.get("domain", "domain")) or self.domain),
             "answer": None if answer is None else str(answer),
-            "messages": _dumps(rec["messages"]) if "messages" in rec else None,
+            "messages": _dumps(chat) if chat is not None else None,
             "meta": _dumps(meta) if meta else None,
         }
         return row, None
@@ -223,16 +236,51 @@ def _dumps(value: Any) -> str:
     return json.dumps(_jsonable(value), ensure_ascii=False, allow_nan=False)
 
 
-def _from_messages(messages: Any) -> tuple[str, str] | str:
-    """Split a chat into (prompt, last assistant reply), or return a reason string."""
+# Fields holding a chat, ours first, then ShareGPT's; a turn is role/content or ShareGPT's from/value.
+CHAT_FIELDS = ("messages", "conversations")
+CHAT_ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
+
+
+def _chat(messages: Any) -> list[dict] | str:
+    """A chat as a list of {role, content, ...} turns, or a reason string.
+
+    Turns are ours (`role`, `content`) or ShareGPT's (`from`, `value`); roles human/gpt become
+    user/assistant; other keys of a turn are kept. JSON text holding a list is read (a parquet column).
+    """
+    if isinstance(messages, str):
+        try:
+            messages = json.loads(messages)
+        except json.JSONDecodeError:
+            return "wrong_type: messages must be a list of turns, got a string that is not JSON"
     if not isinstance(messages, list) or not messages:
         return "wrong_type: messages must be a non-empty list"
-    if not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages):
-        return "wrong_type: each message needs role and content"
-    if messages[-1]["role"] != "assistant":
+    turns = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            return f"wrong_type: turn {i} is a {type(m).__name__}, not an object"
+        role_key = next((k for k in ("role", "from") if k in m), None)
+        content_key = next((k for k in ("content", "value") if k in m), None)
+        if role_key is None or content_key is None:
+            return f"missing_field: turn {i} needs role and content (or from and value)"
+        role = CHAT_ROLES.get(m[role_key]) if isinstance(m[role_key], str) else None
+        if role is None:
+            return f"unknown_role: turn {i} has role {m[role_key]!r}; known: {', '.join(CHAT_ROLES)}"
+        if not isinstance(m[content_key], str):
+            return f"wrong_type: turn {i}: content must be a string, got {type(m[content_key]).__name__}"
+        extra = {k: v for k, v in m.items() if k not in (role_key, content_key)}
+        turns.append({"role": role, "content": m[content_key], **extra})
+    if not any(t["role"] == "assistant" for t in turns):
+        return "missing_field: the chat has no assistant turn"
+    if turns[-1]["role"] != "assistant":
         return "missing_field: last message is not from the assistant"
-    prompt = "\n".join(f"{m['role']}: {m['content']}" for m in messages[:-1])
-    return prompt, messages[-1]["content"]
+    if turns[0]["role"] == "assistant":
+        return "bad_order: the chat starts with an assistant turn, with nothing before it to answer"
+    return turns
+
+
+def _chat_summary(turns: list[dict]) -> tuple[str, str]:
+    """(prompt, response) for display: `role: content` lines of every turn but the last, and the last reply."""
+    return "\n".join(f"{m['role']}: {m['content']}" for m in turns[:-1]), turns[-1]["content"]
 
 
 def _open_bytes(path: Path) -> Any:
@@ -347,7 +395,7 @@ def _walk_array(source: str, text: str, pos: int, lines: _Lines) -> tuple[list[R
 
 def _records_key(source: str, obj: dict, split: str) -> str | None:
     """The key under which a top-level JSON object holds its records, or None if it is one record."""
-    if any(k in obj for k in (*PROMPT_ALIASES, *RESPONSE_ALIASES, "messages")):
+    if any(k in obj for k in (*PROMPT_ALIASES, *RESPONSE_ALIASES, *CHAT_FIELDS)):
         return None
     lists = [k for k, v in obj.items() if isinstance(v, list)]
     if split in lists:

@@ -1,7 +1,9 @@
 """Held-out evaluation: exact-match accuracy of the final `#### number` and mean response NLL.
 
 At small scale accuracy barely moves, so the mean response NLL on held-out examples is the
-sensitive signal; both are reported for the base and the tuned model.
+sensitive signal; both are reported for the base and the tuned model. A chat row (`messages`) is
+scored on every assistant turn given the conversation before it (`encode_examples`), and generated
+from all turns before its last assistant turn.
 """
 
 from __future__ import annotations
@@ -14,13 +16,18 @@ from pipeline.core.config import DEFAULT_MAX_LENGTH, EvalSection
 from pipeline.data import final_answer
 from pipeline.models.engine import response_mask, token_nll
 from pipeline.models.generate import generate
-from pipeline.models.loading import encode_examples
+from pipeline.models.loading import encode_examples, generation_prompts, response_texts
 
 
 def response_nll_table(model, tokenizer, examples: pl.DataFrame, max_length: int = DEFAULT_MAX_LENGTH,
                        progress: bool = True) -> pl.DataFrame:
     """Per example: id, nll_sum (nats over the response tokens), n_tokens, n_bytes (UTF-8 bytes of the
-    response): what token-weighted NLL, bits per byte and their paired bootstrap CIs are computed from."""
+    response): what token-weighted NLL, bits per byte and their paired bootstrap CIs are computed from.
+
+    For a chat row the response tokens are those of every assistant turn (each reply and its
+    end-of-turn token, as in training), so nll_sum, n_tokens and n_bytes (the replies' bytes) cover
+    all assistant turns, not only the last one.
+    """
     encoded = encode_examples(tokenizer, examples, max_length)
     nlls = token_nll(model, encoded, pad_id=tokenizer.pad_token_id or 0, progress=progress, desc="eval nll",
                      response_only=True)
@@ -28,7 +35,7 @@ def response_nll_table(model, tokenizer, examples: pl.DataFrame, max_length: int
         "id": examples.get_column("id"),
         "nll_sum": [float(n[response_mask(e)].sum()) for e, n in zip(encoded, nlls, strict=True)],
         "n_tokens": [int(response_mask(e).sum()) for e in encoded],
-        "n_bytes": [len(r.encode("utf-8")) for r in examples.get_column("response").to_list()],
+        "n_bytes": [sum(len(r.encode("utf-8")) for r in texts) for texts in response_texts(examples)],
     }, schema={"id": pl.String, "nll_sum": pl.Float64, "n_tokens": pl.Int64, "n_bytes": pl.Int64})
 
 
@@ -46,8 +53,11 @@ def bits_per_byte(table: pl.DataFrame) -> float:
 
 def math_accuracy(model, tokenizer, examples: pl.DataFrame, max_new_tokens: int = 160, batch_size: int = 16,
                   progress: bool = True) -> tuple[float, pl.DataFrame]:
-    """Exact match of the normalized final number; returns (accuracy, per-example predictions)."""
-    completions = generate(model, tokenizer, examples.get_column("prompt").to_list(), max_new_tokens, batch_size, progress)
+    """Exact match of the normalized final number; returns (accuracy, per-example predictions).
+
+    A chat row is generated from every turn before its last assistant turn (`generation_prompts`).
+    """
+    completions = generate(model, tokenizer, generation_prompts(examples), max_new_tokens, batch_size, progress)
     predicted = [final_answer(c) for c in completions]
     gold = examples.get_column("answer").to_list()
     correct = [p is not None and p == g for p, g in zip(predicted, gold, strict=True)]

@@ -6,6 +6,13 @@ follow from it); the paper keeps the high-IFD examples below 1 (above 1 is treat
 Both perplexities come from the batched engine with the base model: `PPL(A | Q)` over the response
 tokens of the chat-formatted example (the `perplexity` scorer's `nll`), `PPL(A)` over the response
 tokenized alone, as the reference code does (its first token has no context and is not scored).
+
+A chat row (`messages`) is one example whose answer is all of its assistant turns: `PPL(A | Q)` is
+over every assistant token given the conversation before it (`encode_examples`, as training sees
+them), and `PPL(A)` over exactly those token ids, each turn's reply and end-of-turn token, joined in
+order into one sequence without any system or user turn or role header (`assistant_only`). So both
+perplexities cover the same tokens (the first has no context in `PPL(A)` and is not scored there),
+and a single-turn chat scores as its prompt/response row does when the end-of-turn token is eos.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.models.engine import response_mask, token_nll
-from pipeline.models.loading import encode_examples
+from pipeline.models.loading import chat_column, encode_examples
 from pipeline.scorers import register_scorer
 from pipeline.scorers.base import ScoreContext, Scorer
 
@@ -27,6 +34,12 @@ def answer_only(tokenizer, responses: list[str], max_length: int) -> list[dict]:
         ids = (tokenizer(r, add_special_tokens=False)["input_ids"] + eos)[:max_length]
         out.append({"input_ids": ids, "completion_mask": [1] * len(ids)})
     return out
+
+
+def assistant_only(encoded: dict) -> dict:
+    """The assistant tokens of an encoded chat (its completion-mask positions) alone, all response tokens."""
+    ids = [t for t, m in zip(encoded["input_ids"], encoded["completion_mask"], strict=True) if m]
+    return {"input_ids": ids, "completion_mask": [1] * len(ids)}
 
 
 def mean_nll(encoded: list[dict], nlls: list[np.ndarray]) -> np.ndarray:
@@ -42,7 +55,7 @@ def mean_nll(encoded: list[dict], nlls: list[np.ndarray]) -> np.ndarray:
 class IFD(Scorer):
     """Columns: id, ifd = PPL(A|Q) / PPL(A), ppl_conditioned, ppl_answer."""
 
-    version = "1"
+    version = "2"  # 2: chat rows score all assistant turns
 
     def columns(self) -> list[str]:
         return ["ifd", "ppl_conditioned", "ppl_answer"]
@@ -53,6 +66,8 @@ class IFD(Scorer):
         pad = tok.pad_token_id or 0
         whole = encode_examples(tok, examples, ctx.max_length)
         alone = answer_only(tok, examples.get_column("response").to_list(), ctx.max_length)
+        alone = [a if chat is None else assistant_only(w)  # chat rows: their assistant tokens alone
+                 for w, a, chat in zip(whole, alone, chat_column(examples), strict=True)]
         cond = mean_nll(whole, token_nll(model, whole, max_tokens=ctx.max_tokens, pad_id=pad, progress=ctx.progress,
                                          desc="ifd conditioned", response_only=True))
         ans = mean_nll(alone, token_nll(model, alone, max_tokens=ctx.max_tokens, pad_id=pad, progress=ctx.progress,
