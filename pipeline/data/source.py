@@ -16,7 +16,13 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.data.examples import SCHEMA, _looks_like_path, empty_examples, empty_quarantine, ingest
+from pipeline.data.examples import (
+    SCHEMA,
+    _looks_like_path,
+    empty_examples,
+    empty_quarantine,
+    ingest,
+)
 
 INGEST_MARKER = "ingest.json"  # written by `pipeline ingest --out FOLDER`
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.config import apply_overrides, load_raw, parse_override, validate
-from pipeline.data.source import missing_local
 from pipeline.core.registry import ConfigError
+from pipeline.data.source import missing_local
 
 SELECT_KEYS = {"rule", "weights"}
 WEIGHT_MODES = ("multiply", "replace")

@@ -100,7 +100,6 @@ def _paths(obj: Any) -> list[str]:
 def load_data(cfg: dict, seed: int, cache_root: str, code: str) -> dict[str, Any]:
     """Train/validation/test parquet files with disjoint questions, and their fingerprints."""
     from pipeline.data import load_math
-
     from pipeline.data.source import load_source, source_version
 
     if cfg.get("source"):  # the user's data: keyed by the bytes of its files, not by their names
