@@ -180,3 +180,28 @@ def test_curate_flow_card_carries_corrections_through_a_later_stage(tmp_path, ti
              "--set", "train.batch_size=2", "--set", "train.max_length=128"]
     assert main(train) == 0  # the card (with old_response) trains as it is
     assert json.loads((tmp_path / "train" / "metrics.json").read_text())["subset"]["rows"] == subset.height
+
+
+def test_correction_of_a_chat_row_continues_its_own_turns(tiny_model_dir, tmp_path):
+    """A dropped chat row's correction is generated from every turn before its last reply (system and
+    earlier replies included), not from the flattened prompt summary."""
+    from pipeline.selectors.clear import Clear
+
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 2?"},
+            {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3 + 3?"},
+            {"role": "assistant", "content": "It is 7. #### 7"}]
+    examples = pl.DataFrame({"id": ["a", "b"], "prompt": ["p a", "user: What is 2 + 2?\n..."],
+                             "response": ["#### 1", "It is 7. #### 7"], "answer": ["1", "6"],
+                             "messages": [None, json.dumps(chat)]})
+    scores = pl.DataFrame({"id": ["a", "b"], "token_confidence": [0.9, 0.1]})
+    seen: list = []
+
+    def generate_fn(model: str, prompts: list) -> list[str]:
+        seen.extend(prompts)
+        return ["#### 6" for _ in prompts]
+
+    ctx = SelectContext(examples=examples, model_name=tiny_model_dir, generate_fn=generate_fn,
+                        train_fn=lambda rows, seed: tiny_model_dir)
+    sel = run_selector(Clear(column="token_confidence", correct=True), scores, context=ctx)
+    assert seen == [chat[:4]]
+    assert sel.filter(pl.col("id") == "b")["kept"].item()

@@ -30,7 +30,7 @@ from pipeline.data import final_answer
 from pipeline.models.assets import DEFAULT_EMBEDDER
 from pipeline.models.embedder import embed_texts
 from pipeline.models.engine import response_mask, token_nll
-from pipeline.models.loading import encode_examples, prompt_text
+from pipeline.models.loading import encode_examples, generation_prompts, prompt_text
 from pipeline.scorers import register_scorer
 from pipeline.scorers.base import ScoreContext, Scorer
 
@@ -65,7 +65,7 @@ def _left_padded(tok, texts: list[str], max_length: int, dev: torch.device) -> d
 
 
 @torch.inference_mode()
-def sample_answers(model, tok, prompts: list[str], ids: list[str], k: int, temperature: float,
+def sample_answers(model, tok, prompts: list[str | list[dict]], ids: list[str], k: int, temperature: float,
                    max_new_tokens: int, max_length: int, batch_size: int, seed: int) -> list[list[str]]:
     """k sampled answers per prompt; each batch generates `batch_size * k` sequences in one call."""
     dev = next(model.parameters()).device
@@ -132,7 +132,7 @@ def agreement(samples: list[list[str]], responses: list[str], is_math: list[bool
 class ClearConfidence(Scorer):
     """Columns: id, clear_confidence, observed_consistency, self_reflection, sample_agreement."""
 
-    version = "1"
+    version = "2"  # 2: a chat row samples answers to its own turns
     model_params = ("embedder",)
 
     def __init__(self, k: int = 5, alpha: float = 0.8, beta: float = 0.7, temperature: float = 1.0,
@@ -154,7 +154,7 @@ class ClearConfidence(Scorer):
         prompts, responses = examples.get_column("prompt").to_list(), examples.get_column("response").to_list()
         answers = examples.get_column("answer").to_list() if "answer" in examples.columns else [None] * len(ids)
         is_math = [self.mode == "math" or (self.mode == "auto" and a is not None) for a in answers]
-        samples = sample_answers(model, tok, prompts, ids, k, self.temperature, self.max_new_tokens,
+        samples = sample_answers(model, tok, generation_prompts(examples), ids, k, self.temperature, self.max_new_tokens,
                                  ctx.max_length, batch_size, ctx.seed)
 
         def embed(texts: list[str]) -> np.ndarray:

@@ -41,6 +41,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.data import final_answer, normalize_number
+from pipeline.models.loading import generation_prompts
 from pipeline.selectors import register_selector
 from pipeline.selectors.base import SelectContext, Selector
 
@@ -58,7 +59,7 @@ ANSWER_PREFIX = "Answer: ("
 def default_generate_fn(max_new_tokens: int = 160, batch_size: int = 16) -> Callable[[Any, list[str]], list[str]]:
     """Greedy completions from a model folder (or name) with `pipeline.models.generate.generate`."""
 
-    def generate_fn(model: Any, prompts: list[str]) -> list[str]:
+    def generate_fn(model: Any, prompts: list[str | list[dict]]) -> list[str]:
         from pipeline.models.generate import generate
         from pipeline.models.loading import load_model, load_tokenizer
 
@@ -254,6 +255,7 @@ class Clear(Selector):
         new_resp: list[str | None] = [None] * n
         p_better = np.full(n, np.nan)
         prompts_all, responses = rows.get_column("prompt").to_list(), rows.get_column("response").to_list()
+        gen_all = generation_prompts(rows)
         answers = rows.get_column("answer").to_list() if "answer" in rows.columns else [None] * n
         gold_all = [gold_answer(a) for a in answers]
         needs_model = self.judge in ("pairwise", "likelihood") or (
@@ -268,7 +270,7 @@ class Clear(Selector):
             train_rows = rows.with_columns(pl.Series("response", current, dtype=pl.String)).filter(pl.Series(kept))
             model = ctx.train_fn(train_rows, ctx.seed)
             prompts, old = [prompts_all[i] for i in todo], [responses[i] for i in todo]
-            new = list(generate_fn(model, prompts))
+            new = list(generate_fn(model, [gen_all[i] for i in todo]))  # a chat row continues its turns
             if len(new) != len(prompts):
                 raise ValueError(f"generate_fn returned {len(new)} responses for {len(prompts)} prompts")
             p, accepted, detail = self._judge(prompts, old, new, [gold_all[i] for i in todo], ctx)
