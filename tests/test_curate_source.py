@@ -102,3 +102,60 @@ def test_bad_source_settings_are_one_line_errors(tmp_path, capsys, override, mes
 def test_curate_without_a_source_says_what_to_set(tmp_path, capsys):
     assert main(["run", "curate", "--run-dir", str(tmp_path / "r")]) == 2
     assert "data.source" in capsys.readouterr().err
+
+
+def _long_chat(topic: str, i: int) -> dict:
+    body = " ".join(f"{topic} fact {j} is described in plain words for readers of item {i}." for j in range(6))
+    return {"messages": [{"role": "system", "content": "Answer in full sentences."},
+                         {"role": "user", "content": f"Tell me about {topic}."},
+                         {"role": "assistant", "content": body},
+                         {"role": "user", "content": "Summarize it."},
+                         {"role": "assistant", "content": f"In short, {topic} matters for item {i}."}]}
+
+
+def test_issue_example_dedup_decontaminate_chat_then_train(tmp_path, tiny_model_dir):
+    """The curation issue's own example: copies, near copies, evaluation copies and broken records."""
+    topics = ["volcanoes", "tides", "bridges", "glaciers", "comets", "orchards"]
+    chats = [_long_chat(t, i) for i, t in enumerate(topics)]
+    near = json.loads(json.dumps(chats[1]))  # casing, spacing and punctuation changed: a near copy
+    near["messages"][2]["content"] = near["messages"][2]["content"].upper().replace(".", " !  ")
+    eval_question = ("Which ancient city was buried by the eruption of a volcano near the bay of Naples "
+                     "in the year seventy nine of the common era")
+    leaked = {"messages": [{"role": "user", "content": f"{eval_question}?"},
+                           {"role": "assistant", "content": "Pompeii."}]}
+    eval_file = tmp_path / "eval.jsonl"
+    _write(eval_file, [{"question": eval_question, "answer": "Pompeii"}])
+    src = tmp_path / "chats.jsonl"
+    _write(src, [*chats, chats[0], near, leaked], ("{not json", json.dumps({"messages": []})))
+    run = tmp_path / "curate"
+    args = ["run", "curate", "--run-dir", str(run), *_common(tmp_path, tiny_model_dir), "--set", f"data.source={src}",
+            "--set", f"select=[{{rule: dedup}}, {{rule: decontaminate, against: [{eval_file}]}}]"]
+    assert main(args) == 0
+    card = tmp_path / "cards" / json.loads((run / "metrics.json").read_text())["data_card"].split("/")[-1]
+    counts = json.loads((card / "card.json").read_text())["counts"]
+    assert counts == {"read": 11, "kept": 6, "dropped": 2, "quarantined": 3}
+    subset, dropped = pl.read_parquet(card / "subset.parquet"), pl.read_parquet(card / "dropped.parquet")
+    assert sorted(json.loads(m)[1]["content"] for m in subset["messages"]) == sorted(
+        f"Tell me about {t}." for t in topics)  # one row per distinct conversation
+    assert all(len(json.loads(m)) == 5 for m in subset["messages"])  # with every turn
+    kept_id = {json.loads(m)[1]["content"]: i for m, i in zip(subset["messages"], subset["id"], strict=True)}
+    reason = {json.loads(m)[0]["content"][:12]: r for m, r in zip(dropped["messages"], dropped["reason"], strict=True)}
+    assert reason["Answer in fu"].startswith("dropped: dedup (minhash); duplicate of " + kept_id["Tell me about tides."])
+    assert f"matches {eval_file}:1 (field question)" in reason[eval_question[:12]]
+    quarantine = pl.read_parquet(card / "quarantine.parquet")
+    assert sorted(quarantine["line"].to_list()) == [7, 10, 11]
+    copy = quarantine.filter(pl.col("line") == 7)["reason"].item()
+    assert copy.startswith(f"duplicate_id: {kept_id['Tell me about volcanoes.']}")  # names the first copy
+
+    # The evaluation file is an input by its bytes: adding a record to it re-runs decontamination.
+    _write(eval_file, [{"question": eval_question, "answer": "Pompeii"},
+                       {"text": chats[3]["messages"][2]["content"]}])
+    assert main([*args[:2], "--run-dir", str(tmp_path / "again"), *args[4:]]) == 0
+    card = tmp_path / "cards" / json.loads((tmp_path / "again" / "metrics.json").read_text())["data_card"].split("/")[-1]
+    assert json.loads((card / "card.json").read_text())["counts"]["kept"] == 5
+
+    train = ["run", "train-subset", "--run-dir", str(tmp_path / "train"), *_common(tmp_path, tiny_model_dir),
+             "--set", f"data.subset={card}", "--set", "train.max_steps=1", "--set", "train.batch_size=2",
+             "--set", "train.max_length=128"]
+    assert main(train) == 0
+    assert json.loads((tmp_path / "train" / "metrics.json").read_text())["subset"]["rows"] == 5

@@ -42,8 +42,43 @@ def log(msg: str) -> None:
 
 
 def stage_dir(cache_root: str, stage: str, *parts: Any) -> Path:
-    """Content-addressed folder of one stage's output."""
-    return Path(cache_root) / stage / config_hash(list(parts))
+    """Content-addressed folder of one stage's output. Every local file or folder a part names (an
+    evaluation set to decontaminate against, a reference-data parquet, ...) enters the key by its
+    bytes, so editing such a file recomputes the stage."""
+    return Path(cache_root) / stage / config_hash([*parts, local_inputs(parts)])
+
+
+def local_inputs(obj: Any) -> dict[str, str]:
+    """`{path: content version}` of every string in `obj` (recursively) naming an existing local file or
+    data folder (`pipeline.data.source.source_version`); model folders are keyed by `model_key` instead."""
+    from pipeline.data.source import source_version
+
+    found: dict[str, str] = {}
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v)
+        elif isinstance(value, str) and ("/" in value or "." in value) and len(value) < 4096 and value not in found:
+            path = Path(value).expanduser()
+            if path.is_file() or (path.is_dir() and _data_folder(path)):
+                found[value] = source_version(value)
+
+    walk(obj)
+    return found
+
+
+def _data_folder(path: Path) -> bool:
+    """A folder whose files are inputs: not a model (config.json), not the cache, not the working folder
+    or one of its parents."""
+    from pipeline.core.config import cache_dir
+
+    resolved, cwd = path.resolve(), Path.cwd().resolve()
+    return not ((path / "config.json").is_file() or resolved in (cwd, *cwd.parents)
+                or resolved.is_relative_to(cache_dir().resolve()))
 
 
 def stage_code(stage: str, cfg: Any = None) -> str:

@@ -16,10 +16,11 @@ Methods (one threshold each):
   `>= threshold` (0.8). The signatures are datasketch's
   `MinHash(num_perm, seed, scheme="affine32")` ones, computed vectorized with numpy (tested equal,
   bit for bit): each shingle's 32-bit hash is premixed with the MurmurHash3 finalizer and every
-  permutation is `a * h + b mod 2**32`. The permutations are seeded by the run's seed (`ctx.seed`).
+  permutation is `a * h + b mod 2**32`. The permutations use datasketch's default seed 1 whatever the
+  run's seed: duplicates are a property of the data, so every seed of a study drops the same rows.
   A shingle's hash: polars' 64-bit hash of each word, a polynomial over the 5 words, the MurmurHash3
   64-bit finalizer, its top 32 bits. Polars keeps its string hash stable within a version only, so
-  an upgrade may move the pairs that sit at the threshold (as a different seed does).
+  an upgrade may move the pairs that sit at the threshold.
 - `embedding`: cosine similarity `>= threshold` (0.95) of the score table's `embedding` column
   (faiss inner product on L2-normalized vectors, the 32 nearest neighbours of each row; brute force,
   so quadratic in rows).
@@ -198,6 +199,9 @@ def shingle_hashes(texts: pl.Series, shingle: int) -> tuple[np.ndarray, np.ndarr
     flat, lengths = words(texts)
     h, seg, _ = ngram_hashes(word_hashes(flat), lengths, shingle, short=True)
     return (h >> _U64(32)).astype(np.uint32), seg
+
+
+MINHASH_SEED = 1  # datasketch's default; fixed, so dedup does not vary with the run's seed
 
 
 @cache
@@ -446,5 +450,5 @@ class Dedup(Selector):
         texts = conversation_text(text_table(scores, ctx))
         if self.method == "exact":
             return selection(ids, exact_duplicates(texts), None, "exact")
-        dup_of, score = minhash_duplicates(texts, self.threshold, self.shingle, self.num_perm, ctx.seed)
+        dup_of, score = minhash_duplicates(texts, self.threshold, self.shingle, self.num_perm, MINHASH_SEED)
         return selection(ids, dup_of, score, "minhash", "jaccard")
