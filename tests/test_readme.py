@@ -53,3 +53,15 @@ def test_readme_python_api_example_runs(capsys):
     exec(compile(code, "README.md#python-api", "exec"), {})
     out = capsys.readouterr().out
     assert "kept: quantile" in out and out.count("│") > 10  # the kept rows with their reasons
+
+
+def test_readme_data_example_runs_and_drops_what_it_says(tmp_path, monkeypatch, capsys):
+    """The README's no-model data example, as pasted: the near copy and the evaluation leak are dropped
+    with reasons, the broken record is quarantined."""
+    section = README.read_text().split("<!-- readme:data-example -->", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "dropped: dedup (exact); duplicate of" in out and "dropped: decontaminate" in out
+    assert "missing_field" in out
