@@ -99,6 +99,13 @@ def test_bad_source_settings_are_one_line_errors(tmp_path, capsys, override, mes
     assert message in capsys.readouterr().err
 
 
+def test_sft_math_on_own_data_needs_a_test_source(tmp_path, capsys):
+    src = tmp_path / "a.jsonl"
+    _write(src, [{"prompt": "p", "response": "r"}])
+    assert main(["run", "sft-math", "--set", f"data.source={src}", "--run-dir", str(tmp_path / "r")]) == 2
+    assert "data.test: the sft_math flow evaluates on a test split" in capsys.readouterr().err
+
+
 def test_curate_without_a_source_says_what_to_set(tmp_path, capsys):
     assert main(["run", "curate", "--run-dir", str(tmp_path / "r")]) == 2
     assert "data.source" in capsys.readouterr().err

@@ -141,6 +141,10 @@ def check_paths(config: dict) -> None:
             raise ConfigError("model", f"{model} is not a model folder (no config.json)")
     elif model.startswith(("/", ".", "~")):
         raise ConfigError("model", f"{model}: no such folder (give a folder, a hub id or smollm2-135m-instruct)")
+    data = config.get("data") or {}
+    if data.get("source") and not data.get("test") and config["flow"] in ("sft_math", "evaluate", "study"):
+        raise ConfigError("data.test", f"the {config['flow']} flow evaluates on a test split: with data.source, "
+                                       "give held-out examples as data.test=FILE")
     for key in ("source", "validation", "test"):
         where = (config.get("data") or {}).get(key)
         if where and missing_local(str(where)):
