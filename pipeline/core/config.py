@@ -34,6 +34,10 @@ DEFAULT_MAX_LENGTH = 384
 DEFAULT_MAX_CHARS = 32_000
 
 
+# A `data.dataset` entry; which rg: domains exist and which settings they take is checked when loading.
+_DATASET = re.compile(r"gsm_symbolic|gsm8k|rg:[a-z0-9_]+(;[A-Za-z_][A-Za-z0-9_]*=[^;]*)*")
+
+
 def cache_dir() -> Path:
     """Where converted models, stage outputs and references live ($SFT_PIPELINE_CACHE)."""
     root = os.environ.get("SFT_PIPELINE_CACHE") or Path.home() / ".cache" / "sft-pipeline"
@@ -51,7 +55,10 @@ class Section(BaseModel):
 
 
 class DataSection(Section):
-    dataset: Literal["gsm_symbolic", "gsm8k"] = "gsm_symbolic"  # offline (reasoning-gym); gsm8k = openai/gsm8k online
+    # gsm_symbolic (offline, reasoning-gym) | gsm8k (openai/gsm8k, online) | rg:<numeric reasoning-gym domain>
+    # [;key=value...] (offline, e.g. rg:chain_sum;max_digits=1), or a list of them: a mixture whose rows carry
+    # their domain and whose n_train / n_val / n_test are shared out over the domains (pipeline.data.math)
+    dataset: str | list[str] = "gsm_symbolic"
     n_train: int = Field(96, gt=0)
     n_val: int = Field(16, gt=0)
     n_test: int = Field(48, gt=0)
@@ -65,6 +72,21 @@ class DataSection(Section):
     validation: str | None = None  # optional held-out sources (same formats) for datamix / evaluation
     test: str | None = None
     max_chars: int = Field(DEFAULT_MAX_CHARS, gt=0)  # longer prompts or responses are quarantined
+
+    @pydantic.field_validator("dataset")
+    @classmethod
+    def _dataset_names(cls, value: str | list[str]) -> str | list[str]:
+        names = [value] if isinstance(value, str) else value
+        if not names:
+            raise ValueError("an empty list: give gsm_symbolic, gsm8k, rg:<name>, or a list of them")
+        for name in names:
+            if not _DATASET.fullmatch(name):
+                raise ValueError(f"{name!r} is not gsm_symbolic, gsm8k, or rg:<reasoning-gym domain>[;key=value...] "
+                                 "(e.g. rg:chain_sum;max_digits=1)")
+        domains = [n.split(";", 1)[0] for n in names]
+        if len(set(domains)) < len(domains):
+            raise ValueError(f"a domain appears twice in {names}: list each domain once")
+        return value
 
     @pydantic.field_validator("fields")
     @classmethod
