@@ -42,7 +42,7 @@ def test_sft_math_end_to_end(tmp_path, tiny_model_dir, capsys):
 
     card_dir = Path(metrics["data_card"])
     card = json.loads((card_dir / "card.json").read_text())
-    assert card["counts"] == {"read": 16, "kept": 8, "dropped": 8}
+    assert card["counts"] == {"read": 16, "kept": 8, "dropped": 8, "quarantined": 0}
     assert card["run"]["cache_keys"]["selection"] and card["run"]["config"]["select"]["rule"] == "fraction"
     assert (card_dir / "hist_ppl.png").stat().st_size > 1000
     subset = datasets.load_dataset(str(card_dir), split="train")  # the card's YAML `configs` point at the subset
