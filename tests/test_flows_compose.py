@@ -43,7 +43,7 @@ def test_curate_then_train_then_evaluate(tmp_path, tiny_model_dir, capsys):
 def test_train_flow_needs_a_subset(tmp_path, tiny_model_dir, capsys):
     args = ["run", "train-subset", "--run-dir", str(tmp_path / "t"), *_common(tmp_path, tiny_model_dir)]
     assert main(args) == 2
-    assert "data.subset: the train flow needs" in capsys.readouterr().err
+    assert "data.subset: recipe train-subset needs it" in capsys.readouterr().err
 
 
 def test_train_flow_rejects_bad_weights_with_file_row_and_field(tmp_path, tiny_model_dir, capsys):
