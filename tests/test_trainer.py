@@ -358,3 +358,80 @@ def test_igf_filter_in_a_training_run(tiny_model_dir, tmp_path, examples):
     assert result["steps"] == 2 and result["igf_skipped"] >= 1 and math.isfinite(result["train_loss"])
     with pytest.raises(ValueError, match="information_gain"):
         train(tiny_model_dir, examples, tmp_path / "x", {"max_steps": 1, "igf_filter": {}})
+
+
+# ---------------------------------------------------------------------------------------------
+# The CPU forward path (labelled positions only through the LM head) equals TRL's fused head
+
+
+def test_head_log_probs_match_full_logits():
+    """HeadLogProbs in tiles smaller than the problem: log-probs, entropy, top-1 and both gradients."""
+    from pipeline.training.trainer import HeadLogProbs
+
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(11, 6, generator=g, requires_grad=True)
+    weight = torch.randn(23, 6, generator=g, requires_grad=True)
+    targets = torch.randint(0, 23, (11,), generator=g)
+    targets[0] = int((hidden[0] @ weight.T).argmax())  # at least one top-1 hit
+    upstream = torch.randn(11, generator=g)
+    lp, ent, top1 = HeadLogProbs.apply(hidden, weight, targets, True, 4, 7)
+    (lp * upstream).sum().backward()
+    got = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    logp = torch.log_softmax(hidden @ weight.T, -1)
+    ref = logp.gather(1, targets[:, None]).squeeze(1)
+    (ref * upstream).sum().backward()
+    torch.testing.assert_close(lp, ref.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ent, -(logp.exp() * logp).sum(-1).detach(), rtol=1e-5, atol=1e-5)
+    assert top1.tolist() == (logp.argmax(-1) == targets).tolist() and top1[0]
+    torch.testing.assert_close(got[0], hidden.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[1], weight.grad, rtol=1e-5, atol=1e-6)
+    lp2, ent2, top2 = HeadLogProbs.apply(hidden.detach(), weight.detach(), targets, False, 4, 7)
+    assert ent2 is None and top2 is None
+    torch.testing.assert_close(lp2, lp.detach())
+
+
+@pytest.mark.parametrize("name,forward_tokens", [("ce", None), ("forgetting", 40), ("rho1", 1)])
+def test_cpu_path_equals_trl_fused_head(tiny_model_dir, tmp_path, examples, name, forward_tokens):
+    """Loss, gradients and logged metrics of the CPU path equal TRL's fused head on the padded batch,
+    also in length-sorted row groups and with a row that has no label at all (IGF-skipped)."""
+    trainer = make_trainer(tiny_model_dir, tmp_path, examples, name)
+    trainer.state.global_step, trainer.state.max_steps = 3, 10
+    model = trainer.model
+    batch = collate(trainer)
+    batch["labels"][2] = -100
+    n = int((batch["labels"][:, 1:] != -100).sum())
+    results = []
+    for fast in (False, True):
+        trainer.cpu_fast_path, trainer.forward_tokens = fast, forward_tokens
+        assert (trainer._cpu_plan(model, _model_inputs(batch)) is not None) == fast
+        trainer._metrics["train"].clear()
+        loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=n)
+        loss.backward()
+        results.append((loss.detach(), grads(model), dict(trainer._metrics["train"])))
+        model.zero_grad()
+    (trl_loss, trl_grads, trl_metrics), (loss, cpu_grads, metrics) = results
+    torch.testing.assert_close(loss, trl_loss, rtol=1e-5, atol=1e-6)
+    assert_grads_close(cpu_grads, trl_grads)
+    for key in ("entropy", "mean_token_accuracy"):
+        assert metrics[key] == pytest.approx(trl_metrics[key], rel=1e-5, abs=1e-6), key
+
+
+def test_cpu_path_falls_back_to_trl_head(tiny_model_dir, tmp_path, examples):
+    """Left padding, extra model inputs or a model without a plain head: TRL's fused head, unchanged."""
+    trainer = make_trainer(tiny_model_dir, tmp_path, examples, "ce")
+    model, batch = trainer.model, _model_inputs(collate(trainer))
+    assert trainer._cpu_plan(model, dict(batch)) is not None
+    assert trainer._cpu_plan(model, dict(batch, example_weight=torch.ones(6))) is None  # compute_loss pops it
+    left = dict(batch, attention_mask=batch["attention_mask"].flip(1))
+    assert trainer._cpu_plan(model, left) is None
+    assert trainer._cpu_plan(model, dict(batch, position_ids=torch.zeros_like(batch["input_ids"]))) is None
+    model.config.logit_scale = 2.0
+    try:
+        assert trainer._cpu_plan(model, dict(batch)) is None
+    finally:
+        del model.config.logit_scale
+
+
+def _model_inputs(batch: dict) -> dict:
+    return {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}

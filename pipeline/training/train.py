@@ -10,6 +10,7 @@ reference NLLs) travel with the examples to it.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -117,13 +118,13 @@ def _trl_loss_type(name: str) -> str:
     return getattr(LOSSES.get(name), "trl_loss_type", "nll")
 
 
-def train(model_name: str, examples: pl.DataFrame, output_dir: str | Path, cfg: dict, seed: int = 0,
-          weights: list[float] | None = None,
-          token_columns: dict[str, list[list[float]]] | None = None) -> dict:
-    """Fine-tune `model_name` on `examples` with the loss `cfg["loss"]`; save model and tokenizer to output_dir/model.
+def build_trainer(model_name: str, examples: pl.DataFrame, output_dir: str | Path, cfg: dict, seed: int = 0,
+                  weights: list[float] | None = None,
+                  token_columns: dict[str, list[list[float]]] | None = None, callbacks: list | None = None):
+    """The `TokenLossSFTTrainer` that `train` runs: model and tokenizer loaded, dataset built, settings applied.
 
-    `weights` (one per example) multiply each example's token losses; `token_columns` carries the
-    per-token columns (`token_label`, `ref_nll`) some losses need. Returns the training metrics.
+    `cfg` is a `train` section (defaults filled in here); the trainer writes checkpoints under
+    output_dir/checkpoints. benchmarks/bench_training.py times this very trainer.
     """
     from pipeline.losses import get_loss
     from pipeline.training.trainer import TokenLossSFTTrainer, check_columns
@@ -131,7 +132,6 @@ def train(model_name: str, examples: pl.DataFrame, output_dir: str | Path, cfg: 
     cfg = train_settings(cfg)
     loss = get_loss(cfg["loss"], **cfg["loss_params"])
     check_columns(loss, set(token_columns or {}))
-    output_dir = Path(output_dir)
     torch.manual_seed(seed)
     tokenizer = load_tokenizer(model_name)
     model = load_model(model_name, dtype=torch.float32).train()
@@ -139,21 +139,38 @@ def train(model_name: str, examples: pl.DataFrame, output_dir: str | Path, cfg: 
     dataset = build_dataset(tokenizer, examples, int(cfg["max_length"]), weights, token_columns)
     if cfg["igf_filter"]:  # IGF's predicted information gain travels with each example
         dataset = dataset.add_column("igf_score", igf_scores(examples, cfg["igf_filter"]))
-    trainer = TokenLossSFTTrainer(
+    return TokenLossSFTTrainer(
         model=model,
-        args=sft_config(cfg, output_dir / "checkpoints", seed),
+        args=sft_config(cfg, Path(output_dir) / "checkpoints", seed),
         train_dataset=dataset,
         processing_class=tokenizer,
         loss=loss,
         masked_thought=masked,
         igf_filter=cfg["igf_filter"],
-        callbacks=crash_callbacks(),
+        callbacks=[*crash_callbacks(), *(callbacks or [])],
         peft_config=lora_config(cfg["lora"]),
     )
+
+
+def train(model_name: str, examples: pl.DataFrame, output_dir: str | Path, cfg: dict, seed: int = 0,
+          weights: list[float] | None = None,
+          token_columns: dict[str, list[list[float]]] | None = None) -> dict:
+    """Fine-tune `model_name` on `examples` with the loss `cfg["loss"]`; save model and tokenizer to output_dir/model.
+
+    `weights` (one per example) multiply each example's token losses; `token_columns` carries the
+    per-token columns (`token_label`, `ref_nll`) some losses need. Returns the training metrics,
+    with `phase_s`: seconds spent building the trainer (model load, dataset, init), training and saving.
+    """
+    start = time.perf_counter()
+    cfg = train_settings(cfg)
+    output_dir = Path(output_dir)
+    trainer = build_trainer(model_name, examples, output_dir, cfg, seed, weights, token_columns)
+    built = time.perf_counter()
     resume = _last_checkpoint(output_dir / "checkpoints")
     result = trainer.train(resume_from_checkpoint=resume)
+    trained = time.perf_counter()
     final = output_dir / "model"
-    save_model(trainer, model_name, tokenizer, final, output_dir / "adapter" if cfg["lora"] else None)
+    save_model(trainer, model_name, trainer.processing_class, final, output_dir / "adapter" if cfg["lora"] else None)
     history = [h for h in trainer.state.log_history if "loss" in h]
     return {
         "train_loss": result.training_loss,
@@ -164,6 +181,8 @@ def train(model_name: str, examples: pl.DataFrame, output_dir: str | Path, cfg: 
         "resumed_from": resume,
         "igf_skipped": trainer.igf_filtered if cfg["igf_filter"] else None,
         "train_tokens": int(getattr(trainer, "_total_train_tokens", 0)),  # real (non-pad) tokens trained on
+        "phase_s": {"build": round(built - start, 3), "train": round(trained - built, 3),
+                    "save": round(time.perf_counter() - trained, 3)},
     }
 
 

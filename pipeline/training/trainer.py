@@ -7,6 +7,14 @@ tokens...) are summed over the whole gradient-accumulation window before the fir
 like `num_items_in_batch`, so accumulation gives the update of one big batch. A loss whose weights
 depend on every token of the window (`needs_window_nll`, e.g. TALR with `window="accumulation"`) also
 gets `window_stats` from a no-grad forward over the window's micro-batches, run once per step.
+
+On CPU the forward takes a leaner path than TRL's fused head, with the same per-token values
+(`TokenLossSFTTrainer.fused_outputs`): without Triton, TRL projects every position of the padded
+batch (prompt and padding too) through the LM head, in 4096 x 32768 tiles with some 25 elementwise
+passes each; that was 28% of a training step (benchmarks/RESULTS.md, "Training"). Here the body runs
+without an attention mask (exact for right padding: a causal model's real tokens never attend to the
+padding after them), optionally in length-sorted row groups, and only positions with a label go
+through the head (`HeadLogProbs`).
 """
 
 from __future__ import annotations
@@ -15,18 +23,100 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from accelerate.utils import is_peft_model
 from trl import SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
-from trl.trainer.utils import pad
+from trl.trainer.utils import FusedCausalLMOutput, pad
 
 from pipeline.losses.base import EXAMPLE_WEIGHT, TOKEN_COLUMNS, TokenLoss, shift_columns
 from pipeline.losses.ce import CrossEntropy
 from pipeline.losses.masked_thought import MaskedThought
+from pipeline.models.engine import length_batches, plain_head
 
 IGF_SCORE = "igf_score"  # per-example predicted information gain for the IGF filter
 EXTRA_COLUMNS = (EXAMPLE_WEIGHT, IGF_SCORE, *TOKEN_COLUMNS)
 _EXAMPLE_COLUMNS = (EXAMPLE_WEIGHT, IGF_SCORE)
 _TOKEN_DTYPES = {"token_label": torch.int8}
+_MODEL_INPUTS = {"input_ids", "labels", "attention_mask", "use_cache"}  # what the CPU path knows how to run
+
+# LM-head tiles of the CPU path: tokens x vocabulary entries per matmul (see benchmarks/bench_training.py).
+HEAD_TOKEN_CHUNK = 1024
+HEAD_VOCAB_CHUNK = 8192
+
+
+class HeadLogProbs(torch.autograd.Function):
+    """log p(target) for [N, H] hidden states under a bias-free head [V, H], in (token x vocab) tiles.
+
+    Forward: each tile's logits fold into a running logsumexp (and, with `metrics`, the entropy's
+    E_p[z] and the first argmax), so at most one tile of logits exists. Backward recomputes each
+    tile and turns it into `-g * p` in place (three passes), then two GEMMs; the `+g` at the target
+    goes straight to the target's row. Entropy and top-1 come without gradient (metrics only).
+    Returns (log_probs [N], entropy [N] or None, is_top1 [N] or None).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, metrics: bool, token_chunk: int, vocab_chunk: int):
+        n, vocab = hidden.shape[0], weight.shape[0]
+        lse = hidden.new_empty(n, dtype=torch.float32)
+        entropy = hidden.new_empty(n, dtype=torch.float32) if metrics else None
+        top1 = hidden.new_empty(n, dtype=torch.bool) if metrics else None
+        for t0 in range(0, n, token_chunk):
+            h, rows = hidden[t0 : t0 + token_chunk], slice(t0, t0 + token_chunk)
+            run = mean_z = best = arg = None
+            for v0 in range(0, vocab, vocab_chunk):
+                tile = (h @ weight[v0 : v0 + vocab_chunk].T).float()
+                if metrics:
+                    top, idx = tile.max(1)
+                    p = torch.sub(tile, top[:, None]).exp_()
+                    total = p.sum(1)
+                    chunk_lse, chunk_z = top + total.log(), torch.linalg.vecdot(p, tile) / total
+                else:
+                    chunk_lse = torch.logsumexp(tile, 1)
+                if run is None:
+                    run = chunk_lse
+                    if metrics:
+                        mean_z, best, arg = chunk_z, top, idx
+                    continue
+                merged = torch.logaddexp(run, chunk_lse)
+                if metrics:
+                    mean_z = mean_z * (run - merged).exp() + chunk_z * (chunk_lse - merged).exp()
+                    better = top > best  # strict: the first maximum wins, like argmax
+                    best, arg = torch.where(better, top, best), torch.where(better, idx + v0, arg)
+                run = merged
+            lse[rows] = run
+            if metrics:
+                entropy[rows] = run - mean_z
+                top1[rows] = arg == targets[rows]
+        target = torch.linalg.vecdot(hidden, weight[targets]).float()
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.chunks = (token_chunk, vocab_chunk)
+        if metrics:
+            ctx.mark_non_differentiable(entropy, top1)
+        return target - lse, entropy, top1
+
+    @staticmethod
+    def backward(ctx, grad, *_):
+        hidden, weight, targets, lse = ctx.saved_tensors
+        token_chunk, vocab_chunk = ctx.chunks
+        need_hidden, need_weight = ctx.needs_input_grad[:2]
+        grad = grad.to(hidden.dtype)
+        g_hidden = torch.zeros_like(hidden) if need_hidden else None
+        g_weight = torch.zeros_like(weight) if need_weight else None
+        for t0 in range(0, hidden.shape[0], token_chunk):
+            h, rows = hidden[t0 : t0 + token_chunk], slice(t0, t0 + token_chunk)
+            minus_g, row_lse = -grad[rows, None], lse[rows, None].to(hidden.dtype)
+            for v0 in range(0, weight.shape[0], vocab_chunk):
+                w = weight[v0 : v0 + vocab_chunk]
+                tile = (h @ w.T).sub_(row_lse).exp_().mul_(minus_g)  # d log p(target) / d z = 1[target] - p
+                if need_hidden:
+                    g_hidden[rows].addmm_(tile, w)
+                if need_weight:
+                    g_weight[v0 : v0 + vocab_chunk].addmm_(tile.T, h)
+        if need_hidden:
+            g_hidden.add_(grad[:, None] * weight[targets])
+        if need_weight:
+            g_weight.index_add_(0, targets, grad[:, None] * hidden)
+        return g_hidden, g_weight, None, None, None, None
 
 
 @dataclass
@@ -83,7 +173,16 @@ def check_columns(loss: TokenLoss, columns: set[str] | list[str]) -> None:
 
 
 class TokenLossSFTTrainer(SFTTrainer):
-    """SFTTrainer whose loss is a `TokenLoss` computed on the fused LM head's per-token log-probs."""
+    """SFTTrainer whose loss is a `TokenLoss` computed on the fused LM head's per-token log-probs.
+
+    `cpu_fast_path` (default on), `forward_tokens` (padded tokens per body forward on the CPU path;
+    None = the whole micro-batch at once) and `token_metrics` (entropy / token accuracy on the CPU
+    path) are class attributes a benchmark may change.
+    """
+
+    cpu_fast_path = True
+    forward_tokens: int | None = None
+    token_metrics = True
 
     def __init__(self, *args: Any, loss: TokenLoss | None = None, masked_thought: MaskedThought | None = None,
                  igf_filter: dict[str, Any] | None = None, **kwargs: Any):
@@ -168,7 +267,7 @@ class TokenLossSFTTrainer(SFTTrainer):
                 if isinstance(self.data_collator, TokenLossCollator):
                     inputs = self.data_collator.apply_masked_thought(inputs, self.state.global_step, micro,
                                                                      self.state.max_steps)
-                out = model(**inputs, use_cache=False, fused_lm_head=True)
+                out = self.fused_outputs(model, {**inputs, "use_cache": False}, metrics=False)
                 nlls.append(-out.log_probs.float().masked_fill(~out.label_mask.bool(), 0.0))
                 masks.append(out.label_mask.bool())
         # per process: with several processes the statistics cover this process's micro-batches only
@@ -201,7 +300,7 @@ class TokenLossSFTTrainer(SFTTrainer):
         inputs["use_cache"] = False
         if self.aux_loss_enabled:
             inputs["output_router_logits"] = True
-        outputs = model(**inputs, fused_lm_head=True)
+        outputs = self.fused_outputs(model, inputs)
         counts = self._window_counts if (mode == "train" and num_items_in_batch is not None) else None
         loss = self.token_loss.from_log_probs(
             outputs.log_probs, outputs.label_mask, num_items_in_batch, shift_columns(extra),
@@ -219,6 +318,76 @@ class TokenLossSFTTrainer(SFTTrainer):
                 outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
             return loss, outputs
         return loss
+
+    def fused_outputs(self, model, inputs: dict, metrics: bool = True):
+        """Per-token log-probs of the labels ([B, T-1], zero where ignored) with entropy and top-1 for the metrics.
+
+        TRL's fused head (`model(..., fused_lm_head=True)`) on GPU and wherever the CPU path does not
+        apply; the CPU path gives the same values (float tolerance) with less work.
+        """
+        plan = self._cpu_plan(model, inputs)
+        if plan is None:
+            return model(**inputs, fused_lm_head=True)
+        lm, lengths = plan
+        ids, labels = inputs["input_ids"], inputs["labels"]
+        mask = labels[:, 1:] != -100
+        has_label = mask.any(1)
+        # rows without a label add nothing to the loss: no forward for them
+        rows = [i for i in range(len(lengths)) if has_label[i]]
+        groups = length_batches([lengths[i] for i in rows], self.forward_tokens or 2**62, max_batch=len(rows) or 1)
+        hidden, where_rows, where_cols = [], [], []
+        for group in groups:
+            idx = torch.tensor([rows[i] for i in group], device=ids.device)
+            width = max(lengths[rows[i]] for i in group)
+            # no attention mask: right padding, so real tokens never attend to the padding after them
+            out = lm.base_model(input_ids=ids[idx, :width], use_cache=False).last_hidden_state
+            keep = mask[idx, : width - 1]
+            r, c = keep.nonzero(as_tuple=True)
+            hidden.append(out[:, :-1][r, c])
+            where_rows.append(idx[r])
+            where_cols.append(c)
+        if hidden:
+            hidden, r, c = torch.cat(hidden), torch.cat(where_rows), torch.cat(where_cols)
+        else:  # nothing to score: keep the output connected to the model so backward still runs
+            hidden = lm.get_input_embeddings().weight[:0]
+            r = c = torch.zeros(0, dtype=torch.long, device=ids.device)
+        weight = lm.get_output_embeddings().weight
+        log_probs, entropy, top1 = HeadLogProbs.apply(hidden, weight, labels[:, 1:][r, c],
+                                                      metrics and self.token_metrics,
+                                                      HEAD_TOKEN_CHUNK, HEAD_VOCAB_CHUNK)
+
+        def scatter(values):
+            return None if values is None else values.new_zeros(mask.shape).index_put((r, c), values)
+
+        return FusedCausalLMOutput(log_probs=scatter(log_probs), entropy=scatter(entropy), is_top1=scatter(top1),
+                                   label_mask=mask)
+
+    def _cpu_plan(self, model, inputs: dict):
+        """(the causal LM, each row's length) when the CPU path computes exactly what TRL's head would, else None."""
+        if not self.cpu_fast_path or self.aux_loss_enabled or self.args.world_size > 1:
+            return None
+        ids, labels = inputs.get("input_ids"), inputs.get("labels")
+        if ids is None or labels is None or ids.device.type != "cpu" or set(inputs) - _MODEL_INPUTS:
+            return None
+        lm = model
+        if is_peft_model(model):  # LoRA layers sit inside the base model; prompt learning adds tokens: not here
+            if model.active_peft_config.is_prompt_learning:
+                return None
+            lm = model.get_base_model()
+        head = lm.get_output_embeddings()
+        if type(head) is not torch.nn.Linear or not plain_head(lm) or head.weight.dtype != torch.float32:
+            return None
+        attn = inputs.get("attention_mask")
+        if attn is None:
+            return lm, [ids.shape[1]] * ids.shape[0]
+        attn = attn.bool()
+        if (attn[:, 1:] & ~attn[:, :-1]).any():  # not right padding
+            return None
+        lengths = attn.sum(1)
+        beyond = torch.arange(labels.shape[1] - 1, device=labels.device) >= (lengths[:, None] - 1)
+        if (labels[:, 1:] != -100)[beyond].any():  # a label on a padding position
+            return None
+        return lm, lengths.tolist()
 
     def _log_metrics(self, mode: str, inputs: dict, outputs: Any) -> None:
         """TRL's entropy / token accuracy / token count, plus the loss's own metrics (e.g. TALR's tau)."""
