@@ -121,13 +121,15 @@ def record_batches(trainer) -> list[dict]:
 def run_ours(trainer, clock, init: dict, variant: dict) -> tuple[float, float, float]:
     """(seconds, train_loss, first step's loss) of one 6-step `trainer.train()` with `variant` applied.
 
-    The seed is reset first, as in the warm-up run, so every run draws the same batches (its
-    train_loss shows it: equal across runs and variants up to float tolerance)."""
+    Weights, optimizer, schedule and seed are reset first, as in the warm-up run, so every run draws
+    the same batches and takes the same updates (its train_loss shows it: equal across runs and
+    variants up to float tolerance)."""
     from transformers import set_seed
 
     from pipeline.training import trainer as trainer_module
 
     trainer.model.load_state_dict(init)
+    trainer.optimizer = trainer.lr_scheduler = None  # else train() reuses the last run's AdamW state and schedule
     set_seed(trainer.args.seed)
     saved_threads = torch.get_num_threads()
     undo: list = []
