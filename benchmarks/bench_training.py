@@ -100,6 +100,8 @@ def build(tmp: str):
 
 def record_batches(trainer) -> list[dict]:
     """Run the trainer once (warm-up) and keep each step's input_ids / attention_mask / labels."""
+    from transformers import set_seed
+
     batches: list[dict] = []
     step = trainer.training_step
 
@@ -108,6 +110,7 @@ def record_batches(trainer) -> list[dict]:
         return step(model, inputs, num_items_in_batch)
 
     trainer.training_step = recording
+    set_seed(trainer.args.seed)
     try:
         trainer.train()
     finally:
@@ -115,11 +118,19 @@ def record_batches(trainer) -> list[dict]:
     return batches
 
 
-def run_ours(trainer, clock, init: dict, variant: dict) -> float:
-    """Seconds of one 6-step `trainer.train()` with `variant` applied (and undone afterwards)."""
+def run_ours(trainer, clock, init: dict, variant: dict) -> tuple[float, float, float]:
+    """(seconds, train_loss, first step's loss) of one 6-step `trainer.train()` with `variant` applied.
+
+    Weights, optimizer, schedule and seed are reset first, as in the warm-up run, so every run draws
+    the same batches and takes the same updates (its train_loss shows it: equal across runs and
+    variants up to float tolerance)."""
+    from transformers import set_seed
+
     from pipeline.training import trainer as trainer_module
 
     trainer.model.load_state_dict(init)
+    trainer.optimizer = trainer.lr_scheduler = None  # else train() reuses the last run's AdamW state and schedule
+    set_seed(trainer.args.seed)
     saved_threads = torch.get_num_threads()
     undo: list = []
     for key, value in variant.items():
@@ -136,21 +147,24 @@ def run_ours(trainer, clock, init: dict, variant: dict) -> float:
             undo.append((trainer, key, trainer.__dict__.get(key, getattr(type(trainer), key))))
             setattr(trainer, key, value)
     try:
-        trainer.train()
+        result = trainer.train()
     finally:
         for obj, key, value in reversed(undo):
             setattr(obj, key, value)
         torch.set_num_threads(saved_threads)
-    return clock.seconds
+    first = next(h["loss"] for h in trainer.state.log_history if "loss" in h)
+    return clock.seconds, result.training_loss, first
 
 
-def run_plain(model, batches: list[dict], init: dict) -> float:
-    """Seconds of the plain loop over the same batches: HF loss on response tokens + fused AdamW."""
+def run_plain(model, batches: list[dict], init: dict) -> tuple[float, float, float]:
+    """(seconds, mean loss, first batch's loss) of the plain loop over the same batches: HF loss on
+    response tokens + fused AdamW (constant learning rate: its later losses differ from ours)."""
     model.load_state_dict(init)
     model.train()
     dev = next(model.parameters()).device
     opt = torch.optim.AdamW(model.parameters(), lr=5e-5, betas=(0.9, 0.95), weight_decay=0.0, fused=True)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    losses = []
     sync()
     start = time.perf_counter()
     for batch in batches:
@@ -159,8 +173,10 @@ def run_plain(model, batches: list[dict], init: dict) -> float:
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        losses.append(loss.detach())
     sync()
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    return seconds, float(torch.stack(losses).mean()), float(losses[0])
 
 
 def overhead(examples, tmp: str) -> dict:
@@ -206,16 +222,18 @@ def main() -> None:
 
     runs = [*names, *([] if args.no_plain else ["plain"]), "ceiling"]
     times: dict[str, list[float]] = {name: [] for name in runs}
+    losses: dict[str, list[tuple[float, float]]] = {name: [] for name in runs[:-1]}
     start = time.perf_counter()
     for r in range(args.rounds):
         shift = r % len(runs)
         for name in runs[shift:] + runs[:shift]:
             if name == "ceiling":
                 times[name].append(matmul_ceiling())
-            elif name == "plain":
-                times[name].append(run_plain(model, batches, init))
             else:
-                times[name].append(run_ours(trainer, clock, init, VARIANTS[name]))
+                seconds, *loss = (run_plain(model, batches, init) if name == "plain"
+                                  else run_ours(trainer, clock, init, VARIANTS[name]))
+                times[name].append(seconds)
+                losses[name].append(tuple(loss))
         print(f"# round {r + 1}: " + ", ".join(f"{n} {times[n][-1] / (1e9 if n == 'ceiling' else 1):.1f}"
                                                  for n in runs), flush=True)
     wall = time.perf_counter() - start
@@ -240,6 +258,8 @@ def main() -> None:
               f"{statistics.median(a / b for a, b in zip(t, times['plain'], strict=True)):9.3f}")
         print(f"{run:18s} {med:9.1f} {min(t):8.1f} {max(t):8.1f} {real / med:7.0f} "
               f"{flops / med / ceiling:8.3f} {vs}")
+    print("# same batches: (train_loss, first step's loss) per run: "
+          + "; ".join(f"{n} " + " ".join(f"({a:.4f}, {b:.4f})" for a, b in v) for n, v in losses.items()))
     if whole is not None:
         print(f"# whole train() for {STEPS} steps: {whole['total']:.1f} s = build {whole['build']:.1f} "
               f"(model load + dataset + trainer init) + train {whole['train']:.1f} (train_runtime "

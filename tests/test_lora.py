@@ -21,6 +21,12 @@ def test_lora_trains_and_saves_a_merged_model(tmp_path, tiny_model_dir):
     tuned, base = load_model(str(folder), dtype=torch.float32), load_model(tiny_model_dir, dtype=torch.float32)
     changed = [n for n, p in tuned.state_dict().items() if not torch.equal(p, base.state_dict()[n])]
     assert changed and all("proj" in n for n in changed)  # only the LoRA-targeted linear layers moved
+    # merged in place in the trained model: the same weights as the saved adapter merged into a fresh base
+    from peft import PeftModel
+
+    fresh = PeftModel.from_pretrained(base, str(tmp_path / "out" / "adapter")).merge_and_unload().state_dict()
+    for name, value in tuned.state_dict().items():
+        torch.testing.assert_close(value, fresh[name], rtol=1e-6, atol=1e-7, msg=name)
 
 
 def test_lora_config_rejects_unknown_keys():

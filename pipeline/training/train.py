@@ -191,19 +191,25 @@ def save_model(trainer, model_name: str, tokenizer, final: Path, adapter: Path |
 
     Every rank calls `trainer.save_model` (under FSDP it gathers the full state dict, which the
     shipped accelerate config asks for with FULL_STATE_DICT); LoRA saves the adapter that way, then
-    rank 0 merges it into a fresh copy of the base, so no rank merges inside a sharded model.
+    rank 0 merges it: in one process into the trained model itself (its base weights are frozen, so
+    they are the base's; no second load), across processes into a fresh copy of the base, so no rank
+    merges inside a sharded model. The trainer's model is not usable for training after a LoRA save.
     """
     if adapter is None:
         trainer.save_model(str(final))
     else:
         trainer.save_model(str(adapter))
         if trainer.is_world_process_zero():
-            from peft import PeftModel
+            if trainer.args.world_size == 1:
+                merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+            else:
+                from peft import PeftModel
 
-            base = load_model(model_name, dtype=torch.float32, device_=torch.device("cpu"))
-            if base.get_input_embeddings().num_embeddings != len(tokenizer):  # Masked Thought's added <mask>
-                base.resize_token_embeddings(len(tokenizer))
-            PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().save_pretrained(str(final))
+                base = load_model(model_name, dtype=torch.float32, device_=torch.device("cpu"))
+                if base.get_input_embeddings().num_embeddings != len(tokenizer):  # Masked Thought's added <mask>
+                    base.resize_token_embeddings(len(tokenizer))
+                merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+            merged.save_pretrained(str(final))
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(final))
     trainer.accelerator.wait_for_everyone()
