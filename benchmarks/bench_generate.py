@@ -76,11 +76,12 @@ def best_over_threads(fn):
 
 
 def timed(fn):
+    """(fn(), wall seconds, this process's CPU seconds)."""
     sync()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     out = fn()
     sync()
-    return out, time.perf_counter() - start
+    return out, time.perf_counter() - start, time.process_time() - cpu
 
 
 def with_threads(threads: int, fn):
@@ -122,7 +123,7 @@ def levers(model, tok, texts, args, rows) -> None:
     for r in range(args.rounds):
         names = list(variants)
         for name in names[r % len(names):] + names[: r % len(names)]:
-            out, seconds = timed(variants[name])
+            out, seconds, _ = timed(variants[name])
             times[name].append(seconds)
             tokens[name] = count(out)
             print(f"  round {r}: {name}: {seconds:.1f}s, {tokens[name]} tokens, load {os.getloadavg()[0]:.1f}", flush=True)
@@ -183,6 +184,7 @@ def main() -> None:
             runs["before, 1 thread"] = lambda: with_threads(
                 1, lambda: _hf_generate(model, tok, texts, args.max_new_tokens, args.batch_size, False))
     seconds: dict[str, list[float]] = {k: [] for k in runs}
+    cpu: dict[str, list[float]] = {k: [] for k in runs}
     outputs: dict[str, list[list[int]]] = {}
     limits, ratios, loads = [], [], []
     for r in range(args.rounds):
@@ -192,8 +194,9 @@ def main() -> None:
         limit = rows / step
         names = list(runs)
         for name in names[r % len(names):] + names[: r % len(names)]:  # rotate who goes first
-            outputs[name], s = timed(runs[name])
+            outputs[name], s, c = timed(runs[name])
             seconds[name].append(s)
+            cpu[name].append(c)
         tok_s = count(outputs["ours"]) / seconds["ours"][-1]
         limits.append(limit)
         ratios.append(tok_s / limit)
@@ -204,12 +207,14 @@ def main() -> None:
               + f"; load {loads[-1]:.1f}", flush=True)
 
     tokens = count(outputs["ours"])
-    print(f"{'path':24s} {'median_s':>9s} {'tokens':>7s} {'tok/s':>7s} {'of limit':>8s}")
+    print(f"{'path':24s} {'median_s':>9s} {'tokens':>7s} {'tok/s':>7s} {'of limit':>8s} {'cpu_s':>7s} {'cpu/wall':>8s}")
     limit = statistics.median(limits)
     for k, v in seconds.items():
-        med = statistics.median(v)
+        med, med_cpu = statistics.median(v), statistics.median(cpu[k])
         print(f"{k:24s} {med:9.1f} {count(outputs[k]):7d} {count(outputs[k]) / med:7.1f} "
-              f"{count(outputs[k]) / med / limit:8.2f}")
+              f"{count(outputs[k]) / med / limit:8.2f} {med_cpu:7.1f} {med_cpu / med:8.2f}")
+    print("cpu/wall: CPU seconds this process got per wall second (threads x share of a core); the limit's "
+          "short ceiling and bandwidth bursts see a whole core, long runs see their share under load")
     if "before" in outputs:
         same = sum(a == b for a, b in zip(outputs["ours"], outputs["before"], strict=True))
         print(f"greedy token ids identical to before on {same}/{len(prompts)} prompts; "

@@ -10,7 +10,8 @@ loop written for throughput (numbers in benchmarks/RESULTS.md, "Generation"):
   dynamic cache concatenates, copying the whole cache at every step.
 - The token prefix all prompts share (the chat template's system turn) is run once, and its keys
   and values are copied to every row.
-- Only the last position goes through the LM head (`logits_to_keep=1`).
+- Prompts are prefilled in forwards of similar length (`PREFILL_TOKENS_CPU` padded tokens on CPU),
+  not padded to the batch's longest, and only the last position goes through the LM head.
 - On CPU the thread count is measured, not assumed (`cpu_threads`): when other processes
   share the cores, one thread decodes several times faster than two (each of the step's ~700 small
   parallel regions waits for a descheduled thread).
@@ -40,7 +41,7 @@ _NEUTRAL = {"repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_re
 _UNSET = ("bad_words_ids", "forced_bos_token_id", "forced_eos_token_id", "suppress_tokens", "begin_suppress_tokens",
           "sequence_bias", "exponential_decay_length_penalty", "watermarking_config", "stop_strings", "max_time",
           "token_healing", "remove_invalid_values")
-PROBE_EVERY = 32  # decode steps between thread-count measurements on CPU (a probe costs ~1 step)
+PROBE_EVERY = 32  # decode steps or prefill forwards between thread-count probes on CPU (a probe costs ~1 step)
 PREFILL_TOKENS_CPU = 512  # padded prompt tokens per prefill forward on CPU (1 thread: 5.4 s vs 5.8 at 1024, 12.9 unchunked)
 
 
@@ -49,8 +50,8 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 160, ba
              progress: bool = True, threads: int | None = None) -> list[str]:
     """Greedy completions for `prompts`, `batch_size` rows at a time.
 
-    `threads`: torch threads while generating on CPU; None measures 1 against the process's count
-    every `PROBE_EVERY` steps and uses the faster (the process's count is restored afterwards).
+    `threads`: torch threads while generating on CPU; None lets `cpu_threads` measure 1 against the
+    process's count as it goes and use the faster (the process's count is restored afterwards).
     """
     if not prompts:
         return []
@@ -132,13 +133,13 @@ def _hf_generate(model, tokenizer, texts: list[str], max_new_tokens: int, batch_
 # --- threads ---------------------------------------------------------------------------------
 
 
-def _faster_thread_count(hidden: int, rows: int, many: int, reps: int = 6) -> int:
+def _faster_thread_count(hidden: int, rows: int, many: int, reps: int = 6, margin: float = 0.7) -> int:
     """1 or `many`, whichever runs a decode-sized matmul ([rows, hidden] x [hidden, 4 hidden]) faster now.
 
     On an idle machine `many` threads win; when other processes hold the cores, each parallel region
-    waits for a descheduled thread and one thread wins by 4-50x (benchmarks/RESULTS.md). The `many`
-    run (its pool wake-up included) stops once slower than the single-thread total, so a probe
-    costs about two single-thread totals.
+    waits for a descheduled thread and one thread wins by 4-50x (benchmarks/RESULTS.md). A wrong
+    `many` costs far more than a wrong 1, so `many` must beat `margin` x the single-thread time. Its
+    run (pool wake-up included) stops once it cannot, so a probe costs about two single-thread totals.
     """
     x, w = torch.ones(rows, hidden), torch.ones(4 * hidden, hidden)
 
@@ -155,34 +156,67 @@ def _faster_thread_count(hidden: int, rows: int, many: int, reps: int = 6) -> in
 
     timed(1, 0.0)  # one warm-up matmul
     single = timed(1, float("inf"))
-    return many if timed(many, single) < single else 1
+    return many if timed(many, margin * single) < margin * single else 1
 
 
 class cpu_threads:
     """Context: torch's thread count while running `model` on CPU, restored on exit (no-op on GPU).
 
-    `threads` fixes it; None measures 1 thread against the process's count on a matmul of `rows`
-    rows (`_faster_thread_count`) on entry and at each `choose()`.
+    `threads` fixes it. None chooses between 1 and the process's count: on entry with a probe
+    (`_faster_thread_count` on `rows` rows), or, with `probe_on_enter=False`, starting at 1 thread
+    and probing from a loop that reports each unit of work (`observe`) and asks when to re-probe
+    (`tick`): a probe's choice of several threads is undone as soon as the work it runs gets slower
+    per unit than at 1 thread (the probe misjudged a busy machine), and re-probing then backs off.
     """
 
-    def __init__(self, model, threads: int | None = None, rows: int = 16):
+    def __init__(self, model, threads: int | None = None, rows: int = 16, probe_on_enter: bool = True):
         self.cpu = next(model.parameters()).device.type == "cpu"
         self.fixed = threads
         self.hidden = int(getattr(model.config.get_text_config(), "hidden_size", 1024))
         self.rows = rows
+        self.probe_on_enter = probe_on_enter
         self.saved = torch.get_num_threads()
+        self.auto = self.cpu and threads is None and self.saved > 1
+        self.single: dict[str, float] = {}  # seconds per unit of each kind of work at 1 thread
+        self.interval, self.countdown = PROBE_EVERY, 0
+        self.chosen: list[int] = []
 
     def __enter__(self):
-        self.choose()
+        if self.cpu and self.fixed is not None:
+            torch.set_num_threads(self.fixed)
+        elif self.auto:
+            if self.probe_on_enter:
+                self.choose()
+            else:
+                torch.set_num_threads(1)
         return self
 
     def choose(self, rows: int | None = None) -> None:
-        if not self.cpu:
-            return
-        if self.fixed is not None:
-            torch.set_num_threads(self.fixed)
-        elif self.saved > 1:
+        if self.auto:
             torch.set_num_threads(_faster_thread_count(self.hidden, max(rows or self.rows, 1), self.saved))
+            self.chosen.append(torch.get_num_threads())
+
+    def tick(self, rows: int, kinds: tuple[str, ...] = ("prefill", "decode")) -> None:
+        """Before a unit of work: re-probe every `interval` units once each kind has a 1-thread time."""
+        if not self.auto or not all(k in self.single for k in kinds):
+            return
+        self.countdown -= 1
+        if self.countdown <= 0:
+            self.choose(rows)
+            self.countdown = self.interval
+
+    def observe(self, kind: str, seconds: float, units: float = 1.0) -> None:
+        """After a unit of work: keep the 1-thread reference, undo a slower multi-thread choice."""
+        if not self.auto:
+            return
+        per = seconds / max(units, 1e-9)
+        if torch.get_num_threads() == 1:
+            self.single[kind] = per
+        elif kind in self.single and per > 1.2 * self.single[kind]:
+            torch.set_num_threads(1)
+            self.chosen.append(1)
+            self.interval *= 2
+            self.countdown = self.interval
 
     def __exit__(self, *exc) -> None:
         if self.cpu:
@@ -345,7 +379,7 @@ def _greedy_slots(model, ids: list[list[int]], max_new_tokens: int, batch_size: 
     st = {"steps": 0, "row_steps": 0, "live_row_steps": 0, "prefill_tokens": 0, "prefill_s": 0.0,
           "decode_s": 0.0, "compactions": 0, "threads": []}
 
-    with cpu_threads(model, threads, rows) as thr:
+    with cpu_threads(model, threads, rows, probe_on_enter=False) as thr:
         prefix, n_prefix = None, 0
         if share_prefix and n > 1:
             n_prefix = _common_prefix(ids)
@@ -390,8 +424,11 @@ def _greedy_slots(model, ids: list[list[int]], max_new_tokens: int, batch_size: 
                 for chunk in length_batches(suffix_lens, max(budget, max(suffix_lens))):  # little padding
                     members = [group[j] for j in chunk]
                     rows_g = [free[j] for j in chunk]
+                    thr.tick(len(members))
+                    t1 = time.perf_counter()
                     logits, cache, mask, width = _prefill(model, [ids[i][n_prefix:] for i in members], prefix,
                                                           n_prefix, pad, dev)
+                    thr.observe("prefill", time.perf_counter() - t1, len(members) * (width - n_prefix))
                     st["prefill_tokens"] += sum(suffix_lens[j] for j in chunk)
                     if slots is None:  # the first chunk holds the longest prompt: every later one fits its width
                         slots = _SlotCache(model, cache, len(owner), width + max_new_tokens + 1)
@@ -429,15 +466,15 @@ def _greedy_slots(model, ids: list[list[int]], max_new_tokens: int, batch_size: 
                 starts = [max(s - keep_from, 0) for s in starts]
             window = min(starts[r] for r in live)
             slots.set_window(window, slots.end)
-            if st["steps"] % PROBE_EVERY == 0:
-                thr.choose(len(owner))
-                st["threads"].append(torch.get_num_threads())
+            thr.tick(len(owner))
+            t1 = time.perf_counter()
             slots.mask[:, slots.end] = 1  # finished rows attend to their own (finite) column too
             logits = model(input_ids=last[:, None].to(dev), attention_mask=slots.mask[:, window : slots.end + 1],
                            position_ids=pos[:, None].to(dev), past_key_values=slots.cache, use_cache=True,
                            logits_to_keep=1).logits[:, -1]
             slots.set_window(window, slots.end + 1)
             nxt = logits.float().argmax(-1).cpu()
+            thr.observe("decode", time.perf_counter() - t1)
             last, pos = nxt, pos + 1
             st["steps"] += 1
             st["row_steps"] += len(owner)
@@ -446,6 +483,7 @@ def _greedy_slots(model, ids: list[list[int]], max_new_tokens: int, batch_size: 
             for r in live:
                 record(r, tokens[r])
             st["decode_s"] += time.perf_counter() - t0
+        st["threads"] = thr.chosen
     if progress:
         print(file=sys.stderr, flush=True)
     if stats is not None:

@@ -1,0 +1,102 @@
+"""Greedy generation: the slot decoder gives transformers' greedy tokens; fallbacks, threads, evaluation."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+import torch
+
+from pipeline.models.generate import (
+    _faster_thread_count,
+    _greedy_slots,
+    _hf_generate,
+    cpu_threads,
+    generate,
+    generate_ids,
+    slots_supported,
+)
+from pipeline.models.loading import load_model, load_tokenizer, prompt_text
+
+PROMPTS = [
+    "What is 2 + 3?",
+    "A farmer has 17 sheep and buys 5 more, then sells 9 of them at the market. How many sheep are left?",
+    "Name a color.",
+    "Tom reads 12 pages a day for 4 days and then 7 pages a day for 3 days. How many pages did he read in total?",
+    "What is 10 times 7?",
+    "Write the number after 41.",
+]
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_dir):
+    """The real SmolLM2-135M-Instruct with '.' as EOS, so rows stop at different steps (refill, compaction)."""
+    tok = load_tokenizer(str(smollm2_dir))
+    tok.eos_token = "."
+    return load_model(str(smollm2_dir), dtype=torch.float32, device_=torch.device("cpu")), tok
+
+
+@pytest.mark.parametrize("batch_size,knobs", [
+    (6, {"refill": False, "compact": False, "share_prefix": False, "prefill_tokens": 10**9}),
+    (2, {"refill": False, "compact": False, "share_prefix": False, "prefill_tokens": 10**9}),
+    (6, {}),
+    (2, {}),
+    (4, {"prefill_tokens": 40}),
+    (3, {"share_prefix": False, "compact": False}),
+])
+def test_slot_decoder_gives_transformers_greedy_tokens(smollm2, batch_size, knobs):
+    """Same token ids as `generate` on fixed left-padded batches, whatever rows are refilled, dropped,
+    shared or prefilled together (capacity shifts included: refilled rows outlive max_new_tokens)."""
+    model, tok = smollm2
+    texts = [prompt_text(tok, p) for p in PROMPTS]
+    ids = tok(texts, add_special_tokens=False)["input_ids"]
+    reference = _hf_generate(model, tok, texts, 14, 6, progress=False)
+    stats: dict = {}
+    got = _greedy_slots(model, ids, 14, batch_size, tok.eos_token_id, tok.pad_token_id, threads=1, stats=stats, **knobs)
+    assert got == reference
+    assert any(t[-1] == tok.eos_token_id and len(t) < 14 for t in got)  # early stops exercised
+    assert stats["live_row_steps"] + len(PROMPTS) == sum(len(t) for t in got)  # first tokens come from prefill
+    if knobs.get("compact", True) and batch_size < len(PROMPTS):
+        assert stats["compactions"] > 0
+
+
+def test_generate_decodes_ids_and_falls_back_for_processed_logits(tiny_model_dir):
+    tok = load_tokenizer(tiny_model_dir)
+    model = load_model(tiny_model_dir, dtype=torch.float32, device_=torch.device("cpu"))
+    assert slots_supported(model)
+    texts = generate(model, tok, PROMPTS[:3], max_new_tokens=5, batch_size=2, progress=False, threads=1)
+    ids = generate_ids(model, tok, PROMPTS[:3], max_new_tokens=5, batch_size=2, progress=False, threads=1)
+    assert texts == [tok.decode(t, skip_special_tokens=True) for t in ids]
+    assert ids == _hf_generate(model, tok, [prompt_text(tok, p) for p in PROMPTS[:3]], 5, 2, progress=False)
+    model.generation_config.repetition_penalty = 1.3  # transformers would apply it: so must we, via its generate
+    assert not slots_supported(model)
+    hf = _hf_generate(model, tok, [prompt_text(tok, p) for p in PROMPTS[:3]], 5, 2, progress=False)
+    assert generate_ids(model, tok, PROMPTS[:3], max_new_tokens=5, batch_size=2, progress=False, threads=1) == hf
+    assert generate(model, tok, [], progress=False) == []
+
+
+def test_cpu_threads_sets_and_restores_the_thread_count(tiny_model_dir):
+    model = load_model(tiny_model_dir, dtype=torch.float32, device_=torch.device("cpu"))
+    saved = torch.get_num_threads()
+    with cpu_threads(model, threads=1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == saved
+    with cpu_threads(model) as chooser:
+        assert torch.get_num_threads() in (1, saved)
+        chooser.choose(rows=4)
+    assert torch.get_num_threads() == saved
+    assert _faster_thread_count(32, 4, 2) in (1, 2)
+    torch.set_num_threads(saved)
+
+
+def test_evaluate_model_reports_accuracy_and_nll(tiny_model_dir):
+    from pipeline.evaluation.heldout import evaluate_model
+
+    test = pl.DataFrame({"id": [f"t{i}" for i in range(4)], "prompt": [f"What is {i} + {i}?" for i in range(4)],
+                         "response": [f"{i} + {i} = {2 * i}.\n#### {2 * i}" for i in range(4)],
+                         "answer": [str(2 * i) for i in range(4)]})
+    saved = torch.get_num_threads()
+    metrics, table = evaluate_model(tiny_model_dir, test, {"n_generate": 2, "max_new_tokens": 4, "batch_size": 1},
+                                    progress=False)
+    assert torch.get_num_threads() == saved
+    assert metrics["n_nll"] == 4 and metrics["n_generate"] == 2 and metrics["nll"] > 0
+    assert table.get_column("generated").to_list() == [True, True, False, False]
