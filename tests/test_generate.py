@@ -100,3 +100,13 @@ def test_evaluate_model_reports_accuracy_and_nll(tiny_model_dir):
     assert torch.get_num_threads() == saved
     assert metrics["n_nll"] == 4 and metrics["n_generate"] == 2 and metrics["nll"] > 0
     assert table.get_column("generated").to_list() == [True, True, False, False]
+
+
+def test_thread_count_does_not_change_greedy_tokens(smollm2):
+    """Evaluation may pick 1 or all threads from the machine's load (`cpu_threads`); the answers it
+    grades must not depend on that choice, or a run would not be reproducible for its seed."""
+    model, tok = smollm2
+    many = max(torch.get_num_threads(), 2)
+    one = generate_ids(model, tok, PROMPTS, max_new_tokens=24, batch_size=4, progress=False, threads=1)
+    assert generate_ids(model, tok, PROMPTS, max_new_tokens=24, batch_size=4, progress=False, threads=many) == one
+    assert generate_ids(model, tok, PROMPTS, max_new_tokens=24, batch_size=4, progress=False) == one
