@@ -110,3 +110,14 @@ def test_thread_count_does_not_change_greedy_tokens(smollm2):
     one = generate_ids(model, tok, PROMPTS, max_new_tokens=24, batch_size=4, progress=False, threads=1)
     assert generate_ids(model, tok, PROMPTS, max_new_tokens=24, batch_size=4, progress=False, threads=many) == one
     assert generate_ids(model, tok, PROMPTS, max_new_tokens=24, batch_size=4, progress=False) == one
+
+
+def test_model_loads_with_the_hardware_attention_and_dtype(tiny_model_dir):
+    """CPU: fp32 and SDPA (transformers' default); a GPU would get bf16 and FlashAttention-2 when installed."""
+    from pipeline.models.loading import attention, default_dtype
+
+    model = load_model(tiny_model_dir)
+    if not torch.cuda.is_available():
+        assert default_dtype() == torch.float32 and attention() is None
+        assert model.dtype == torch.float32 and model.config._attn_implementation == "sdpa"
+    assert attention(torch.float32) is None  # FlashAttention-2 needs half precision

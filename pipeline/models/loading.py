@@ -34,6 +34,18 @@ def default_dtype() -> torch.dtype:
     return torch.float32
 
 
+def attention(dtype: torch.dtype | None = None) -> str | None:
+    """The attention kernel for this hardware: FlashAttention-2 on a GPU in half precision when the
+    `flash_attn` package is installed, else None = transformers' default (PyTorch SDPA where the
+    architecture supports it: flash/mem-efficient kernels on GPU, the flash kernel on CPU; else eager)."""
+    import importlib.util
+
+    half = (dtype or default_dtype()) in (torch.bfloat16, torch.float16)
+    if torch.cuda.is_available() and half and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return None
+
+
 def model_key(name: str) -> str:
     """What a result computed with model `name` depends on: its content revision and the device and
     dtype it runs in here (bf16 on a GPU gives other numbers than fp32 on a CPU)."""
@@ -53,7 +65,8 @@ def load_model(name: str, dtype: torch.dtype | None = None, device_: torch.devic
     """A causal LM by short name, hub id or folder, in eval mode on the default device."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(name), dtype=dtype or default_dtype())
+    dtype = dtype or default_dtype()
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(name), dtype=dtype, attn_implementation=attention(dtype))
     return model.to(device_ or device()).eval()
 
 
