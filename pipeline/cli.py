@@ -47,6 +47,9 @@ def _print_summary(m: dict) -> None:
             print(f"  tuned - base response NLL {d['nll']:+.4f} (95% CI {d['nll_ci'][0]:+.4f} to "
                   f"{d['nll_ci'][1]:+.4f}, paired over {d['n_examples']} test examples); bits per byte "
                   f"{d['bits_per_byte']:+.4f} ({d['bits_per_byte_ci'][0]:+.4f} to {d['bits_per_byte_ci'][1]:+.4f})")
+            if d.get("n_generated") and d.get("accuracy_ci", [None])[0] is not None:
+                print(f"  tuned - base accuracy {d['accuracy']:+.3f} (95% CI {d['accuracy_ci'][0]:+.3f} to "
+                      f"{d['accuracy_ci'][1]:+.3f}, paired over {d['n_generated']} generated answers)")
         print(f"  selection: kept {m['selection']['kept']} of {m['selection']['read']}")
     if "eval" in m:
         print(f"\n  {m['model']}: accuracy {m['eval']['accuracy']:.3f}   response NLL {m['eval']['nll']:.4f}")

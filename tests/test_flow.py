@@ -32,6 +32,12 @@ def test_sft_math_end_to_end(tmp_path, tiny_model_dir, capsys):
     assert metrics["train"]["steps"] == 2
     for side in ("base", "tuned"):
         assert 0.0 <= metrics[side]["accuracy"] <= 1.0 and metrics[side]["nll"] > 0
+    delta = metrics["delta"]  # paired differences with their CIs, also printed
+    assert delta["n_generated"] == 2 and delta["n_examples"] == 6
+    for key in ("nll", "accuracy"):
+        lo, hi = delta[f"{key}_ci"]
+        assert lo <= delta[key] <= hi
+    assert "tuned - base response NLL" in out and "tuned - base accuracy" in out
 
     selection = pl.read_parquet(run_dir / "selection.parquet")
     scores = pl.read_parquet(run_dir / "scores.parquet")
@@ -43,6 +49,7 @@ def test_sft_math_end_to_end(tmp_path, tiny_model_dir, capsys):
     card_dir = Path(metrics["data_card"])
     card = json.loads((card_dir / "card.json").read_text())
     assert card["counts"] == {"read": 16, "kept": 8, "dropped": 8, "quarantined": 0}
+    assert {d: c["read"] for d, c in card["domains"].items()} == {"gsm_symbolic": 8, "chain_sum": 8}  # the mixture
     assert card["run"]["cache_keys"]["selection"] and card["run"]["config"]["select"]["rule"] == "fraction"
     assert (card_dir / "hist_ppl.png").stat().st_size > 1000
     subset = datasets.load_dataset(str(card_dir), split="train")  # the card's YAML `configs` point at the subset

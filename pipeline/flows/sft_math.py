@@ -67,8 +67,8 @@ def sft_math_flow(config: dict, run_dir: str | None = None) -> dict:
 
 
 def nll_delta(base: dict, tuned: dict, seed: int) -> dict:
-    """Tuned minus base accuracy, response NLL and bits per byte, the last two with paired 95% bootstrap
-    CIs over the test examples: whether the fine-tune helped beyond test-set noise."""
+    """Tuned minus base accuracy, response NLL and bits per byte with paired 95% bootstrap CIs over
+    the test examples: whether the fine-tune helped beyond test-set noise."""
     import polars as pl
 
     from pipeline.evaluation.stats import paired_nll_difference
@@ -77,4 +77,5 @@ def nll_delta(base: dict, tuned: dict, seed: int) -> dict:
                                  pl.read_parquet(Path(tuned["path"]).with_suffix(".parquet")), seed=seed)
     return {"accuracy": tuned["accuracy"] - base["accuracy"], "nll": diff["d_nll"],
             "nll_ci": [diff["d_nll_lo"], diff["d_nll_hi"]], "bits_per_byte": diff["d_bpb"],
-            "bits_per_byte_ci": [diff["d_bpb_lo"], diff["d_bpb_hi"]], "n_examples": diff["n_examples"]}
+            "bits_per_byte_ci": [diff["d_bpb_lo"], diff["d_bpb_hi"]], "n_examples": diff["n_examples"],
+            "accuracy_ci": [diff["d_accuracy_lo"], diff["d_accuracy_hi"]], "n_generated": diff["n_generated"]}
