@@ -115,8 +115,9 @@ def levers(model, tok, texts, args, rows) -> None:
         "+ shared prompt prefix": lambda: _greedy_slots(
             model, ids, n, b, eos, pad, threads=1, refill=True, compact=True, share_prefix=True, prefill_tokens=10**9),
         "+ length-chunked prefill (= ours at 1 thread)": lambda: _greedy_slots(model, ids, n, b, eos, pad, threads=1),
-        "ours, threads measured (default)": lambda: _greedy_slots(model, ids, n, b, eos, pad),
-        f"ours, one batch of {len(ids)}, threads measured": lambda: _greedy_slots(model, ids, n, len(ids), eos, pad),
+        "ours (default: the process's threads)": lambda: _greedy_slots(model, ids, n, b, eos, pad),
+        "ours, threads=\"auto\"": lambda: _greedy_slots(model, ids, n, b, eos, pad, threads="auto"),
+        f"ours, one batch of {len(ids)}": lambda: _greedy_slots(model, ids, n, len(ids), eos, pad),
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
     tokens: dict[str, int] = {}

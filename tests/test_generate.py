@@ -80,7 +80,9 @@ def test_cpu_threads_sets_and_restores_the_thread_count(tiny_model_dir):
     with cpu_threads(model, threads=1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == saved
-    with cpu_threads(model) as chooser:
+    with cpu_threads(model):
+        assert torch.get_num_threads() == saved  # default: the process's own count, nothing measured
+    with cpu_threads(model, threads="auto") as chooser:
         assert torch.get_num_threads() in (1, saved)
         chooser.choose(rows=4)
     assert torch.get_num_threads() == saved
@@ -110,6 +112,7 @@ def test_thread_count_does_not_change_greedy_tokens(smollm2):
     one = generate_ids(model, tok, PROMPTS, max_new_tokens=24, batch_size=4, progress=False, threads=1)
     assert generate_ids(model, tok, PROMPTS, max_new_tokens=24, batch_size=4, progress=False, threads=many) == one
     assert generate_ids(model, tok, PROMPTS, max_new_tokens=24, batch_size=4, progress=False) == one
+    assert generate_ids(model, tok, PROMPTS, max_new_tokens=24, batch_size=4, progress=False, threads="auto") == one
 
 
 def test_model_loads_with_the_hardware_attention_and_dtype(tiny_model_dir):

@@ -15,10 +15,8 @@ import polars as pl
 from pipeline.core.config import DEFAULT_MAX_LENGTH, EvalSection
 from pipeline.data import final_answer
 from pipeline.models.engine import response_mask, token_nll
-from pipeline.models.generate import cpu_threads, generate
+from pipeline.models.generate import generate
 from pipeline.models.loading import encode_examples, generation_prompts, response_texts
-
-NLL_PROBE_ROWS = 256  # rows of the matmul that picks the NLL pass's CPU thread count (its batches are ~1024 tokens)
 
 
 def response_nll_table(model, tokenizer, examples: pl.DataFrame, max_length: int = DEFAULT_MAX_LENGTH,
@@ -81,8 +79,7 @@ def evaluate_model(model_name_or_dir: str, test: pl.DataFrame, cfg: dict | None 
     tok = load_tokenizer(model_name_or_dir)
     model = load_model(model_name_or_dir)
     settings = EvalSection.model_validate(cfg or {})
-    with cpu_threads(model, rows=NLL_PROBE_ROWS):  # 1 thread when the cores are shared: 4x faster there
-        nll = response_nll_table(model, tok, test, settings.max_length, progress)
+    nll = response_nll_table(model, tok, test, settings.max_length, progress)
     gen_set = test.head(settings.n_generate)
     acc, generated = math_accuracy(model, tok, gen_set, settings.max_new_tokens, settings.batch_size, progress)
     table = nll.join(generated.with_columns(pl.lit(True).alias("generated")), on="id", how="left",

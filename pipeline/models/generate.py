@@ -12,9 +12,10 @@ loop written for throughput (numbers in benchmarks/RESULTS.md, "Generation"):
   and values are copied to every row.
 - Prompts are prefilled in forwards of similar length (`PREFILL_TOKENS_CPU` padded tokens on CPU),
   not padded to the batch's longest, and only the last position goes through the LM head.
-- On CPU the thread count is measured, not assumed (`cpu_threads`): when other processes
-  share the cores, one thread decodes several times faster than two (each of the step's ~700 small
-  parallel regions waits for a descheduled thread).
+- On CPU the thread count is the process's own unless asked otherwise: `threads="auto"` measures 1
+  thread against all as it goes (`cpu_threads`), which pays when other processes share the cores
+  (each of a step's ~700 small parallel regions then waits for a descheduled thread) but misjudges
+  a quiet 2-core machine, so it is opt-in.
 
 Every row sees what `transformers`' `generate` gives it with left padding: its real tokens at
 positions 0.., padding masked out, argmax of the float logits. Other models (sliding-window or
@@ -47,11 +48,12 @@ PREFILL_TOKENS_CPU = 512  # padded prompt tokens per prefill forward on CPU (1 t
 
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 160, batch_size: int = 16,
-             progress: bool = True, threads: int | None = None) -> list[str]:
+             progress: bool = True, threads: int | str | None = None) -> list[str]:
     """Greedy completions for `prompts`, `batch_size` rows at a time.
 
-    `threads`: torch threads while generating on CPU; None lets `cpu_threads` measure 1 against the
-    process's count as it goes and use the faster (the process's count is restored afterwards).
+    `threads`: torch threads while generating on CPU: None keeps the process's count, a number fixes
+    it, "auto" lets `cpu_threads` measure 1 against the process's count as it goes and use the faster
+    (the process's count is restored afterwards).
     """
     if not prompts:
         return []
@@ -61,7 +63,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 160, ba
 
 @torch.inference_mode()
 def generate_ids(model, tokenizer, prompts: list[str], max_new_tokens: int = 160, batch_size: int = 16,
-                 progress: bool = True, threads: int | None = None) -> list[list[int]]:
+                 progress: bool = True, threads: int | str | None = None) -> list[list[int]]:
     """`generate`'s new token ids per prompt, up to and including the first EOS."""
     if not prompts:
         return []
@@ -162,21 +164,23 @@ def _faster_thread_count(hidden: int, rows: int, many: int, reps: int = 6, margi
 class cpu_threads:
     """Context: torch's thread count while running `model` on CPU, restored on exit (no-op on GPU).
 
-    `threads` fixes it. None chooses between 1 and the process's count: on entry with a probe
+    A number fixes it, None keeps the process's. "auto" chooses between 1 and the process's count: on entry with a probe
     (`_faster_thread_count` on `rows` rows), or, with `probe_on_enter=False`, starting at 1 thread
     and probing from a loop that reports each unit of work (`observe`) and asks when to re-probe
     (`tick`): a probe's choice of several threads is undone as soon as the work it runs gets slower
     per unit than at 1 thread (the probe misjudged a busy machine), and re-probing then backs off.
     """
 
-    def __init__(self, model, threads: int | None = None, rows: int = 16, probe_on_enter: bool = True):
+    def __init__(self, model, threads: int | str | None = None, rows: int = 16, probe_on_enter: bool = True):
+        if not (threads is None or threads == "auto" or (isinstance(threads, int) and threads > 0)):
+            raise ValueError(f"threads: a positive number, None or 'auto', got {threads!r}")
         self.cpu = next(model.parameters()).device.type == "cpu"
-        self.fixed = threads
+        self.fixed = threads if isinstance(threads, int) else None
         self.hidden = int(getattr(model.config.get_text_config(), "hidden_size", 1024))
         self.rows = rows
         self.probe_on_enter = probe_on_enter
         self.saved = torch.get_num_threads()
-        self.auto = self.cpu and threads is None and self.saved > 1
+        self.auto = self.cpu and threads == "auto" and self.saved > 1
         self.single: dict[str, float] = {}  # seconds per unit of each kind of work at 1 thread
         self.interval, self.countdown = PROBE_EVERY, 0
         self.chosen: list[int] = []
@@ -357,7 +361,7 @@ def _prefill(model, suffixes: list[list[int]], prefix, n_prefix: int, pad: int, 
 
 @torch.inference_mode()
 def _greedy_slots(model, ids: list[list[int]], max_new_tokens: int, batch_size: int, eos: int | None, pad: int,
-                  threads: int | None = None, progress: bool = False, refill: bool = True, compact: bool = True,
+                  threads: int | str | None = None, progress: bool = False, refill: bool = True, compact: bool = True,
                   share_prefix: bool = True, prefill_tokens: int | None = None,
                   stats: dict | None = None) -> list[list[int]]:
     """Greedy token ids (EOS included when produced) for each prompt in `ids`; see the module docstring.
