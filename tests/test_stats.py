@@ -189,7 +189,7 @@ def _study(tmp_path):
     correct = {v: rng.random((2, 20)) < 0.5 for v in nll}
     per_example = _frame(nll, tok, n_gen=10, correct=correct)
     runs = pl.DataFrame({"variant": [v for v in nll for _ in range(2)], "seed": [0, 1] * 3,
-                         "steps": [100] * 6, "train_tokens": [250_000] * 6, "seconds": [61.0, 59.0] * 3,
+                         "steps": [100] * 6, "train_tokens": [250_000] * 6, "train_seconds": [61.0, 59.0] * 3,
                          "selector": [v for v in nll for _ in range(2)]})
     meta = {"command": "pipeline run study recipe.yaml", "machine": "test-box", "seeds": [0, 1], "test_size": 20,
             "date": "2025-01-01"}
@@ -201,8 +201,8 @@ def test_write_results_writes_table_markdown_and_figure(tmp_path):
     paths = res["paths"]
     table = pl.read_parquet(paths["results"])
     assert table.get_column("variant").to_list() == ["full", "ifd-top", "random"]
-    assert {"d_nll", "d_nll_lo", "d_nll_hi", "bpb_lo", "accuracy_hi", "steps", "train_tokens", "seconds", "n_runs"} <= set(table.columns)
-    assert _row(table, "ifd-top")["seconds"] == 60.0 and _row(table, "ifd-top")["selector"] == "ifd-top"
+    assert {"d_nll", "d_nll_lo", "d_nll_hi", "bpb_lo", "accuracy_hi", "steps", "train_tokens", "train_seconds", "n_runs"} <= set(table.columns)
+    assert _row(table, "ifd-top")["train_seconds"] == 60.0 and _row(table, "ifd-top")["selector"] == "ifd-top"
     assert pl.read_parquet(paths["per_example"]).equals(per_example)
     md = open(paths["markdown"], encoding="utf-8").read()
     for v in ("full (baseline)", "ifd-top", "random", "pipeline run study recipe.yaml", "test-box", "2025-01-01"):

@@ -70,13 +70,13 @@ def study_flow(config: dict, run_dir: str | None = None) -> dict:
                 pl.lit(name).alias("variant"), pl.lit(seed).alias("seed"), "id", "nll_sum", "n_tokens", "n_bytes",
                 pl.when(pl.col("generated")).then(pl.col("correct")).alias("correct")))
             runs.append({"variant": name, "seed": seed, **{k: out[k] for k in ("steps", "train_tokens", "kept")},
-                         "seconds": out["seconds"]})
+                         "train_seconds": out["train_seconds"]})
     meta = {"recipe": config["name"], "command": "pipeline " + " ".join(sys.argv[1:]), "seeds": seeds,
             "test_size": config["data"]["n_test"], "variants": [name for name, _ in cells],
             "train_steps": config["train"]["max_steps"], "batch_size": config["train"]["batch_size"],
             "model": config["model"], "machine": f"{platform.machine()} {os.cpu_count()} CPUs"
                                                  + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""),
-            "date": time.strftime("%Y-%m-%d %H:%M"), "wall_seconds": round(time.perf_counter() - t0, 1)}
+            "date": time.strftime("%Y-%m-%d %H:%M"), "wall_seconds_this_invocation": round(time.perf_counter() - t0, 1)}
     written = write_results(Path(run_dir), pl.concat(tables), pl.DataFrame(runs), BASELINE, meta)
     write_json(Path(run_dir) / "study.json", meta)
     metrics = {"recipe": config["name"], "study": written["rows"], "run_dir": run_dir,

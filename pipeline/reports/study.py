@@ -26,12 +26,12 @@ PER_EXAMPLE = "per_example.parquet"
 MARKDOWN = "results.md"
 FIGURE = "results.png"
 META_KEY = "pipeline.study"  # parquet key-value metadata holding baseline, level and meta
-COST = ("steps", "train_tokens", "seconds")
+COST = ("steps", "train_tokens", "train_seconds")
 _LABELS = {"nll": "NLL (nats/token)", "bpb": "bits/byte", "accuracy": "accuracy"}
 
 
 def _cost(runs: pl.DataFrame) -> pl.DataFrame:
-    """Per variant: number of runs, mean of every numeric run column (steps, tokens, seconds, extras) and
+    """Per variant: number of runs, mean of every numeric run column (steps, tokens, training seconds, extras) and
     the other columns that hold one value per variant (a selector or loss description)."""
     if "variant" not in runs.columns:
         raise ValueError(f"runs needs a 'variant' column (has {runs.columns})")
@@ -95,7 +95,7 @@ def _markdown(rows: list[dict], baseline: str, level: float, n_boot: int, meta: 
              f"- **baseline**: `{baseline}`",
              f"- **intervals**: {pct} percentile bootstrap ({n_boot} replicates) over test examples and seeds; "
              "differences are paired (same resampled examples and seeds for variant and baseline)", "",
-             f"| variant | NLL [{pct} CI] | ΔNLL vs baseline | bits/byte | Δbpb | accuracy | Δacc (pts) | steps | train tokens | wall time |",
+             f"| variant | NLL [{pct} CI] | ΔNLL vs baseline | bits/byte | Δbpb | accuracy | Δacc (pts) | steps | train tokens | train time |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         is_base = r["variant"] == baseline
@@ -105,7 +105,7 @@ def _markdown(rows: list[dict], baseline: str, level: float, n_boot: int, meta: 
             _ci(r, "bpb"), "0" if is_base else _ci(r, "d_bpb", sign=True),
             _ci(r, "accuracy", 1, scale=100, unit="%"),
             "0" if is_base or r.get("d_accuracy") is None else _ci(r, "d_accuracy", 1, sign=True, scale=100),
-            _num(r.get("steps"), 0), _tokens(r.get("train_tokens")), _seconds(r.get("seconds")) + " |"]))
+            _num(r.get("steps"), 0), _tokens(r.get("train_tokens")), _seconds(r.get("train_seconds")) + " |"]))
     lines += ["", f"## Verdicts at {pct}", "", f"- `{baseline}` is the baseline."]
     for r in rows:
         if r["variant"] == baseline:
