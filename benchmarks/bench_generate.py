@@ -62,6 +62,27 @@ def bandwidth(mbytes: int = 512, reps: int = 3) -> float:
     return best
 
 
+@torch.inference_mode()
+def gemm_step_seconds(model, rows: int, reps: int = 5) -> float:
+    """Seconds of one decode step's matrix products alone at `rows` rows: every `nn.Linear` of the
+    model (LM head included) applied once to a [rows, in_features] input, as eager torch runs them.
+
+    This is the part of a step no decode loop removes; its time over the limit's step time bounds
+    `limit_ratio` for eager kernels (small-M GEMMs run below the large-matmul ceiling)."""
+    dev, dtype = device(), default_dtype()
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = [torch.randn(rows, m.in_features, device=dev, dtype=dtype) for m in linears]
+    best = float("inf")
+    for _ in range(reps + 1):  # the first pass warms up
+        sync()
+        start = time.perf_counter()
+        for m, x in zip(linears, inputs, strict=True):
+            m(x)
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def best_over_threads(fn):
     """fn() at the process's thread count and at 1 thread (CPU), the larger result."""
     saved = torch.get_num_threads()
@@ -187,12 +208,13 @@ def main() -> None:
     seconds: dict[str, list[float]] = {k: [] for k in runs}
     cpu: dict[str, list[float]] = {k: [] for k in runs}
     outputs: dict[str, list[list[int]]] = {}
-    limits, ratios, loads = [], [], []
+    limits, ratios, loads, gemm_caps = [], [], [], []
     for r in range(args.rounds):
         ceiling = best_over_threads(matmul_ceiling)
         bw = best_over_threads(bandwidth)
         step = max(wbytes / bw, 2 * wparams * rows / ceiling)
         limit = rows / step
+        gemm_caps.append(step / gemm_step_seconds(model, rows))
         names = list(runs)
         for name in names[r % len(names):] + names[: r % len(names)]:  # rotate who goes first
             outputs[name], s, c = timed(runs[name])
@@ -204,7 +226,8 @@ def main() -> None:
         loads.append(os.getloadavg()[0])
         print(f"round {r}: ceiling {ceiling / 1e9:.0f} GFLOP/s, bandwidth {bw / 1e9:.1f} GB/s -> step "
               f"{step * 1e3:.1f} ms ({'memory' if wbytes / bw > 2 * wparams * rows / ceiling else 'compute'}-bound), "
-              f"limit {limit:.0f} tok/s; " + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in seconds.items())
+              f"limit {limit:.0f} tok/s; GEMMs alone at {rows} rows reach {gemm_caps[-1]:.2f} of it; "
+              + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in seconds.items())
               + f"; load {loads[-1]:.1f}", flush=True)
 
     tokens = count(outputs["ours"])
@@ -222,6 +245,8 @@ def main() -> None:
               f"speedup {statistics.median(seconds['before']) / statistics.median(seconds['ours']):.2f}x")
     print(f"load average per round: {' '.join(f'{x:.1f}' for x in loads)}; at end "
           + " ".join(f"{x:.1f}" for x in os.getloadavg()))
+    print(f"one decode step's GEMMs alone, eager, at {rows} full rows: {statistics.median(gemm_caps):.2f} of the limit "
+          "(no loop can beat this with these kernels; rows that finish early lower it further)")
     tok_s = statistics.median(tokens / s for s in seconds["ours"])
     print(f"tok_s={tok_s:.1f} limit_ratio={statistics.median(ratios):.2f}")
 

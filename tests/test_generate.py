@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import polars as pl
 import pytest
 import torch
@@ -10,6 +12,7 @@ from pipeline.models.generate import (
     _faster_thread_count,
     _greedy_slots,
     _hf_generate,
+    cache_kwarg,
     cpu_threads,
     generate,
     generate_ids,
@@ -72,6 +75,21 @@ def test_generate_decodes_ids_and_falls_back_for_processed_logits(tiny_model_dir
     hf = _hf_generate(model, tok, [prompt_text(tok, p) for p in PROMPTS[:3]], 5, 2, progress=False)
     assert generate_ids(model, tok, PROMPTS[:3], max_new_tokens=5, batch_size=2, progress=False, threads=1) == hf
     assert generate(model, tok, [], progress=False) == []
+
+
+def test_cache_argument_follows_the_installed_transformers(tiny_model_dir):
+    """transformers 5.24 renamed forward's `past_key_values` to `cache`: the slot decoder must pass
+    the name the installed version takes (the old one made `slots_supported` False: a silent 1.5x slowdown)."""
+    model = load_model(tiny_model_dir, dtype=torch.float32, device_=torch.device("cpu"))
+    params = inspect.signature(model.forward).parameters
+    assert cache_kwarg(model) == ("cache" if "cache" in params else "past_key_values")
+
+    class OldStyle(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, logits_to_keep=0):
+            return input_ids
+
+    assert cache_kwarg(OldStyle()) == "past_key_values"
+    assert cache_kwarg(torch.nn.Linear(2, 2)) is None
 
 
 def test_cpu_threads_sets_and_restores_the_thread_count(tiny_model_dir):

@@ -77,6 +77,13 @@ def generate_ids(model, tokenizer, prompts: list[str], max_new_tokens: int = 160
                          threads=threads, progress=progress)
 
 
+def cache_kwarg(model) -> str | None:
+    """The name `model.forward` takes its KV cache under: `cache` since transformers 5.24, before
+    that `past_key_values` (still accepted, with a deprecation warning, until 5.40); None if neither."""
+    params = inspect.signature(model.forward).parameters
+    return next((name for name in ("cache", "past_key_values") if name in params), None)
+
+
 def slots_supported(model) -> bool:
     """True when `_greedy_slots` gives what `transformers`' greedy `generate` gives for `model`: a
     decoder-only model whose cache is full attention only and whose generation config adds no
@@ -87,7 +94,7 @@ def slots_supported(model) -> bool:
     if getattr(model.config, "is_encoder_decoder", False):
         return False
     params = inspect.signature(model.forward).parameters
-    if not {"logits_to_keep", "position_ids", "past_key_values", "attention_mask"} <= set(params):
+    if cache_kwarg(model) is None or not {"logits_to_keep", "position_ids", "attention_mask"} <= set(params):
         return False
     layers = DynamicCache(config=model.config).layers
     if not layers or any(type(layer) is not DynamicLayer for layer in layers):
@@ -355,7 +362,7 @@ def _prefill(model, suffixes: list[list[int]], prefix, n_prefix: int, pad: int, 
             cache.update(layer.keys.expand(rows, -1, -1, -1).contiguous(),
                          layer.values.expand(rows, -1, -1, -1).contiguous(), i)
     out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=positions.to(dev),
-                past_key_values=cache, use_cache=True, logits_to_keep=1)
+                use_cache=True, logits_to_keep=1, **{cache_kwarg(model): cache})
     return out.logits[:, -1], cache, mask, n_prefix + width
 
 
@@ -375,6 +382,7 @@ def _greedy_slots(model, ids: list[list[int]], max_new_tokens: int, batch_size: 
     from pipeline.models.engine import default_max_tokens, length_batches
 
     dev = next(model.parameters()).device
+    cache_name = cache_kwarg(model)
     budget = prefill_tokens or (PREFILL_TOKENS_CPU if dev.type == "cpu" else default_max_tokens(dev))
     n = len(ids)
     order = sorted(range(n), key=lambda i: -len(ids[i]))  # stable: longest first, ties by position
@@ -392,8 +400,8 @@ def _greedy_slots(model, ids: list[list[int]], max_new_tokens: int, batch_size: 
 
             t0 = time.perf_counter()
             prefix = DynamicCache(config=model.config)
-            model(input_ids=torch.tensor([ids[0][:n_prefix]], device=dev), past_key_values=prefix, use_cache=True,
-                  logits_to_keep=1)
+            model(input_ids=torch.tensor([ids[0][:n_prefix]], device=dev), use_cache=True, logits_to_keep=1,
+                  **{cache_name: prefix})
             st["prefill_tokens"] += n_prefix
             st["prefill_s"] += time.perf_counter() - t0
 
@@ -474,8 +482,8 @@ def _greedy_slots(model, ids: list[list[int]], max_new_tokens: int, batch_size: 
             t1 = time.perf_counter()
             slots.mask[:, slots.end] = 1  # finished rows attend to their own (finite) column too
             logits = model(input_ids=last[:, None].to(dev), attention_mask=slots.mask[:, window : slots.end + 1],
-                           position_ids=pos[:, None].to(dev), past_key_values=slots.cache, use_cache=True,
-                           logits_to_keep=1).logits[:, -1]
+                           position_ids=pos[:, None].to(dev), use_cache=True, logits_to_keep=1,
+                           **{cache_name: slots.cache}).logits[:, -1]
             slots.set_window(window, slots.end + 1)
             nxt = logits.float().argmax(-1).cpu()
             thr.observe("decode", time.perf_counter() - t1)
