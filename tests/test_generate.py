@@ -17,6 +17,7 @@ from pipeline.models.generate import (
     generate,
     generate_ids,
     slots_supported,
+    slots_unsupported_reason,
 )
 from pipeline.models.loading import load_model, load_tokenizer, prompt_text
 
@@ -62,7 +63,7 @@ def test_slot_decoder_gives_transformers_greedy_tokens(smollm2, batch_size, knob
         assert stats["compactions"] > 0
 
 
-def test_generate_decodes_ids_and_falls_back_for_processed_logits(tiny_model_dir):
+def test_generate_decodes_ids_and_falls_back_for_processed_logits(tiny_model_dir, capsys):
     tok = load_tokenizer(tiny_model_dir)
     model = load_model(tiny_model_dir, dtype=torch.float32, device_=torch.device("cpu"))
     assert slots_supported(model)
@@ -72,8 +73,12 @@ def test_generate_decodes_ids_and_falls_back_for_processed_logits(tiny_model_dir
     assert ids == _hf_generate(model, tok, [prompt_text(tok, p) for p in PROMPTS[:3]], 5, 2, progress=False)
     model.generation_config.repetition_penalty = 1.3  # transformers would apply it: so must we, via its generate
     assert not slots_supported(model)
+    assert slots_unsupported_reason(model) == "generation config sets repetition_penalty"
     hf = _hf_generate(model, tok, [prompt_text(tok, p) for p in PROMPTS[:3]], 5, 2, progress=False)
     assert generate_ids(model, tok, PROMPTS[:3], max_new_tokens=5, batch_size=2, progress=False, threads=1) == hf
+    capsys.readouterr()
+    generate_ids(model, tok, PROMPTS[:1], max_new_tokens=2, batch_size=1, progress=True, threads=1)
+    assert "not the slot decoder: generation config sets repetition_penalty" in capsys.readouterr().err
     assert generate(model, tok, [], progress=False) == []
 
 
@@ -90,6 +95,7 @@ def test_cache_argument_follows_the_installed_transformers(tiny_model_dir):
 
     assert cache_kwarg(OldStyle()) == "past_key_values"
     assert cache_kwarg(torch.nn.Linear(2, 2)) is None
+    assert slots_unsupported_reason(model) is None
 
 
 def test_cpu_threads_sets_and_restores_the_thread_count(tiny_model_dir):

@@ -68,7 +68,10 @@ def generate_ids(model, tokenizer, prompts: list[str], max_new_tokens: int = 160
     if not prompts:
         return []
     texts = [prompt_text(tokenizer, p) for p in prompts]
-    if not slots_supported(model):
+    reason = slots_unsupported_reason(model)
+    if reason is not None:
+        if progress:  # say so: this path is ~1.2-1.6x slower on CPU (benchmarks/RESULTS.md, "Generation")
+            print(f"[generate] transformers' generate, not the slot decoder: {reason}", file=sys.stderr, flush=True)
         with cpu_threads(model, threads):
             return _hf_generate(model, tokenizer, texts, max_new_tokens, batch_size, progress)
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
@@ -85,25 +88,35 @@ def cache_kwarg(model) -> str | None:
 
 
 def slots_supported(model) -> bool:
-    """True when `_greedy_slots` gives what `transformers`' greedy `generate` gives for `model`: a
-    decoder-only model whose cache is full attention only and whose generation config adds no
-    logits processing or extra stopping."""
+    """True when `_greedy_slots` gives what `transformers`' greedy `generate` gives for `model`."""
+    return slots_unsupported_reason(model) is None
+
+
+def slots_unsupported_reason(model) -> str | None:
+    """Why `model` needs `transformers`' generate rather than the slot decoder, or None: the decoder
+    needs a decoder-only model whose cache is full attention only and whose generation config adds
+    no logits processing or extra stopping."""
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
     if getattr(model.config, "is_encoder_decoder", False):
-        return False
-    params = inspect.signature(model.forward).parameters
-    if cache_kwarg(model) is None or not {"logits_to_keep", "position_ids", "attention_mask"} <= set(params):
-        return False
+        return "encoder-decoder model"
+    params = set(inspect.signature(model.forward).parameters)
+    missing = sorted({"logits_to_keep", "position_ids", "attention_mask"} - params)
+    if cache_kwarg(model) is None:
+        missing.append("cache (or past_key_values)")
+    if missing:
+        return f"{type(model).__name__}.forward takes no {', '.join(missing)}"
     layers = DynamicCache(config=model.config).layers
-    if not layers or any(type(layer) is not DynamicLayer for layer in layers):
-        return False
+    other = sorted({type(layer).__name__ for layer in layers if type(layer) is not DynamicLayer})
+    if not layers or other:
+        return f"cache layers other than full attention ({', '.join(other) or 'none'})"
     gc = getattr(model, "generation_config", None)
     if gc is None:
-        return True
-    return all(getattr(gc, k, None) in (None, v) for k, v in _NEUTRAL.items()) and not any(
-        getattr(gc, k, None) for k in _UNSET)
+        return None
+    changed = [k for k, v in _NEUTRAL.items() if getattr(gc, k, None) not in (None, v)]
+    changed += [k for k in _UNSET if getattr(gc, k, None)]
+    return f"generation config sets {', '.join(changed)}" if changed else None
 
 
 def _hf_generate(model, tokenizer, texts: list[str], max_new_tokens: int, batch_size: int,
