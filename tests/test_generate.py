@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import polars as pl
 import pytest
@@ -85,9 +86,13 @@ def test_generate_decodes_ids_and_falls_back_for_processed_logits(tiny_model_dir
 def test_cache_argument_follows_the_installed_transformers(tiny_model_dir):
     """transformers 5.24 renamed forward's `past_key_values` to `cache`: the slot decoder must pass
     the name the installed version takes (the old one made `slots_supported` False: a silent 1.5x slowdown)."""
-    model = load_model(tiny_model_dir, dtype=torch.float32, device_=torch.device("cpu"))
-    params = inspect.signature(model.forward).parameters
-    assert cache_kwarg(model) == ("cache" if "cache" in params else "past_key_values")
+    model, tok = load_model(tiny_model_dir, dtype=torch.float32, device_=torch.device("cpu")), load_tokenizer(tiny_model_dir)
+    assert cache_kwarg(model) in inspect.signature(model.forward).parameters
+    with warnings.catch_warnings(record=True) as caught:  # a deprecated name still runs, with a FutureWarning
+        warnings.simplefilter("always")
+        ids = generate_ids(model, tok, PROMPTS[:3], max_new_tokens=4, batch_size=2, progress=False, threads=1)
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
+    assert ids == _hf_generate(model, tok, [prompt_text(tok, p) for p in PROMPTS[:3]], 4, 2, progress=False)
 
     class OldStyle(torch.nn.Module):
         def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, logits_to_keep=0):

@@ -357,7 +357,7 @@ def _common_prefix(seqs: list[list[int]]) -> int:
     return max(n, 0)
 
 
-def _prefill(model, suffixes: list[list[int]], prefix, n_prefix: int, pad: int, dev: torch.device):
+def _prefill(model, suffixes: list[list[int]], prefix, n_prefix: int, pad: int, dev: torch.device, cache_name: str):
     """Run left-padded `suffixes` after the shared prefix's cache; (last-position logits, cache, width)."""
     from transformers import DynamicCache
 
@@ -375,7 +375,7 @@ def _prefill(model, suffixes: list[list[int]], prefix, n_prefix: int, pad: int, 
             cache.update(layer.keys.expand(rows, -1, -1, -1).contiguous(),
                          layer.values.expand(rows, -1, -1, -1).contiguous(), i)
     out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=positions.to(dev),
-                use_cache=True, logits_to_keep=1, **{cache_kwarg(model): cache})
+                use_cache=True, logits_to_keep=1, **{cache_name: cache})
     return out.logits[:, -1], cache, mask, n_prefix + width
 
 
@@ -452,7 +452,7 @@ def _greedy_slots(model, ids: list[list[int]], max_new_tokens: int, batch_size: 
                     thr.tick(len(members))
                     t1 = time.perf_counter()
                     logits, cache, mask, width = _prefill(model, [ids[i][n_prefix:] for i in members], prefix,
-                                                          n_prefix, pad, dev)
+                                                          n_prefix, pad, dev, cache_name)
                     thr.observe("prefill", time.perf_counter() - t1, len(members) * (width - n_prefix))
                     st["prefill_tokens"] += sum(suffix_lens[j] for j in chunk)
                     if slots is None:  # the first chunk holds the longest prompt: every later one fits its width
