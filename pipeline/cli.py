@@ -13,25 +13,26 @@ import sys
 from pathlib import Path
 
 
-def _recipe(args: argparse.Namespace) -> dict:
-    """The resolved recipe (every key and part checked before anything runs); notes go to stderr."""
+def _plan(args: argparse.Namespace):
+    """The recipe resolved into its plan (every key and part checked and built before anything runs); notes
+    go to stderr."""
     from pipeline.flows.recipe import resolve_recipe
 
-    config, notes = resolve_recipe(args.recipe, args.set)
+    plan, notes = resolve_recipe(args.recipe, args.set)
     for note in notes:
         print(f"[pipeline] note: {note}", file=sys.stderr, flush=True)
-    return config
+    return plan
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.core.runs import new_run_dir
 
-    config = _recipe(args)
-    run_dir = new_run_dir(config, args.run_dir)
-    print(f"[pipeline] recipe {config['name']} -> run dir {run_dir}", flush=True)
+    plan = _plan(args)
+    run_dir = new_run_dir(plan.recipe, args.run_dir)
+    print(f"[pipeline] recipe {plan.recipe.name} -> run dir {run_dir}", flush=True)
     from pipeline.flows import get_flow
 
-    metrics = get_flow(config.get("flow", "sft_math"))(config=config, run_dir=str(run_dir))
+    metrics = get_flow(plan.recipe.flow)(config=plan, run_dir=str(run_dir))
     _print_summary(metrics)
     return 0
 
@@ -68,9 +69,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a recipe's flow on a cron schedule (Prefect `serve`); each run gets its own run dir."""
     from pipeline.flows import get_flow
 
-    config = _recipe(args)
-    flow_fn = get_flow(config["flow"])
-    name = args.name or config["name"]
+    recipe = _plan(args).recipe
+    config = recipe.model_dump(mode="json")  # a scheduled run gets the recipe as data and resolves it itself
+    flow_fn = get_flow(recipe.flow)
+    name = args.name or recipe.name
     try:
         from prefect.schedules import Cron
 
@@ -91,8 +93,8 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     if args.show:
         import yaml
 
-        config = _recipe(argparse.Namespace(recipe=args.show, set=args.set))
-        print(yaml.safe_dump(config, sort_keys=False), end="")
+        recipe = _plan(argparse.Namespace(recipe=args.show, set=args.set)).recipe
+        print(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), end="")
         return 0
     from pipeline.core.config import list_recipes
 
@@ -154,6 +156,7 @@ def _print_study(report: dict) -> None:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Summary, --list, --id, --compare, --export or a filtered listing; rich tables or --json."""
+    from pipeline.core.config import DEFAULT_CARDS_DIR, DEFAULT_OUTPUT_DIR
     from pipeline.reports import inspect as ins
 
     modes = [f"--{m}" for m, v in (("list", args.list), ("id", args.example_id), ("compare", args.compare),
@@ -181,7 +184,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     filters = {"where": args.where, "sort": args.sort, "descending": args.desc, "subset": args.subset}
     try:
         if args.list:
-            report = ins.list_report(args.output_dir or "runs", args.cards_dir or "data_cards")
+            report = ins.list_report(args.output_dir or DEFAULT_OUTPUT_DIR, args.cards_dir or DEFAULT_CARDS_DIR)
             show = ins.print_listing
         elif args.example_id:
             report, show = ins.example_report(args.run_dir, args.example_id), ins.print_example

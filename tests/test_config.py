@@ -62,11 +62,12 @@ def test_part_parameters_are_checked_before_anything_runs(overrides, key):
 
 def test_switching_the_rule_drops_the_old_rules_parameters():
     """The README's example: the recipe's `fraction` rule keys go, the shared `column` stays."""
-    cfg, notes = resolve_recipe("sft-math", ["select.rule=quantile", "select.keep=[0.1, 0.9]"])
-    assert cfg["select"] == {"rule": "quantile", "column": "ppl", "keep": [0.1, 0.9]}
+    plan, notes = resolve_recipe("sft-math", ["select.rule=quantile", "select.keep=[0.1, 0.9]"])
+    assert plan.recipe.select == {"rule": "quantile", "column": "ppl", "keep": [0.1, 0.9]}
     assert notes and "fraction, order" in notes[0]
-    cfg, _ = resolve_recipe("sft-math", ["select.rule=top_k", "select.k=5"])
-    assert cfg["select"] == {"rule": "top_k", "column": "ppl", "k": 5, "order": "lowest"}  # shared keys stay
+    assert [type(s.selector).__name__ for s in plan.steps] == ["Quantile"]  # built once, when resolved
+    plan, _ = resolve_recipe("sft-math", ["select.rule=top_k", "select.k=5"])
+    assert plan.recipe.select == {"rule": "top_k", "column": "ppl", "k": 5, "order": "lowest"}  # shared keys stay
     with pytest.raises(ConfigError, match="select.fraction: quantile has no parameter"):
         resolve_recipe("sft-math", ["select.rule=quantile", "select.fraction=0.3"])  # given, so checked
 

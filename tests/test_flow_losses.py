@@ -31,7 +31,7 @@ def test_token_label_losses_run_from_the_recipe(tmp_path, tiny_model_dir, loss, 
     """Losses that need per-token labels get them from base vs held-out references (2-fold cross-fit LoRAs)."""
     assert main(_args(tmp_path, tiny_model_dir, "a", f"train.loss={loss}")) == 0
     out = capsys.readouterr().out
-    assert "token labels (" in out
+    assert "training columns (" in out
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert metrics["train"]["steps"] == 2 and math.isfinite(metrics["train"]["train_loss"])
     references = list((tmp_path / "cache" / "references").iterdir())

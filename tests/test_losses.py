@@ -355,9 +355,9 @@ def test_masked_thought_config_separates_switch_from_rate():
     from pipeline.core.config import ConfigError
     from pipeline.training.train import train_settings
 
-    mt = train_settings({})["masked_thought"]
-    assert mt["enabled"] is False and mt["p"] == 0.0 and mt["ramp_ratio"] == 0.66 and mt["ramp_steps"] is None
-    assert train_settings({"masked_thought": {"enabled": True}})["masked_thought"]["cap"] == 0.4
+    mt = train_settings({}).masked_thought
+    assert mt.enabled is False and mt.p == 0.0 and mt.ramp_ratio == 0.66 and mt.ramp_steps is None
+    assert train_settings({"masked_thought": {"enabled": True}}).masked_thought.cap == 0.4
     with pytest.raises(ConfigError, match="enabled"):
         train_settings({"masked_thought": {"p": 0.2}})
 

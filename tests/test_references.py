@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 
 from pipeline.cli import main
-from pipeline.training.reference import reference_settings
+from pipeline.training.reference import reference_train
 
 
-def test_reference_settings_take_the_recipes_training_not_its_loss():
+def test_reference_train_takes_the_recipes_training_not_its_loss():
     train = {"loss": "dft", "loss_params": {"x": 1}, "learning_rate": 1e-4, "lora": {"r": 4}, "max_length": 128,
              "masked_thought": {"p": 0.2}, "launcher": "torchrun"}
-    assert reference_settings(train) == {"learning_rate": 1e-4, "lora": {"r": 4}, "max_length": 128}
+    assert reference_train(train) == {"learning_rate": 1e-4, "lora": {"r": 4}, "max_length": 128}
+    assert reference_train(train, {"max_steps": 3})["max_steps"] == 3  # a part's own settings go on top
 
 
 def test_learnability_reference_is_trained_with_the_recipes_settings(tmp_path, tiny_model_dir):

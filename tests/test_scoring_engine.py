@@ -138,15 +138,17 @@ def test_compute_scores_still_writes_one_table(ctx, tmp_path):
 
 
 def test_learnability_trains_its_reference_once(ctx, tmp_path):
-    from pipeline.flows.stages import with_reference
+    from pipeline.stages.plan import ScorerSpec
+    from pipeline.stages.score import with_reference
     from pipeline.training.reference import reference_dir
 
     ex = make_examples(4)
     params = {"reference_train": {"max_steps": 2, "batch_size": 2, "learning_rate": 1e-2, "warmup_ratio": 0.0}}
-    wired = with_reference("learnability", params, ex, ctx, str(tmp_path))
+    spec = ScorerSpec("learnability", params, get_scorer("learnability", **params))
+    wired = with_reference(spec, ex, ctx, str(tmp_path))
     assert Path(wired["reference"]).parent == reference_dir(
         ctx.model_name, ex, tmp_path, {"max_length": ctx.max_length, **params["reference_train"]}, ctx.seed)
-    assert with_reference("learnability", params, ex, ctx, str(tmp_path)) == wired  # trained once, then reused
+    assert with_reference(spec, ex, ctx, str(tmp_path)) == wired  # trained once, then reused
     path = score_cached(ex, "learnability", ctx, tmp_path / "scorers", wired)
     table = pl.read_parquet(path)
     assert np.allclose(table["learnability"], 1 - table["loss_ref"] / table["loss_base"])
@@ -204,7 +206,7 @@ def test_registry_lists_all_scorers():
 
 
 def test_scorer_classes_declare_what_the_cache_needs():
-    declared = {name: (cls.version, cls.uses_model, cls.shardable, cls.model_params, cls.trains_reference)
+    declared = {name: (cls.version, cls.uses_model, cls.shardable, cls.model_params, "reference_model" in cls.needs)
                 for name in ("perplexity", "token_loss", "learnability", "information_gain", "clear_confidence",
                              "token_confidence", "embedding") for cls in [SCORERS.get(name)]}
     assert declared == {
@@ -256,7 +258,9 @@ def test_register_scorer_takes_only_scorer_classes():
     ("key_models = ('embedder',)", "did you mean 'model_params'"),
     ("version = 2", "version must be a str"),
     ("model_params = ('embeder',)", "'embeder', which is not a parameter"),
-    ("trains_reference = True", "needs a `reference` parameter"),
+    ("trains_reference = True", "did you mean \"needs = {'reference_model'}\""),
+    ("needs = {'reference_model'}", "must take the parameter 'reference'"),
+    ("needs = {'gpu'}", "unknown 'gpu'"),
 ])
 def test_misdeclared_scorer_fails_where_it_is_defined(body, message):
     source = f"class Bad(Scorer):\n    {body}\n\n    def __init__(self, embedder: str = 'x'):\n" \

@@ -279,7 +279,9 @@ def test_label_folds_are_disjoint_and_cover_every_example(tmp_path):
 def test_token_labels_come_from_lora_references_that_never_saw_them(tiny_model_dir, tmp_path, monkeypatch):
     """Real default path: two LoRA references cross-fitted; each labelled id is absent from its reference's data."""
     from pipeline.core.io import read_json
+    from pipeline.losses import get_loss
     from pipeline.training import token_labels
+    from pipeline.training.columns import ColumnContext, column_providers, training_columns
 
     ex = _label_examples(8)
     scored: list[tuple[list[str], str]] = []
@@ -291,8 +293,9 @@ def test_token_labels_come_from_lora_references_that_never_saw_them(tiny_model_d
         return score(examples, scorer, ctx, root, params, **kw)
 
     monkeypatch.setattr(token_labels, "score_cached", spy)
-    cols = token_labels.training_columns(ex, "forgetting", tiny_model_dir, 64, tmp_path,
-                                         {"reference_train": {"max_steps": 1, "batch_size": 2}}, seed=0)
+    ctx = ColumnContext(model=tiny_model_dir, max_length=64, cache_root=str(tmp_path), seed=0,
+                        references={"reference_train": {"max_steps": 1, "batch_size": 2}})
+    cols = training_columns(ex, column_providers(get_loss("forgetting")), ctx)
     assert len(cols["token_label"]) == 8 and {v for r in cols["token_label"] for v in r} <= {-1, 0, 1}
     assert len(scored) == 2 and sorted(i for ids, _ in scored for i in ids) == ex["id"].to_list()
     for ids, model_dir in scored:
@@ -324,8 +327,8 @@ def make_igf_trainer(tiny_model_dir, tmp_path, examples, rows=None, igf=True):
 def test_igf_threshold_schedule(tiny_model_dir, tmp_path, examples):
     trainer = make_igf_trainer(tiny_model_dir, tmp_path, examples)
     assert [trainer.igf_threshold(s) for s in (0, 9, 10, 50)] == [1.0, 1.0, -1.0, -1.0]
-    assert train_settings({})["igf_filter"] is None
-    assert train_settings({"igf_filter": {}})["igf_filter"] == IGF
+    assert train_settings({}).igf_filter is None
+    assert train_settings({"igf_filter": {}}).igf_filter.model_dump() == IGF
 
 
 @pytest.mark.parametrize("step,kept", [(0, [0, 2, 5]), (10, [0, 1, 2, 3, 5])])

@@ -30,6 +30,9 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_EMBEDDER = "all-minilm-l6-v2"
 # Tokens per example where scoring, training and evaluation tokenize (sft-math's examples fit).
 DEFAULT_MAX_LENGTH = 384
+# Where runs and data cards go unless a recipe (`output_dir`, `cards_dir`) or a command says otherwise.
+DEFAULT_OUTPUT_DIR = "runs"
+DEFAULT_CARDS_DIR = "data_cards"
 # Characters per prompt or response above which ingest quarantines a record as too long.
 DEFAULT_MAX_CHARS = 32_000
 
@@ -140,7 +143,8 @@ class LoraSection(Section):
 
 
 class TokenLabelsSection(Section):
-    """Per-token labels for forgetting / token_cleaning / rho1 from base vs a reference model.
+    """How the held-out reference behind per-token columns (`token_label`, `ref_nll`) is obtained, and how
+    influence labels are ranked (`pipeline.training.columns`).
 
     No token is scored by a reference that trained on it: by default the kept examples are split
     into `folds` parts and reference i (a LoRA, as in forgetting tokens, arXiv 2508.04329) trains on
@@ -148,7 +152,7 @@ class TokenLabelsSection(Section):
     separate set instead (e.g. Rho-1's higher-quality reference); `reference` names a finished one.
     """
 
-    method: Literal["forgetting", "token_cleaning", "rho1"] | None = None  # default: the loss name
+    method: Literal["forgetting", "token_cleaning"] | None = None  # token_label ranking; default: the loss's
     fraction: float | None = Field(None, ge=0, le=1)  # rho (forgetting, 0.7) / keep (token_cleaning, 0.6)
     reference: str | None = None  # a reference model folder or id; wins over training one
     reference_data: str | None = None  # parquet (or data card folder) that trains ONE reference for all labels
@@ -172,6 +176,7 @@ class IgfFilterSection(Section):
 class TrainSection(Section):
     loss: str = "ce"  # ce | dft | talr | forgetting | token_cleaning | rho1 | module:attr
     loss_params: dict[str, Any] = {}
+    columns: dict[str, str] = {}  # column a loss requires -> its provider (registered name or module:attr); default: the column's name
     masked_thought: MaskedThoughtSection = MaskedThoughtSection()
     token_labels: TokenLabelsSection = TokenLabelsSection()
     igf_filter: IgfFilterSection | None = None  # e.g. {} for the reference schedule; None = off
@@ -209,8 +214,8 @@ class Recipe(Section):
     flow: str = "sft_math"
     seed: int = 0
     model: str = DEFAULT_MODEL  # offline default; any hub id or local folder works online
-    output_dir: str = "runs"
-    cards_dir: str = "data_cards"
+    output_dir: str = DEFAULT_OUTPUT_DIR
+    cards_dir: str = DEFAULT_CARDS_DIR
     cache_dir: str | None = None  # stage cache; None = $SFT_PIPELINE_CACHE/stages
     data: DataSection = DataSection()
     score: ScoreSection = ScoreSection()
@@ -224,6 +229,11 @@ class Recipe(Section):
     # of any section; the shared sections above are the baseline: see pipeline/flows/study.py).
     seeds: list[int] | None = None
     variants: list[dict[str, Any]] | None = None
+
+    @property
+    def split_seed(self) -> int:
+        """The seed of the data splits: `data_seed` when set (a study's seeds share one test split), else `seed`."""
+        return self.seed if self.data_seed is None else self.data_seed
 
 
 def section_defaults(section: str) -> dict[str, Any]:

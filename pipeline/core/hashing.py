@@ -26,7 +26,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 # Layers from the bottom up; a module imports only from its own layer or below (tests/test_architecture.py).
 LAYERS = ("core", "data", "models", "scorers", "selectors", "losses", "training", "evaluation", "reports",
-          "flows", "cli")
+          "stages", "flows", "cli")
 
 
 def fingerprint(df: pl.DataFrame) -> str:
@@ -110,18 +110,39 @@ def package_version() -> str:
         return "0+unknown"
 
 
-def code_version(layer: str = "cli", parts: list[str] | tuple[str, ...] = ()) -> str:
+def code_version(layer: str = "cli", parts: list[Any] | tuple[Any, ...] = ()) -> str:
     """The code a result depends on: package version, the source of every layer up to `layer`
-    (imports point down only, so nothing above can change it) and the source of each `module:attr`
-    part named (a user's loss or scorer file)."""
+    (imports point down only, so nothing above can change it) and the source of each part: a
+    `module:attr` name, or a part's class or instance defined outside this package (a user's file)."""
     if layer not in LAYERS:
         raise ValueError(f"unknown layer {layer!r} (layers: {', '.join(LAYERS)})")
     h = hashlib.sha256(package_version().encode())
     for name in LAYERS[: LAYERS.index(layer) + 1]:
         h.update(f"{name}:{_layer_source_hash(name)}".encode())
-    for part in sorted(set(parts)):
-        h.update(f"{part}:{part_source_hash(part)}".encode())
+    sources = {part if isinstance(part, str) else _qualname(part):
+               part_source_hash(part) if isinstance(part, str) else object_source_hash(part) for part in parts}
+    for key in sorted(sources):
+        h.update(f"{key}:{sources[key]}".encode())
     return h.hexdigest()[:16]
+
+
+def _qualname(obj: Any) -> str:
+    cls = obj if isinstance(obj, type) else type(obj)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def object_source_hash(obj: Any) -> str:
+    """Hash of the file defining a part's class ('' inside this package: the layers cover it)."""
+    import inspect
+
+    cls = obj if isinstance(obj, type) else type(obj)
+    try:
+        path = Path(inspect.getfile(cls)).resolve()
+    except (TypeError, OSError):
+        return "unknown"
+    if path.is_relative_to(PACKAGE_ROOT) or not path.is_file():
+        return "" if path.is_relative_to(PACKAGE_ROOT) else "unknown"
+    return file_hash(path, 12)
 
 
 def part_source_hash(name: str) -> str:

@@ -1,10 +1,15 @@
-"""One small registry type for scorers, selectors and losses, and the `Part` base they share.
+"""One registry type for every kind of part (scorers, selectors, losses, column providers) and the
+`Part` base they share.
 
 Parts register by name with a decorator; a recipe may also name any `module:attr`, and installed
 packages can add parts through the entry-point group of the registry (e.g. `pipeline.losses`).
+`Registry.build(name, params, where)` is the one way a part is made from a recipe, for every kind.
 A part's parameters are the keyword arguments of its class's `__init__`, type hints included:
 `Part.check_params` validates a recipe's values against them before anything expensive runs, and
 names the recipe key, the value and the parameters the part has when one is wrong.
+
+A part DECLARES what it needs from the stage that runs it (`needs`, from `NEEDS`); stages provide
+it and put the code it depends on into their cache key, so no stage ever names a method.
 """
 
 from __future__ import annotations
@@ -28,10 +33,30 @@ class ConfigError(ValueError):
         super().__init__(f"{key}: {message}" if key else message)
 
 
+# What a part may declare in `needs`; the stage running it provides each one.
+NEEDS: dict[str, str] = {
+    "reference_model": "the base model fine-tuned on the candidate set, passed as the parameter named by "
+                       "`reference_param` unless the recipe gives one",
+    "trainer": "a function fine-tuning the base model (`ctx.train_fn`); training code enters the cache key",
+}
+
+
 class Part:
-    """Base of scorers, selectors and losses: declared parameters are `__init__`'s keyword arguments."""
+    """Base of scorers, selectors, losses and column providers: declared parameters are `__init__`'s
+    keyword arguments, declared needs are `needs` (see `NEEDS`)."""
 
     name: typing.ClassVar[str] = ""
+    needs: typing.ClassVar[frozenset[str]] = frozenset()
+    reference_param: typing.ClassVar[str] = "reference"  # where a `reference_model` goes
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        check_needs(cls)
+
+    @classmethod
+    def trains(cls) -> bool:
+        """Whether running this part trains a model (its result then depends on the training code)."""
+        return bool(cls.needs & {"reference_model", "trainer"})
 
     @classmethod
     def param_names(cls) -> list[str]:
@@ -46,6 +71,23 @@ class Part:
     def create(cls, params: dict[str, Any] | None = None, where: str = "params"):
         """An instance from recipe parameters, checked first."""
         return cls(**cls.check_params(params, where))
+
+
+def check_needs(cls: type) -> None:
+    """TypeError, where the class is defined, for an unknown need or a reference without its parameter."""
+    needs = cls.__dict__.get("needs")
+    if needs is None:
+        return
+    if isinstance(needs, (set, tuple, list)):
+        cls.needs = needs = frozenset(needs)
+    if not isinstance(needs, frozenset) or not all(isinstance(n, str) for n in needs):
+        raise TypeError(f"{cls.__name__}.needs must be a set of names from {sorted(NEEDS)}, got {needs!r}")
+    unknown = sorted(needs - set(NEEDS))
+    if unknown:
+        raise TypeError(f"{cls.__name__}.needs: unknown {unknown[0]!r} (a part may need: {', '.join(NEEDS)})")
+    if "reference_model" in needs and cls.reference_param not in [p.name for p in _init_params(cls)]:
+        raise TypeError(f"{cls.__name__} needs a reference_model: its __init__ must take the parameter "
+                        f"{cls.reference_param!r} (set `reference_param` to name another)")
 
 
 def _init_params(cls: type) -> list[inspect.Parameter]:
@@ -94,20 +136,61 @@ def check_params(cls: type, params: dict[str, Any] | None, where: str = "params"
 
 
 class Registry:
-    def __init__(self, kind: str, group: str):
-        self.kind, self.group = kind, group
+    """Parts of one kind by name; `base` is the class every part of the kind subclasses."""
+
+    def __init__(self, kind: str, group: str, base: type | None = None, hint: str = ""):
+        self.kind, self.group, self.base, self.hint = kind, group, base, hint
         self._items: dict[str, Any] = {}
 
     def register(self, name: str) -> Callable[[Any], Any]:
-        """Decorator: `@registry.register("name")`."""
+        """Decorator: `@registry.register("name")` on a subclass of the registry's base class."""
 
         def deco(obj: Any) -> Any:
+            self._check_class(obj, name, TypeError)
             if isinstance(obj, type) and issubclass(obj, Part):
                 obj.name = name
             self._items[name] = obj
             return obj
 
         return deco
+
+    def _check_class(self, obj: Any, name: str, error: type[Exception], key: str = "") -> None:
+        if self.base is None:
+            return
+        if not (isinstance(obj, type) and issubclass(obj, self.base)):
+            message = (f"{self.kind} {name!r} must be a {self.base.__name__} subclass ({self.base.__module__}."
+                       f"{self.base.__name__}{' ' + self.hint if self.hint else ''}), got {obj!r}")
+            raise ConfigError(key, message) if error is ConfigError else error(message)
+        if inspect.isabstract(obj):
+            missing = ", ".join(sorted(getattr(obj, "__abstractmethods__", ())))
+            message = f"{self.kind} {name!r} ({obj.__name__}) does not implement {missing}"
+            raise ConfigError(key, message) if error is ConfigError else error(message)
+
+    def cls(self, name: Any, where: str) -> type:
+        """The class `name` names (registered, entry point or `module:attr`), or a ConfigError naming `where`."""
+        if not isinstance(name, str) or not name:
+            raise ConfigError(where, f"must name a {self.kind}, got {name!r}")
+        try:
+            obj = self.get(name)
+        except KeyError as err:
+            raise ConfigError(where, err.args[0]) from None
+        except (ImportError, AttributeError) as err:
+            raise ConfigError(where, f"cannot load {name!r}: {err}") from None
+        self._check_class(obj, name, ConfigError, where)
+        return obj
+
+    def build(self, name: str, params: dict[str, Any] | None = None, where: str = "params",
+              name_key: str | None = None) -> Any:
+        """A checked instance of `name` with `params`: errors (unknown part, unknown key, wrong type, a value
+        `__init__` rejects) are ConfigErrors naming `name_key` (default `where.rule`-like) or `where.<key>`."""
+        cls = self.cls(name, name_key or where)
+        checked = check_params(cls, params, where)
+        try:
+            return cls(**checked)
+        except ConfigError as err:  # __init__ names the parameter it rejects
+            raise ConfigError(f"{where}.{err.key}", str(err).removeprefix(f"{err.key}: ")) from None
+        except ValueError as err:
+            raise ConfigError(where, f"{name}: {err}") from None
 
     def get(self, name: str) -> Any:
         """Look up by registered name, entry point, or `module:attr`."""

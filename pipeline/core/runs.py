@@ -16,6 +16,7 @@ from typing import IO
 
 import yaml
 
+from pipeline.core.config import DEFAULT_OUTPUT_DIR, Recipe
 from pipeline.core.io import write_text
 from pipeline.core.registry import ConfigError
 
@@ -44,8 +45,9 @@ def claim(path: Path) -> None:
     _HELD[path] = f
 
 
-def new_run_dir(config: dict, run_dir: str | Path | None = None) -> Path:
+def new_run_dir(recipe: Recipe | dict, run_dir: str | Path | None = None) -> Path:
     """`run_dir` when given (to resume a run), else a new `<output_dir>/<recipe>-<timestamp>-<suffix>`."""
+    config = recipe.model_dump(mode="json") if isinstance(recipe, Recipe) else recipe
     if run_dir:
         path = Path(run_dir)
         if path.exists() and not path.is_dir():
@@ -53,7 +55,7 @@ def new_run_dir(config: dict, run_dir: str | Path | None = None) -> Path:
         path.mkdir(parents=True, exist_ok=True)
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        root = Path(config.get("output_dir") or "runs")
+        root = Path(config.get("output_dir") or DEFAULT_OUTPUT_DIR)
         root.mkdir(parents=True, exist_ok=True)
         while True:  # mkdir without exist_ok: two runs in one second can never get the same folder
             path = root / f"{config['name']}-{stamp}-{secrets.token_hex(2)}"
@@ -67,6 +69,6 @@ def new_run_dir(config: dict, run_dir: str | Path | None = None) -> Path:
     return path
 
 
-def list_runs(output_dir: str | Path = "runs") -> list[Path]:
+def list_runs(output_dir: str | Path = DEFAULT_OUTPUT_DIR) -> list[Path]:
     root = Path(output_dir)
     return sorted(p for p in root.iterdir() if (p / "config.yaml").exists()) if root.is_dir() else []

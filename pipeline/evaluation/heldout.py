@@ -66,7 +66,7 @@ def math_accuracy(model, tokenizer, examples: pl.DataFrame, max_new_tokens: int 
     return (sum(correct) / max(len(correct), 1)), table
 
 
-def evaluate_model(model_name_or_dir: str, test: pl.DataFrame, cfg: dict | None = None,
+def evaluate_model(model_name_or_dir: str, test: pl.DataFrame, cfg: EvalSection | dict | None = None,
                    progress: bool = True) -> tuple[dict, pl.DataFrame]:
     """Accuracy on the first `cfg['n_generate']` test examples, NLL and bits per byte on all of them.
 
@@ -78,7 +78,7 @@ def evaluate_model(model_name_or_dir: str, test: pl.DataFrame, cfg: dict | None 
 
     tok = load_tokenizer(model_name_or_dir)
     model = load_model(model_name_or_dir)
-    settings = EvalSection.model_validate(cfg or {})
+    settings = cfg if isinstance(cfg, EvalSection) else EvalSection.model_validate(cfg or {})
     nll = response_nll_table(model, tok, test, settings.max_length, progress)
     gen_set = test.head(settings.n_generate)
     acc, generated = math_accuracy(model, tok, gen_set, settings.max_new_tokens, settings.batch_size, progress)

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import types
+from dataclasses import dataclass
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -20,23 +21,44 @@ USER_LOG_LEVEL = os.environ.get("PREFECT_LOGGING_LEVEL")  # the CLI keeps a leve
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_LOGGING_LOG_PRINTS", "false")
 
-# Only these flows can be named by a recipe's `flow:` (a recipe must not be able to call arbitrary code).
+
+
+@dataclass(frozen=True)
+class FlowSpec:
+    """What a flow declares about the recipes it runs; `pipeline.flows.recipe` checks it before anything runs."""
+
+    target: str  # module:attr of the flow function
+    requires: tuple[str, ...] = ()  # recipe keys that must be set
+    curates: bool = False  # scores and selects: `select` column names are checked against the scorers'
+    evaluates: bool = False  # evaluates on the test split: with `data.source`, `data.test` is required
+    scores_reach_training: bool = False  # the score table reaches training (`train.igf_filter` is allowed)
+    check: str | None = None  # module:attr of a flow's own check of a plan (e.g. a study's variants)
+
+
+# Only these flows can be named by a recipe's `flow:` (the flow itself is never a user's module). A recipe
+# may name `module:attr` parts (scorer, rule, loss, column provider): that imports and runs the module.
 FLOWS = {
-    "sft_math": "pipeline.flows.sft_math:sft_math_flow",
-    "curate": "pipeline.flows.curate:curate_flow",
-    "train": "pipeline.flows.train:train_flow",
-    "evaluate": "pipeline.flows.evaluate:evaluate_flow",
-    "study": "pipeline.flows.study:study_flow",
+    "sft_math": FlowSpec("pipeline.flows.sft_math:sft_math_flow", curates=True, evaluates=True,
+                         scores_reach_training=True),
+    "curate": FlowSpec("pipeline.flows.curate:curate_flow", curates=True),
+    "train": FlowSpec("pipeline.flows.train:train_flow", requires=("data.subset",)),
+    "evaluate": FlowSpec("pipeline.flows.evaluate:evaluate_flow", evaluates=True),
+    "study": FlowSpec("pipeline.flows.study:study_flow", evaluates=True,  # its cells are sft_math recipes
+                      check="pipeline.flows.study:check_study"),
 }
 
 
 def get_flow(name: str):
     """The registered flow a recipe's `flow:` names."""
-    import importlib
-
     if name not in FLOWS:
         raise KeyError(f"unknown flow {name!r} (known: {', '.join(FLOWS)})")
-    module, _, attr = FLOWS[name].partition(":")
+    return _load(FLOWS[name].target)
+
+
+def _load(target: str):
+    import importlib
+
+    module, _, attr = target.partition(":")
     return getattr(importlib.import_module(module), attr)
 
 

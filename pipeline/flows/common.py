@@ -1,28 +1,17 @@
-"""What every flow does around its stages: settle the run dir and cache root, publish artifacts."""
+"""What every flow does around its stages: settle the run dir, publish Prefect artifacts."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from pipeline.models.assets import cache_dir
+from pipeline.core.config import Recipe
 
 
-def cache_root(config: dict) -> str:
-    """Where content-addressed stage outputs live (`cache_dir` in the recipe, else the user cache)."""
-    return str(Path(config.get("cache_dir") or cache_dir() / "stages").resolve())
-
-
-def data_seed(config: dict) -> int:
-    """The seed of the data splits: `data_seed` when set (a study's seeds share one test split), else `seed`."""
-    return int(config["seed"] if config.get("data_seed") is None else config["data_seed"])
-
-
-def ensure_run_dir(config: dict, run_dir: str | None) -> str:
+def ensure_run_dir(recipe: Recipe, run_dir: str | None) -> str:
     """The given run dir, or a fresh timestamped one (scheduled runs get one each)."""
     from pipeline.core.runs import new_run_dir
 
-    return str(new_run_dir(config, run_dir))
+    return str(new_run_dir(recipe, run_dir))
 
 
 def publish_artifacts(name: str, metrics: dict[str, Any], stages: list[dict[str, Any]]) -> None:

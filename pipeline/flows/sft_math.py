@@ -8,74 +8,62 @@ from pathlib import Path
 from prefect import flow
 
 from pipeline.core.io import write_json
-from pipeline.flows import stages
-from pipeline.flows.common import cache_root, ensure_run_dir, publish_artifacts
-from pipeline.flows.curate import curate_stages, stage_counts
-from pipeline.flows.recipe import resolve_config
-from pipeline.models.loading import model_key
+from pipeline.flows.common import ensure_run_dir, publish_artifacts
+from pipeline.flows.recipe import resolve
+from pipeline.stages import ModelRef, publish, wiring
 
 
-@flow(name="sft-math")
-def sft_math_flow(config: dict, run_dir: str | None = None) -> dict:
+@flow(name="sft-math", validate_parameters=False)
+def sft_math_flow(config, run_dir: str | None = None) -> dict:
     """Run the whole recipe; returns the metrics also written to run_dir/metrics.json."""
-    config = resolve_config(config)
-    run_dir = ensure_run_dir(config, run_dir)
-    seed, root = int(config.get("seed", 0)), cache_root(config)
-    t0 = time.perf_counter()
-    cur = curate_stages(config, run_dir)
-    seconds = {"curate": round(time.perf_counter() - t0, 1)}
-    test = cur["data"]["test"]
-
-    t0 = time.perf_counter()
-    base = stages.run_stage(stages.evaluate, config["model"], cur["model_rev"], "base", test, config["eval"], root,
-                             stages.stage_code("eval"))
-    seconds["eval_base"] = round(time.perf_counter() - t0, 1)
-    t0 = time.perf_counter()
-    trained = stages.run_stage(stages.train_model, cur["data"]["train"], cur["selection"], config["model"],
-                               cur["model_rev"], config["train"], seed, root, stages.stage_code("train", config["train"]),
-                               cur["scores"])
-    seconds["train"] = round(time.perf_counter() - t0, 1)
-    t0 = time.perf_counter()
-    tuned_rev = model_key(trained["model_dir"])
-    tuned = stages.run_stage(stages.evaluate, trained["model_dir"], tuned_rev, "tuned", test, config["eval"], root,
-                             stages.stage_code("eval"))
-    run = Path(run_dir)
-    stages.publish(trained["model_dir"], run / "model")
-    for label, m in (("base", base), ("tuned", tuned)):
-        stages.publish(m["path"], run / "eval" / f"{label}.json")
-        stages.publish(Path(m["path"]).with_suffix(".parquet"), run / "eval" / f"{label}.parquet")
-    seconds["eval_tuned"] = round(time.perf_counter() - t0, 1)
-
-    sel = cur["selection"]
+    plan = resolve(config)
+    run_dir = ensure_run_dir(plan.recipe, run_dir)
+    clock = Clock()
+    cur = clock("curate", wiring.curate, plan, run_dir)
+    base = clock("eval_base", wiring.evaluate, plan, cur.model, cur.data.test, "base")
+    trained = clock("train", wiring.train, plan, cur.data.train, cur.selection, cur.model, cur.scores)
+    tuned_model = ModelRef.of(trained.model_dir)
+    tuned = clock("eval_tuned", wiring.evaluate, plan, tuned_model, cur.data.test, "tuned")
+    publish(trained.model_dir, Path(run_dir) / "model")
+    for label, ev in (("base", base), ("tuned", tuned)):
+        wiring.publish_eval(run_dir, label, ev)
+    sel = cur.selection
     metrics = {
-        "recipe": config["name"],
-        "base": base,
-        "tuned": tuned,
-        "delta": nll_delta(base, tuned, seed),
-        "selection": {k: sel[k] for k in ("read", "kept", "dropped")},
-        "train": {"loss": config["train"]["loss"],
-                  **{k: trained.get(k) for k in ("train_loss", "steps", "runtime_s", "model_dir", "resumed_from",
-                                                 "loss_history", "igf_skipped")}},
-        "seconds": seconds,
-        "data_card": cur["card"],
-        "cache_keys": {**cur["cache_keys"], "tuned_model": tuned_rev},
-        "run_dir": run_dir,
+        "recipe": plan.recipe.name, "base": base.model_dump(), "tuned": tuned.model_dump(),
+        "delta": nll_delta(base, tuned, plan.recipe.seed),
+        "selection": {"read": sel.read, "kept": sel.kept, "dropped": sel.dropped},
+        "train": {"loss": plan.recipe.train.loss, **{k: getattr(trained, k, None) for k in (
+            "train_loss", "steps", "runtime_s", "model_dir", "resumed_from", "loss_history", "igf_skipped")}},
+        "seconds": clock.seconds, "data_card": cur.card,
+        "cache_keys": {**cur.cache_keys, "tuned_model": tuned_model.key}, "run_dir": run_dir,
     }
     write_json(Path(run_dir) / "metrics.json", metrics)
-    publish_artifacts(config["name"], metrics, stage_counts(sel))
+    publish_artifacts(plan.recipe.name, metrics, sel.counts())
     return metrics
 
 
-def nll_delta(base: dict, tuned: dict, seed: int) -> dict:
+class Clock:
+    """Wall seconds of each phase of a flow, in the order they ran."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, phase: str, fn, *args):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        self.seconds[phase] = round(time.perf_counter() - t0, 1)
+        return out
+
+
+def nll_delta(base, tuned, seed: int) -> dict:
     """Tuned minus base accuracy, response NLL and bits per byte with paired 95% bootstrap CIs over
     the test examples: whether the fine-tune helped beyond test-set noise."""
     import polars as pl
 
     from pipeline.evaluation.stats import paired_nll_difference
 
-    diff = paired_nll_difference(pl.read_parquet(Path(base["path"]).with_suffix(".parquet")),
-                                 pl.read_parquet(Path(tuned["path"]).with_suffix(".parquet")), seed=seed)
-    return {"accuracy": tuned["accuracy"] - base["accuracy"], "nll": diff["d_nll"],
+    diff = paired_nll_difference(pl.read_parquet(base.table), pl.read_parquet(tuned.table), seed=seed)
+    return {"accuracy": tuned.accuracy - base.accuracy, "nll": diff["d_nll"],
             "nll_ci": [diff["d_nll_lo"], diff["d_nll_hi"]], "bits_per_byte": diff["d_bpb"],
             "bits_per_byte_ci": [diff["d_bpb_lo"], diff["d_bpb_hi"]], "n_examples": diff["n_examples"],
             "accuracy_ci": [diff["d_accuracy_lo"], diff["d_accuracy_hi"]], "n_generated": diff["n_generated"]}

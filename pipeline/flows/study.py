@@ -13,6 +13,7 @@ stages live in the shared content-addressed cache: a killed study re-run finishe
 
 from __future__ import annotations
 
+import copy
 import os
 import platform
 import sys
@@ -23,65 +24,115 @@ import polars as pl
 import torch
 from prefect import flow
 
+from pipeline.core.config import Recipe
 from pipeline.core.io import write_json
-from pipeline.flows import stages
-from pipeline.flows.common import cache_root, ensure_run_dir, publish_artifacts
-from pipeline.flows.curate import curate_stages
-from pipeline.flows.recipe import BASELINE, resolve_config, variant_configs
-from pipeline.models.loading import model_key
+from pipeline.core.registry import ConfigError
+from pipeline.flows.common import ensure_run_dir, publish_artifacts
+from pipeline.flows.recipe import merge, resolve
+from pipeline.stages import ModelRef, log, wiring
+from pipeline.stages.plan import Plan
+
+BASELINE = "baseline"
+SECTIONS = ("score", "select", "train", "eval")
+COMPUTE_KEYS = ("max_steps", "epochs", "batch_size", "grad_accum")  # equal compute: shared by every variant
 
 
-@flow(name="study-cell")
-def study_cell(config: dict, run_dir: str) -> dict:
+def variant_plans(recipe: Recipe, seed: int | None = None) -> list[tuple[str, Plan]]:
+    """(name, plan) of the baseline and of every variant, at `seed` (default the recipe's), all on the study's
+    one data split; errors name `variants[i].<key>`."""
+    if not recipe.variants:
+        raise ConfigError("variants", "a study needs at least one variant, e.g. [{name: dft, train: {loss: dft}}]")
+    if recipe.train.max_steps <= 0:
+        raise ConfigError("train.max_steps", "a study trains every variant the same number of steps: set it > 0")
+    base = recipe.model_dump(exclude={"variants", "seeds"})
+    base.update(flow="sft_math", data_seed=recipe.split_seed, seed=recipe.seed if seed is None else seed)
+    out = [(BASELINE, resolve({**base, "name": f"{recipe.name}-{BASELINE}"}))]
+    for i, variant in enumerate(recipe.variants):
+        where = f"variants[{i}]"
+        name = _check_variant(variant, where, {n for n, _ in out})
+        cfg = {**copy.deepcopy(base), "name": f"{recipe.name}-{name}"}
+        for section in SECTIONS:
+            if section in variant:
+                over = variant[section]
+                cfg[section] = (copy.deepcopy(over) if section == "select" or not isinstance(over, dict)
+                                else merge(cfg[section], over))
+        try:
+            out.append((name, resolve(cfg)))
+        except ConfigError as err:
+            raise ConfigError(f"{where}.{err.key}", str(err).removeprefix(f"{err.key}: ")) from None
+    return out
+
+
+def check_study(plan: Plan) -> None:
+    """Every variant built and checked before anything runs (the study's own check, `FlowSpec.check`)."""
+    variant_plans(plan.recipe)
+
+
+def _check_variant(variant: object, where: str, taken: set[str]) -> str:
+    if not isinstance(variant, dict) or not isinstance(variant.get("name"), str) or not variant["name"]:
+        raise ConfigError(where, "each variant is a mapping with a `name` and section overrides")
+    if variant["name"] in taken:
+        raise ConfigError(f"{where}.name", f"{variant['name']!r} is used twice (or is the baseline's name)")
+    unknown = set(variant) - {"name", *SECTIONS}
+    if unknown:
+        raise ConfigError(f"{where}.{sorted(unknown)[0]}", f"a variant overrides only {', '.join(SECTIONS)}")
+    fixed = set(variant.get("train") or {}) & set(COMPUTE_KEYS)
+    if fixed:
+        raise ConfigError(f"{where}.train.{sorted(fixed)[0]}", "equal compute: steps, epochs and batch are "
+                                                               "shared by every variant (set them in train)")
+    return variant["name"]
+
+
+@flow(name="study-cell", validate_parameters=False)
+def study_cell(config, run_dir: str) -> dict:
     """One variant at one seed: curate, train, evaluate the tuned model; every stage cached."""
-    root, seed = cache_root(config), int(config["seed"])
+    plan = resolve(config)
     t0 = time.perf_counter()
-    cur = curate_stages(config, run_dir)
-    trained = stages.run_stage(stages.train_model, cur["data"]["train"], cur["selection"], config["model"],
-                               cur["model_rev"], config["train"], seed, root,
-                               stages.stage_code("train", config["train"]), cur["scores"])
-    tuned = stages.run_stage(stages.evaluate, trained["model_dir"], model_key(trained["model_dir"]), "tuned",
-                             cur["data"]["test"], config["eval"], root, stages.stage_code("eval"))
-    return {"eval_table": str(Path(tuned["path"]).with_suffix(".parquet")), "kept": cur["selection"]["kept"],
-            "steps": trained["steps"], "train_tokens": trained.get("train_tokens"),
-            "train_seconds": trained.get("runtime_s"), "seconds": round(time.perf_counter() - t0, 1),
-            "nll": tuned["nll"], "accuracy": tuned["accuracy"], "data_card": cur["card"]}
+    cur = wiring.curate(plan, run_dir)
+    trained = wiring.train(plan, cur.data.train, cur.selection, cur.model, cur.scores)
+    tuned = wiring.evaluate(plan, ModelRef.of(trained.model_dir), cur.data.test, "tuned")
+    return {"eval_table": tuned.table, "kept": cur.selection.kept, "steps": trained.steps,
+            "train_tokens": getattr(trained, "train_tokens", None), "train_seconds": getattr(trained, "runtime_s", None),
+            "seconds": round(time.perf_counter() - t0, 1), "nll": tuned.nll, "accuracy": tuned.accuracy,
+            "data_card": cur.card, "test_size": cur.data.test.rows}
 
 
-@flow(name="study")
-def study_flow(config: dict, run_dir: str | None = None) -> dict:
+@flow(name="study", validate_parameters=False)
+def study_flow(config, run_dir: str | None = None) -> dict:
     """Every variant x seed, then per-variant NLL, bits per byte and accuracy with paired 95% CIs."""
     from pipeline.evaluation.stats import corpus_metrics  # noqa: F401 - fail early if stats are missing
     from pipeline.reports.study import write_results
 
-    config = resolve_config(config)
-    run_dir = ensure_run_dir(config, run_dir)
-    seeds = config.get("seeds") or [config["seed"]]
-    data_seed = config["seed"] if config.get("data_seed") is None else config["data_seed"]
-    cells = variant_configs({**config, "data_seed": data_seed})
+    r = resolve(config).recipe
+    run_dir = ensure_run_dir(r, run_dir)
+    seeds = r.seeds or [r.seed]
     t0 = time.perf_counter()
-    tables, runs = [], []
+    tables, runs, test_size, names = [], [], None, []
     for seed in seeds:
-        for name, cfg in cells:
-            cell_dir = Path(run_dir) / "cells" / f"{name}-seed{seed}"
-            stages.log(f"study cell {name} seed {seed}")
-            out = study_cell(config={**cfg, "seed": seed}, run_dir=str(cell_dir))
+        cells = variant_plans(r, seed)
+        names = [name for name, _ in cells]
+        for name, plan in cells:
+            log(f"study cell {name} seed {seed}")
+            out = study_cell(config=plan, run_dir=str(Path(run_dir) / "cells" / f"{name}-seed{seed}"))
+            test_size = out["test_size"]
             tables.append(pl.read_parquet(out["eval_table"]).select(
                 pl.lit(name).alias("variant"), pl.lit(seed).alias("seed"), "id", "nll_sum", "n_tokens", "n_bytes",
                 pl.when(pl.col("generated")).then(pl.col("correct")).alias("correct")))
             runs.append({"variant": name, "seed": seed, **{k: out[k] for k in ("steps", "train_tokens", "kept")},
                          "train_seconds": out["train_seconds"]})
-    meta = {"recipe": config["name"], "command": "pipeline " + " ".join(sys.argv[1:]), "seeds": seeds,
-            "test_size": config["data"]["n_test"], "variants": [name for name, _ in cells],
-            "train_steps": config["train"]["max_steps"], "batch_size": config["train"]["batch_size"],
-            "model": config["model"], "machine": f"{platform.machine()} {os.cpu_count()} CPUs"
-                                                 + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""),
+    meta = {"recipe": r.name, "command": "pipeline " + " ".join(sys.argv[1:]), "seeds": seeds,
+            "test_size": test_size, "variants": names, "train_steps": r.train.max_steps,
+            "batch_size": r.train.batch_size, "model": r.model, "machine": _machine(),
             "date": time.strftime("%Y-%m-%d %H:%M"), "wall_seconds_this_invocation": round(time.perf_counter() - t0, 1)}
     written = write_results(Path(run_dir), pl.concat(tables), pl.DataFrame(runs), BASELINE, meta)
     write_json(Path(run_dir) / "study.json", meta)
-    metrics = {"recipe": config["name"], "study": written["rows"], "run_dir": run_dir,
+    metrics = {"recipe": r.name, "study": written["rows"], "run_dir": run_dir,
                "results": str(Path(run_dir) / "results.md")}
     write_json(Path(run_dir) / "metrics.json", metrics)
-    publish_artifacts(config["name"], {"run_dir": run_dir}, written["rows"])
+    publish_artifacts(r.name, {"run_dir": run_dir}, written["rows"])
     return metrics
 
+
+def _machine() -> str:
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{platform.machine()} {os.cpu_count()} CPUs{gpu}"

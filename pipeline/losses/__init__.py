@@ -12,15 +12,15 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.core.registry import Registry
+from pipeline.losses.base import TokenLoss
 
-LOSSES = Registry("loss", "pipeline.losses")
+LOSSES = Registry("loss", "pipeline.losses", base=TokenLoss, hint="with a `per_token(self, nll, ctx)` method")
 register_loss = LOSSES.register
 
 
-def get_loss(name: str, **params: Any):
+def get_loss(name: str, **params: Any) -> TokenLoss:
     """Instantiate the loss registered (or importable) under `name` with `params` (checked first)."""
-    cls = LOSSES.get(name)
-    return cls.create(params, where="train.loss_params") if hasattr(cls, "create") else cls(**params)
+    return LOSSES.build(name, params, "train.loss_params", name_key="train.loss")
 
 
 from pipeline.losses import ce as _ce  # noqa: E402,F401  (each module registers itself)
@@ -29,7 +29,6 @@ from pipeline.losses import forgetting as _forgetting  # noqa: E402,F401
 from pipeline.losses import rho1 as _rho1  # noqa: E402,F401
 from pipeline.losses import talr as _talr  # noqa: E402,F401
 from pipeline.losses import token_cleaning as _token_cleaning  # noqa: E402,F401
-from pipeline.losses.base import TokenLoss  # noqa: E402
 from pipeline.losses.masked_thought import MaskedThought  # noqa: E402
 
 __all__ = ["LOSSES", "MaskedThought", "TokenLoss", "get_loss", "register_loss"]

@@ -9,7 +9,8 @@ points end there:
 - `loss.from_log_probs(log_probs, mask, ...)`: per-token log-probs from TRL's fused LM head, no
   full-vocabulary logits (the path `pipeline.training.trainer.TokenLossSFTTrainer` uses).
 
-Per-token batch columns (`token_label`, `ref_nll`) are given aligned with `input_ids` to
+Per-token batch columns a loss declares in `requires` (`token_label`, `ref_nll`, or any column a
+registered provider makes: `pipeline.training.columns`) are given aligned with `input_ids` to
 `__call__` and aligned with `log_probs` (i.e. `column[:, 1:]`) to `from_log_probs`;
 `example_weight` is one number per example and multiplies every token of its example.
 """
@@ -25,7 +26,6 @@ import torch.nn.functional as F
 from pipeline.core.registry import Part
 
 EXAMPLE_WEIGHT = "example_weight"
-TOKEN_COLUMNS = ("token_label", "ref_nll")
 
 
 @dataclass
@@ -68,11 +68,13 @@ def token_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
 
 
 class TokenLoss(Part):
-    """Base class: subclasses define `per_token`; `requires` names the batch columns they need;
-    parameters are `__init__`'s keyword arguments (checked against a recipe's `train.loss_params`)."""
+    """Base class: subclasses define `per_token`; `requires` names the batch columns they need (made before
+    training by the column provider of each: `pipeline.training.columns`), `column_params` the parameters
+    those providers get; parameters are `__init__`'s keyword arguments (checked against `train.loss_params`)."""
 
     trl_loss_type = "nll"
     requires: tuple[str, ...] = ()
+    column_params: dict[str, dict[str, Any]] = {}  # {column: parameters of its provider}
     # True: the trainer runs a no-grad forward over the whole accumulation window first and hands
     # `window_stats` of those detached losses to every micro-batch (window-level weights, e.g. TALR)
     needs_window_nll: bool = False

@@ -33,6 +33,7 @@ class Forgetting(TokenLoss):
     """Descent on tokens labelled 1, bounded ascent (weight lambda(step)) on tokens labelled -1."""
 
     requires = ("token_label",)
+    column_params = {"token_label": {"method": "forgetting"}}  # influence labels ranked the forgetting way
 
     def __init__(self, lambda_max: float = 0.25, nll_cap: float = 5.0, ramp_steps: int | None = None):
         self.lambda_max, self.nll_cap, self.ramp_steps = lambda_max, nll_cap, ramp_steps

@@ -21,6 +21,7 @@ class TokenCleaning(TokenLoss):
     """NLL on tokens labelled 1 only, averaged over kept (or all) response tokens."""
 
     requires = ("token_label",)
+    column_params = {"token_label": {"method": "token_cleaning"}}  # influence labels ranked the token cleaning way
 
     def __init__(self, normalize: str = "kept"):
         if normalize not in ("kept", "all"):

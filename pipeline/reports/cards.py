@@ -21,7 +21,7 @@ import polars as pl
 import yaml
 
 from pipeline.core.io import atomic_path, write_json, write_parquet, write_text
-from pipeline.selectors.clear import apply_corrections
+from pipeline.selectors.base import CORRECTION, apply_corrections
 
 
 def histogram_png(path: Path, values: dict[str, list[float]], column: str) -> Path:
@@ -85,10 +85,10 @@ def write_card(
     """
     card_dir = Path(card_dir)
     card_dir.mkdir(parents=True, exist_ok=True)
-    corrects = "new_response" in selection.columns
+    corrects = CORRECTION in selection.columns
     examples = apply_corrections(examples, selection, keep_old=True) if corrects else examples
     sel = selection.select("id", *[c for c in selection.columns
-                                   if c not in examples.columns and c not in ("id", "new_response")])
+                                   if c not in examples.columns and c not in ("id", CORRECTION)])
     table = (
         examples.join(sel, on="id", how="left", maintain_order="left")
         .join(scores, on="id", how="left", maintain_order="left")

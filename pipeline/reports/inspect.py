@@ -21,6 +21,7 @@ from typing import Any
 import polars as pl
 import yaml
 
+from pipeline.core.config import DEFAULT_CARDS_DIR, DEFAULT_OUTPUT_DIR
 from pipeline.core.io import atomic_path
 
 FRONT = ("id", "kept", "weight", "reason")
@@ -606,7 +607,7 @@ def _subdirs(root: Path, keep: Callable[[Path], bool]) -> list[Path]:
         raise InspectError(f"{root}: cannot list: {e.strerror or e}") from None
 
 
-def list_report(output_dir: str | Path = "runs", cards_dir: str | Path = "data_cards") -> dict[str, Any]:
+def list_report(output_dir: str | Path = DEFAULT_OUTPUT_DIR, cards_dir: str | Path = DEFAULT_CARDS_DIR) -> dict[str, Any]:
     """Runs under `output_dir` and data cards under `cards_dir`; an unreadable one is a row with `error`."""
     runs = _subdirs(Path(output_dir), is_run)
     cards = _subdirs(Path(cards_dir), is_card)

@@ -8,35 +8,19 @@ columns. Register new ones with `@register_scorer("name")` on the class, or thro
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from pipeline.core.registry import Registry
 from pipeline.scorers.base import ScoreContext, Scorer
 
-SCORERS = Registry("scorer", "pipeline.scorers")
+SCORERS = Registry("scorer", "pipeline.scorers", base=Scorer, hint="with a `score(self, examples, ctx)` method")
 S = TypeVar("S", bound=type[Scorer])
-
-
-def _check_scorer_class(obj: Any, name: str) -> type[Scorer]:
-    """`obj` itself when it is a concrete `Scorer` subclass, else a TypeError saying what a scorer is."""
-    if not (isinstance(obj, type) and issubclass(obj, Scorer)):
-        raise TypeError(f"scorer {name!r} must be a subclass of pipeline.scorers.Scorer with a "
-                        f"`score(self, examples, ctx)` method, got {obj!r}")
-    if inspect.isabstract(obj):
-        raise TypeError(f"scorer {name!r} ({obj.__name__}) does not implement `score(self, examples, ctx)`")
-    return obj
 
 
 def register_scorer(name: str) -> Callable[[S], S]:
     """Class decorator: `@register_scorer("name")` on a `Scorer` subclass names and registers it."""
-
-    def deco(cls: S) -> S:
-        _check_scorer_class(cls, name)
-        return SCORERS.register(name)(cls)
-
-    return deco
+    return SCORERS.register(name)
 
 
 def get_scorer(name: str, **params: Any) -> Scorer:
@@ -44,8 +28,7 @@ def get_scorer(name: str, **params: Any) -> Scorer:
 
     Wrong parameters raise `pipeline.core.registry.ConfigError` naming `score.params.<key>`.
     """
-    cls = _check_scorer_class(SCORERS.get(name), name)
-    return cls.create(params, where="score.params")
+    return SCORERS.build(name, params, "score.params", name_key="score.scorer")
 
 
 # Each module registers itself on import.

@@ -13,9 +13,10 @@ from pipeline.core.config import DEFAULT_MAX_LENGTH, DEFAULT_MODEL
 from pipeline.core.registry import Part
 
 ScoreResult = pl.DataFrame | tuple[pl.DataFrame, dict]
-DECLARED: dict[str, type] = {"version": str, "uses_model": bool, "shardable": bool, "model_params": tuple,
-                             "trains_reference": bool}
-FORMER = {"VERSION": "version", "key_models": "model_params"}  # the old function attributes
+DECLARED: dict[str, type] = {"version": str, "uses_model": bool, "shardable": bool, "model_params": tuple}
+PART_DECLARED = ("needs", "reference_param", "name")  # declared on every Part (pipeline.core.registry)
+FORMER = {"VERSION": "version", "key_models": "model_params",  # the old function attributes
+          "trains_reference": "needs = {'reference_model'}"}
 
 
 @dataclass
@@ -74,16 +75,16 @@ class Scorer(Part, ABC):
     Class attributes declare what the score cache must know (checked when a subclass is defined,
     so a misspelt or mistyped one fails there instead of silently doing nothing):
     `version` (bump when the numbers change), `uses_model` (the context's model enters the key),
-    `shardable` (False: needs the whole table at once), `model_params` (parameters naming another
-    model folder or id, whose content revision enters the key, defaults included) and
-    `trains_reference` (flows train a reference model and pass it as `reference` when missing).
+    `shardable` (False: needs the whole table at once) and `model_params` (parameters naming another
+    model folder or id, whose content revision enters the key, defaults included). Like every part it
+    may declare `needs = {"reference_model"}`: the score stage then fine-tunes the base on the
+    candidates and passes that folder as the parameter `reference_param` when the recipe gives none.
     """
 
     version: ClassVar[str] = "1"
     uses_model: ClassVar[bool] = True
     shardable: ClassVar[bool] = True
     model_params: ClassVar[tuple[str, ...]] = ()
-    trains_reference: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any):
         """Check the subclass's declarations as it is defined: names, types, and that model_params are parameters."""
@@ -115,7 +116,7 @@ class Scorer(Part, ABC):
 def check_declarations(cls: type[Scorer]) -> None:
     """TypeError for a misspelt, old-style or mistyped declaration, or a declared parameter `__init__` lacks."""
     for attr, value in vars(cls).items():
-        if attr.startswith("_") or attr in DECLARED or callable(value) or isinstance(value, classmethod | property):
+        if attr.startswith("_") or attr in DECLARED or attr in PART_DECLARED or callable(value) or isinstance(value, classmethod | property):
             continue
         close = FORMER.get(attr) or next(iter(difflib.get_close_matches(attr, DECLARED, n=1, cutoff=0.8)), None)
         if close:
@@ -124,8 +125,6 @@ def check_declarations(cls: type[Scorer]) -> None:
         if not isinstance(getattr(cls, attr), kind):
             raise TypeError(f"{cls.__name__}.{attr} must be a {kind.__name__}, got {getattr(cls, attr)!r}")
     params = cls.param_names()
-    if cls.trains_reference and "reference" not in params:
-        raise TypeError(f"{cls.__name__}.trains_reference needs a `reference` parameter in its __init__")
     unknown = [p for p in cls.model_params if p not in params]
     if unknown:
         raise TypeError(f"{cls.__name__}.model_params names {unknown[0]!r}, which is not a parameter of its "

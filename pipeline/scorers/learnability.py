@@ -6,7 +6,7 @@ this data lowered its loss a lot relative to where it started. The plain differe
 `L_base - L_ref` is kept as `loss_diff`; it correlates with length, which the ratio removes.
 
 The reference is either given (`reference`: a folder or model id) or trained once per candidate
-set by the flow (`trains_reference`) through our own trainer (`pipeline.training.train`, full fine-tune by default, settings in
+set by the score stage (`needs = {"reference_model"}`) through our own trainer (`pipeline.training.train`, full fine-tune by default, settings in
 `reference_train`, e.g. `{lora: {r: 16}}` for a LoRA reference via peft, saved merged); the trained
 folder lives in the score cache entry, so a resumed run reuses it.
 """
@@ -44,7 +44,7 @@ class Learnability(Scorer):
 
     version = "2"
     model_params = ("reference",)
-    trains_reference = True
+    needs = frozenset({"reference_model"})
 
     def __init__(self, reference: str | None = None, reference_train: dict | None = None):
         self.reference, self.reference_train = reference, reference_train

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.core.registry import ConfigError, Registry
+from pipeline.core.registry import Registry
 from pipeline.selectors.base import (
     SELECTION_SCHEMA,
     RowFilter,
@@ -23,42 +23,23 @@ from pipeline.selectors.base import (
     run_selector,
 )
 
-SELECTORS = Registry("selector", "pipeline.selectors")
+SELECTORS = Registry("selector", "pipeline.selectors", base=Selector,
+                     hint="(`class X(Selector)` with select(scores, ctx), or a RowFilter with keep(row))")
 
 
 def register_selector(name: str):
     """Class decorator: `@register_selector("name")` names a `Selector` subclass and registers it."""
-
-    def deco(cls: type[Selector]) -> type[Selector]:
-        if not (isinstance(cls, type) and issubclass(cls, Selector)):
-            raise TypeError(f"@register_selector({name!r}) needs a Selector subclass, got {cls!r}: "
-                            "write `class X(Selector)` with select(scores, ctx), or a RowFilter with keep(row)")
-        return SELECTORS.register(name)(cls)
-
-    return deco
+    return SELECTORS.register(name)
 
 
 def selector_class(rule: str, where: str = "select") -> type[Selector]:
     """The selector class registered (or importable) as `rule`; a `ConfigError` naming `where.rule` if none."""
-    try:
-        cls = SELECTORS.get(rule)
-    except KeyError as err:
-        raise ConfigError(f"{where}.rule", str(err.args[0])) from None
-    if not (isinstance(cls, type) and issubclass(cls, Selector)):
-        raise ConfigError(f"{where}.rule", f"{rule!r} is {cls!r}, not a Selector subclass")
-    return cls
+    return SELECTORS.cls(rule, f"{where}.rule")
 
 
 def build_selector(rule: str, params: dict[str, Any] | None = None, where: str = "select") -> Selector:
     """A checked instance of `rule`: errors (unknown key, wrong type, bad value) name `where.<key>`."""
-    cls = selector_class(rule, where)
-    checked = cls.check_params(params, where)  # what `cls.create` does, with __init__'s errors placed
-    try:
-        return cls(**checked)
-    except ConfigError as err:  # __init__ names the parameter it rejects
-        raise ConfigError(f"{where}.{err.key}", str(err).removeprefix(f"{err.key}: ")) from None
-    except ValueError as err:
-        raise ConfigError(where, f"{rule}: {err}") from None
+    return SELECTORS.build(rule, params, where, name_key=f"{where}.rule")
 
 
 def get_selector(name: str, **params: Any) -> Selector:

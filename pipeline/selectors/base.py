@@ -26,6 +26,28 @@ SELECTION_SCHEMA: dict[str, pl.DataType] = {
     "weight": pl.Float64,
     "reason": pl.String,
 }
+# Part of the selection contract: a selector may rewrite a kept row's response (CLEAR's correction)
+# by writing it here; training and the data card read examples through `apply_corrections`.
+CORRECTION = "new_response"
+
+
+def apply_corrections(examples: pl.DataFrame, selection: pl.DataFrame, keep_old: bool = False) -> pl.DataFrame:
+    """Examples with `response` replaced by the selection's `new_response` where a selector corrected it (ids kept).
+
+    With `keep_old`, the response it replaced goes into `old_response` (null for uncorrected rows; an
+    `old_response` the examples already carry, from an earlier card, is kept as the original): the
+    data card keeps it for audit.
+    """
+    if CORRECTION not in selection.columns:
+        return examples
+    fixes = selection.filter(pl.col(CORRECTION).is_not_null()).select("id", pl.col(CORRECTION).alias("_new"))
+    out = examples.join(fixes, on="id", how="left", maintain_order="left")
+    if keep_old:
+        replaced = pl.when(pl.col("_new").is_not_null()).then(pl.col("response"))
+        if "old_response" in examples.columns:
+            replaced = pl.coalesce(pl.col("old_response").cast(pl.String), replaced)
+        out = out.with_columns(replaced.cast(pl.String).alias("old_response"))
+    return out.with_columns(pl.coalesce("_new", "response").alias("response")).drop("_new")
 
 
 @dataclass

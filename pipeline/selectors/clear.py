@@ -27,7 +27,7 @@ stays the original example's (lineage). `apply_corrections` puts the new respons
 table (flows do it before training, and `pipeline.reports.cards.write_card` for the card's subset).
 
 The steps are injectable through the context (`train_fn`, `generate_fn`, `confidence_fn`).
-`train_fn` must be given (flows pass `pipeline.training.reference.reference_trainer`); generation
+`train_fn` must be given (the select stage passes one: `needs = {"trainer"}`); generation
 defaults to greedy decoding with `pipeline.models.generate.generate`; an injected `confidence_fn`
 replaces the model judge (pairwise / likelihood), never the gold-answer check.
 """
@@ -43,7 +43,7 @@ import polars as pl
 from pipeline.data import final_answer, normalize_number
 from pipeline.models.loading import generation_prompts
 from pipeline.selectors import register_selector
-from pipeline.selectors.base import SelectContext, Selector
+from pipeline.selectors.base import SelectContext, Selector, apply_corrections
 
 Judge = Literal["auto", "gold", "pairwise", "likelihood"]
 JudgeFn = Callable[[list[str], list[str], list[str]], list[float]]
@@ -169,6 +169,8 @@ class Clear(Selector):
     `max_new_tokens` bounds the default generator's corrections.
     """
 
+    needs = frozenset({"trainer"})  # with `correct`, rounds fine-tune the base (training code keys the stage)
+
     def __init__(self, column: str = "clear_confidence", gamma: float | Literal["median"] = "median",
                  correct: bool = False, eta: float = 0.8, judge: Judge = "auto", rounds: int = 1,
                  max_new_tokens: int = 160):
@@ -289,25 +291,6 @@ class Clear(Selector):
             pl.Series("new_response", new_resp, dtype=pl.String),
             pl.Series("p_better", p_better, dtype=pl.Float64).fill_nan(None),
         )
-
-
-def apply_corrections(examples: pl.DataFrame, selection: pl.DataFrame, keep_old: bool = False) -> pl.DataFrame:
-    """Examples with `response` replaced by the selection's `new_response` where CLEAR corrected it (ids kept).
-
-    With `keep_old`, the response it replaced goes into `old_response` (null for uncorrected rows; an
-    `old_response` the examples already carry, from an earlier card, is kept as the original): the
-    data card keeps it for audit.
-    """
-    if "new_response" not in selection.columns:
-        return examples
-    fixes = selection.filter(pl.col("new_response").is_not_null()).select("id", pl.col("new_response").alias("_new"))
-    out = examples.join(fixes, on="id", how="left", maintain_order="left")
-    if keep_old:
-        replaced = pl.when(pl.col("_new").is_not_null()).then(pl.col("response"))
-        if "old_response" in examples.columns:
-            replaced = pl.coalesce(pl.col("old_response").cast(pl.String), replaced)
-        out = out.with_columns(replaced.cast(pl.String).alias("old_response"))
-    return out.with_columns(pl.coalesce("_new", "response").alias("response")).drop("_new")
 
 
 __all__ = ["Clear", "apply_corrections", "default_confidence_fn", "default_generate_fn", "gold_answer",

@@ -14,54 +14,75 @@ training and the data card). Every stage runs with the same seed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
 
 from pipeline.core.registry import ConfigError
-from pipeline.selectors import build_selector
+from pipeline.selectors import SELECTORS
 from pipeline.selectors.base import SELECTION_SCHEMA, SelectContext, Selector, run_selector
 
 WEIGHT_MODES = ("multiply", "replace")
+STEP_KEYS = ("rule", "weights")  # what a step holds besides its selector's parameters
 
 
-def build_steps(steps: list[dict[str, Any]], where: str = "select") -> list[tuple[Selector, str, dict[str, Any]]]:
-    """Each step's checked selector, weight mode and parameters; errors name `where` or `where[i]`."""
+@dataclass
+class Step:
+    """One selection step, built: the rule's name, its selector, how weights combine, its parameters, its recipe key."""
+
+    rule: str
+    selector: Selector
+    weights: str = "multiply"
+    params: dict[str, Any] = field(default_factory=dict)
+    where: str = "select"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The step as a recipe writes it (`{rule, weights?, **params}`): what cards record."""
+        return {"rule": self.rule, **({"weights": self.weights} if self.weights != "multiply" else {}), **self.params}
+
+
+def build_steps(select: dict[str, Any] | list[dict[str, Any]], where: str = "select") -> list[Step]:
+    """Each step checked and built; errors name `where.<key>` (one rule, a mapping) or `where[i].<key>` (a list)."""
+    steps = [select] if isinstance(select, dict) else list(select)
+    if not steps:
+        steps = [{"rule": "all"}]
     built = []
     for i, step in enumerate(steps):
-        at = where if len(steps) == 1 else f"{where}[{i}]"
+        at = where if isinstance(select, dict) or len(steps) == 1 else f"{where}[{i}]"
         if not isinstance(step, dict) or not step.get("rule"):
             raise ConfigError(f"{at}.rule", f"a selection step needs a rule name, got {step!r}")
         mode = step.get("weights", "multiply")
         if mode not in WEIGHT_MODES:
-            raise ConfigError(f"{at}.weights", f"must be one of {WEIGHT_MODES}, not {mode!r}")
-        params = {k: v for k, v in step.items() if k not in {"rule", "weights"}}
-        built.append((build_selector(step["rule"], params, where=at), mode, params))
+            raise ConfigError(f"{at}.weights", f"must be one of {', '.join(WEIGHT_MODES)}, got {mode!r}")
+        params = {k: v for k, v in step.items() if k not in STEP_KEYS}
+        selector = SELECTORS.build(step["rule"], params, at, name_key=f"{at}.rule")
+        built.append(Step(step["rule"], selector, mode, params, at))
     return built
 
 
-def compose(scores: pl.DataFrame, steps: list[dict[str, Any]], seed: int = 0,
+def compose(scores: pl.DataFrame, steps: list[Step] | list[dict[str, Any]], seed: int = 0,
             context: SelectContext | None = None,
             where: str = "select") -> tuple[pl.DataFrame, list[dict[str, Any]]]:
-    """Final selection (one row per input id, input order) and per-stage read/kept/dropped counts."""
-    if not steps:
-        steps = [{"rule": "all"}]
-    built = build_steps(steps, where)  # every step checked before any runs
+    """Final selection (one row per input id, input order) and per-stage read/kept/dropped counts.
+
+    `steps` are built steps (`build_steps`), or recipe dicts built here, every one checked before any runs."""
+    built = steps if steps and all(isinstance(s, Step) for s in steps) else build_steps(list(steps), where)
     current = scores.select("id").with_columns(pl.lit(True).alias("kept"), pl.lit(1.0).alias("weight"),
                                                pl.lit("kept: no stage").alias("reason"))
     stages: list[dict[str, Any]] = []
-    for i, (step, (selector, mode, params)) in enumerate(zip(steps, built, strict=True)):
+    for i, step in enumerate(built):
         alive = current.filter(pl.col("kept")).select("id")
         stage_in = alive.join(scores, on="id", how="left", maintain_order="left")
-        out = run_selector(selector, stage_in, seed=seed, context=context)
+        out = run_selector(step.selector, stage_in, seed=seed, context=context)
         prev = current.select("id", pl.col("weight").alias("_prev"))
         out = out.join(prev, on="id", how="left", maintain_order="left").with_columns(
-            pl.when(pl.col("kept") & pl.lit(mode == "multiply")).then(pl.col("weight") * pl.col("_prev"))
+            pl.when(pl.col("kept") & pl.lit(step.weights == "multiply")).then(pl.col("weight") * pl.col("_prev"))
             .otherwise(pl.col("weight")).alias("weight")
         ).drop("_prev")
         current = _update(current, out)
         kept = int(out.get_column("kept").sum())
-        stages.append({"stage": f"{i}:{step['rule']}", "rule": step["rule"], "params": params,
+        stages.append({"stage": f"{i}:{step.rule}", "rule": step.rule, "params": step.params,
                        "read": out.height, "kept": kept, "dropped": out.height - kept})
     return current, stages
 

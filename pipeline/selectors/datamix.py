@@ -26,6 +26,7 @@ import numpy as np
 import polars as pl
 from scipy.optimize import least_squares, minimize
 
+from pipeline.core.config import DEFAULT_MAX_LENGTH
 from pipeline.core.hashing import config_hash, fingerprint
 from pipeline.selectors import register_selector
 from pipeline.selectors.base import SelectContext, Selector
@@ -215,8 +216,8 @@ def proxy_overrides(train_cfg: dict | None) -> dict[str, Any]:
 
 
 def default_proxy_train_fn(train_fn: Callable[..., str], train_cfg: dict | None = None,
-                           max_length: int = 384) -> ProxyTrainFn:
-    """Proxy run: `train_fn(examples, seed, overrides)` (the flow's reference trainer) for one epoch over
+                           max_length: int = DEFAULT_MAX_LENGTH) -> ProxyTrainFn:
+    """Proxy run: `train_fn(examples, seed, overrides)` (the select stage's reference trainer) for one epoch over
     exactly `examples` (`proxy_overrides`), then the token-weighted mean response NLL of the trained
     model per validation domain."""
 
@@ -318,6 +319,8 @@ class DataMix(Selector):
     selected.
     """
 
+    needs = frozenset({"trainer"})  # proxy runs fine-tune the base (training code keys the stage)
+
     def __init__(self, budget: int | None = None, proxy_n: int | None = None, n_val_per_domain: int = 16,
                  factors: tuple[float, ...] = FACTORS, floor: float = 0.01, starts: int = 8,
                  f_scale: float = 0.01, train: dict[str, Any] | None = None):
@@ -345,8 +348,8 @@ class DataMix(Selector):
         if proxy is None:
             if ctx.train_fn is None:
                 raise ValueError("datamix needs context.proxy_train_fn or context.train_fn, (examples, seed, "
-                                 "overrides) -> model folder: flows pass pipeline.training.reference.reference_trainer")
-            proxy = default_proxy_train_fn(ctx.train_fn, {**ctx.train_cfg, **(self.train or {})})
+                                 "overrides) -> model folder: the select stage passes one to a selector that needs = {'trainer'}")
+            proxy = default_proxy_train_fn(ctx.train_fn, {**ctx.train_cfg, **(self.train or {})}, ctx.max_length)
         return run_datamix(examples, proxy, self.config(), run_dir, ctx.seed)
 
 

@@ -11,30 +11,31 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import torch
 
+from pipeline.core.config import TrainSection
 from pipeline.core.io import read_json, write_json, write_parquet
 
 FSDP_CONFIG = Path(__file__).parent / "accelerate_fsdp.yaml"
-LAUNCHERS = ("local", "accelerate", "torchrun")
 
 
-def launch_training(model: str, examples: pl.DataFrame, output_dir: str | Path, cfg: dict, seed: int,
+def launch_training(model: str, examples: pl.DataFrame, output_dir: str | Path, cfg: TrainSection | dict, seed: int,
                     weights: list[float] | None = None,
-                    token_columns: dict[str, list[list]] | None = None) -> dict:
-    """Train with the launcher `cfg['launcher']` names; return the training metrics."""
-    launcher = cfg.get("launcher", "local")
-    if launcher not in LAUNCHERS:
-        raise ValueError(f"train.launcher must be one of {LAUNCHERS}, not {launcher!r}")
-    n = str(int(cfg.get("num_processes") or max(torch.cuda.device_count(), 1)))
-    accelerate_config = str(cfg.get("accelerate_config") or FSDP_CONFIG)
-    cfg = {k: v for k, v in cfg.items() if k not in {"launcher", "num_processes", "accelerate_config"}}
-    if launcher == "local":
-        from pipeline.training.train import train
+                    token_columns: dict[str, list[list]] | None = None, loss: Any = None) -> dict:
+    """Train with the launcher `cfg.launcher` names; return the training metrics. `loss` (the built loss) is
+    used in-process; launched workers build it again from `cfg` in their own processes."""
+    from pipeline.training.train import train, train_settings
 
-        return train(model, examples, output_dir, cfg, seed=seed, weights=weights, token_columns=token_columns)
+    cfg = train_settings(cfg)
+    launcher = cfg.launcher
+    n = str(cfg.num_processes or max(torch.cuda.device_count(), 1))
+    accelerate_config = str(cfg.accelerate_config or FSDP_CONFIG)
+    if launcher == "local":
+        return train(model, examples, output_dir, cfg, seed=seed, weights=weights, token_columns=token_columns,
+                     loss=loss)
 
     output_dir = Path(output_dir)
     job = output_dir / "job"
@@ -42,7 +43,8 @@ def launch_training(model: str, examples: pl.DataFrame, output_dir: str | Path, 
     tokens = None
     if token_columns:
         tokens = str(write_parquet(job / "token_columns.parquet", pl.DataFrame(token_columns)))
-    write_json(job / "job.json", {"model": model, "output_dir": str(output_dir), "cfg": cfg, "seed": seed,
+    write_json(job / "job.json", {"model": model, "output_dir": str(output_dir), "cfg": cfg.model_dump(mode="json"),
+                                  "seed": seed,
                                   "weights": weights, "examples": str(job / "examples.parquet"),
                                   "token_columns": tokens})
     worker = ["-m", "pipeline.training.worker", str(job / "job.json")]

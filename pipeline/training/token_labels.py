@@ -1,4 +1,5 @@
-"""Per-token training columns for forgetting tokens, token cleaning and Rho-1, from base vs reference.
+"""Held-out reference token losses: what the per-token columns of forgetting tokens, token cleaning and
+Rho-1 (`pipeline.training.columns`) are computed from.
 
 The base and reference token-loss tables come from the `token_loss` scorer (cached like any score
 table); the labels themselves are the pure functions of `pipeline.scorers.token_table`.
@@ -31,10 +32,7 @@ from pipeline.core.hashing import config_hash
 from pipeline.core.io import write_parquet
 from pipeline.scorers import ScoreContext
 from pipeline.scorers.cache import score_cached
-from pipeline.scorers.token_table import token_columns
 from pipeline.training.reference import reference_model
-
-TOKEN_METHODS = ("forgetting", "token_cleaning", "rho1")
 
 
 @dataclass
@@ -103,34 +101,24 @@ def label_folds(examples: pl.DataFrame, options: dict | None = None, seed: int =
     return folds
 
 
-def label_reference_train(options: dict | None, max_length: int, inherited: dict | None = None) -> dict[str, Any]:
-    """Train settings of a label reference: the recipe's train settings it inherits (`inherited`,
-    `pipeline.training.reference.reference_settings`), the run's max_length, `lora` (unless
-    reference_train names one) and `reference_train` on top."""
-    o = label_settings(options)
-    return {**(inherited or {}), "max_length": max_length, "lora": o["lora"], **o["reference_train"]}
+def heldout_tables(examples: pl.DataFrame, model: str, max_length: int, cache_root: str | Path,
+                   options: dict | None = None, seed: int = 0,
+                   reference_train: dict | None = None) -> tuple[Path, Path]:
+    """(base, reference) token-loss tables of `examples`, in their order, every reference held out.
 
-
-def training_columns(examples: pl.DataFrame, loss_name: str, model: str, max_length: int,
-                     cache_root: str | Path, options: dict | None = None, seed: int = 0,
-                     inherited: dict | None = None) -> dict[str, list[list]]:
-    """The per-token columns a token-label loss trains with, from base and (held-out) reference token tables.
-
-    `options` (a recipe's `train.token_labels`): `method` (forgetting | token_cleaning | rho1,
-    default: the loss name), `fraction` (rho / keep share), and how the references are obtained
-    (`label_folds`). References and token tables are cached by content.
+    Each reference is `model` fine-tuned on examples it does not score (`label_folds`), with the
+    recipe's training settings `reference_train` (`pipeline.training.reference.reference_train`) plus
+    `options.lora` and `options.reference_train`. Tables and references are cached by content.
     """
+    from pipeline.training.reference import reference_train as inherit
+
     o = label_settings(options)
-    method = o["method"] or (loss_name if loss_name in TOKEN_METHODS else None)
-    if method is None:
-        raise ValueError(f"loss {loss_name!r} needs per-token labels: set train.token_labels.method "
-                         "to forgetting, token_cleaning or rho1")
     ctx = ScoreContext(model_name=model, max_length=max_length, seed=seed)
     scorers = Path(cache_root) / "scorers"
-    train_cfg = label_reference_train(o, max_length, inherited)
+    settings = inherit(reference_train, {"max_length": max_length, "lora": o["lora"], **o["reference_train"]})
     paths = []
     for fold in label_folds(examples, o, seed):
-        reference = fold.reference or reference_model(model, fold.train, cache_root, train_cfg, seed)
+        reference = fold.reference or reference_model(model, fold.train, cache_root, settings, seed)
         subset = examples.filter(pl.col("id").is_in(fold.label_ids))
         paths.append(score_cached(subset, "token_loss", ctx, scorers, {"model": reference}))
     base = score_cached(examples, "token_loss", ctx, scorers)
@@ -140,4 +128,4 @@ def training_columns(examples: pl.DataFrame, loss_name: str, model: str, max_len
         table = pl.read_parquet(base).select("id").join(pl.concat([pl.read_parquet(p) for p in paths]), on="id",
                                                         how="left", maintain_order="left")
         write_parquet(ref, table)
-    return token_columns(base, ref, method, examples.get_column("id").to_list(), o["fraction"])
+    return Path(base), ref

@@ -17,13 +17,13 @@ from typing import Any
 import polars as pl
 import torch
 
-from pipeline.core.config import TrainSection, check_section
+from pipeline.core.config import LoraSection, MaskedThoughtSection, TrainSection, check_section
 from pipeline.models.loading import encode_examples, load_model, load_tokenizer
 
 
-def train_settings(cfg: dict | None) -> dict[str, Any]:
+def train_settings(cfg: TrainSection | dict | None) -> TrainSection:
     """A `train` section with every default filled in and checked (`pipeline.core.config.TrainSection`)."""
-    return check_section(TrainSection, cfg, "train").model_dump()
+    return cfg if isinstance(cfg, TrainSection) else check_section(TrainSection, cfg, "train")
 
 
 def build_dataset(tokenizer, examples: pl.DataFrame, max_length: int, weights: list[float] | None = None,
@@ -66,29 +66,34 @@ def align_token_row(name: str, index: int, row: list, completion_mask: list[int]
     )
 
 
-def sft_config(cfg: dict, output_dir: Path, seed: int):
-    """TRL SFTConfig from our `train` section; CPU-safe (no bf16, no forced checkpointing)."""
+def sft_config(cfg: TrainSection, output_dir: Path, seed: int, loss: Any = None):
+    """TRL SFTConfig from our `train` section; CPU-safe (no bf16, no forced checkpointing). `loss` (built
+    from `cfg.loss` when not given) decides TRL's `loss_type`."""
     from trl import SFTConfig
 
+    if loss is None:
+        from pipeline.losses import get_loss
+
+        loss = get_loss(cfg.loss, **cfg.loss_params)
     on_gpu = torch.cuda.is_available()
-    save_steps = int(cfg["save_steps"])
+    save_steps = cfg.save_steps
     return SFTConfig(
         output_dir=str(output_dir),
-        max_steps=int(cfg["max_steps"]),
-        num_train_epochs=float(cfg["epochs"]),
-        per_device_train_batch_size=int(cfg["batch_size"]),
-        gradient_accumulation_steps=int(cfg["grad_accum"]),
-        learning_rate=float(cfg["learning_rate"]),
-        lr_scheduler_type=cfg["lr_scheduler"],
-        warmup_steps=float(cfg["warmup_ratio"]),  # a float in [0, 1) is a ratio
-        weight_decay=float(cfg["weight_decay"]),
-        adam_beta2=float(cfg["adam_beta2"]),
-        max_length=int(cfg["max_length"]),
+        max_steps=cfg.max_steps,
+        num_train_epochs=float(cfg.epochs),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=float(cfg.learning_rate),
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=float(cfg.warmup_ratio),  # a float in [0, 1) is a ratio
+        weight_decay=float(cfg.weight_decay),
+        adam_beta2=float(cfg.adam_beta2),
+        max_length=cfg.max_length,
         completion_only_loss=True,
-        **{_checkpointing_field(): bool(cfg["gradient_checkpointing"])},
+        **{_checkpointing_field(): cfg.gradient_checkpointing},
         bf16=on_gpu and torch.cuda.is_bf16_supported(),
         use_cpu=not on_gpu,
-        logging_steps=int(cfg["logging_steps"]),
+        logging_steps=cfg.logging_steps,
         save_strategy="steps" if save_steps > 0 else "no",
         save_steps=save_steps if save_steps > 0 else 500,
         report_to=[],
@@ -96,7 +101,7 @@ def sft_config(cfg: dict, output_dir: Path, seed: int):
         data_seed=seed,
         dataloader_num_workers=0,
         disable_tqdm=not os.isatty(2),
-        loss_type=_trl_loss_type(cfg["loss"]),
+        loss_type=getattr(loss, "trl_loss_type", "nll"),
         # keep example_weight / token_label / ref_nll for our collator
         remove_unused_columns=False,
     )
@@ -112,50 +117,48 @@ def _checkpointing_field() -> str:
     return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
-def _trl_loss_type(name: str) -> str:
-    from pipeline.losses import LOSSES
-
-    return getattr(LOSSES.get(name), "trl_loss_type", "nll")
-
-
-def build_trainer(model_name: str, examples: pl.DataFrame, output_dir: str | Path, cfg: dict, seed: int = 0,
-                  weights: list[float] | None = None,
-                  token_columns: dict[str, list[list[float]]] | None = None, callbacks: list | None = None):
+def build_trainer(model_name: str, examples: pl.DataFrame, output_dir: str | Path, cfg: TrainSection | dict,
+                  seed: int = 0, weights: list[float] | None = None,
+                  token_columns: dict[str, list[list[float]]] | None = None, callbacks: list | None = None,
+                  loss: Any = None):
     """The `TokenLossSFTTrainer` that `train` runs: model and tokenizer loaded, dataset built, settings applied.
 
-    `cfg` is a `train` section (defaults filled in here); the trainer writes checkpoints under
-    output_dir/checkpoints. benchmarks/bench_training.py times this very trainer.
+    `cfg` is a `train` section (defaults filled in here); `loss` the built loss (default: built from
+    `cfg.loss`); the trainer writes checkpoints under output_dir/checkpoints.
+    benchmarks/bench_training.py times this very trainer.
     """
     from pipeline.losses import get_loss
     from pipeline.training.trainer import TokenLossSFTTrainer, check_columns
 
     cfg = train_settings(cfg)
-    loss = get_loss(cfg["loss"], **cfg["loss_params"])
+    loss = loss if loss is not None else get_loss(cfg.loss, **cfg.loss_params)
     check_columns(loss, set(token_columns or {}))
     torch.manual_seed(seed)
     tokenizer = load_tokenizer(model_name)
     model = load_model(model_name, dtype=torch.float32).train()
-    masked = masked_thought(cfg["masked_thought"], tokenizer, model, seed)
-    dataset = build_dataset(tokenizer, examples, int(cfg["max_length"]), weights, token_columns)
-    if cfg["igf_filter"]:  # IGF's predicted information gain travels with each example
-        dataset = dataset.add_column("igf_score", igf_scores(examples, cfg["igf_filter"]))
+    masked = masked_thought(cfg.masked_thought, tokenizer, model, seed)
+    dataset = build_dataset(tokenizer, examples, cfg.max_length, weights, token_columns)
+    igf = cfg.igf_filter.model_dump() if cfg.igf_filter else None
+    if igf:  # IGF's predicted information gain travels with each example
+        dataset = dataset.add_column("igf_score", igf_scores(examples, igf))
     return TokenLossSFTTrainer(
         model=model,
-        args=sft_config(cfg, Path(output_dir) / "checkpoints", seed),
+        args=sft_config(cfg, Path(output_dir) / "checkpoints", seed, loss),
         train_dataset=dataset,
         processing_class=tokenizer,
         loss=loss,
         masked_thought=masked,
-        igf_filter=cfg["igf_filter"],
+        igf_filter=igf,
         callbacks=[*crash_callbacks(), *(callbacks or [])],
-        peft_config=lora_config(cfg["lora"]),
+        peft_config=lora_config(cfg.lora),
     )
 
 
-def train(model_name: str, examples: pl.DataFrame, output_dir: str | Path, cfg: dict, seed: int = 0,
+def train(model_name: str, examples: pl.DataFrame, output_dir: str | Path, cfg: TrainSection | dict, seed: int = 0,
           weights: list[float] | None = None,
-          token_columns: dict[str, list[list[float]]] | None = None) -> dict:
-    """Fine-tune `model_name` on `examples` with the loss `cfg["loss"]`; save model and tokenizer to output_dir/model.
+          token_columns: dict[str, list[list[float]]] | None = None, loss: Any = None) -> dict:
+    """Fine-tune `model_name` on `examples` with the loss `cfg.loss` (or the built `loss`); save model and
+    tokenizer to output_dir/model.
 
     `weights` (one per example) multiply each example's token losses; `token_columns` carries the
     per-token columns (`token_label`, `ref_nll`) some losses need. Returns the training metrics,
@@ -164,13 +167,13 @@ def train(model_name: str, examples: pl.DataFrame, output_dir: str | Path, cfg: 
     start = time.perf_counter()
     cfg = train_settings(cfg)
     output_dir = Path(output_dir)
-    trainer = build_trainer(model_name, examples, output_dir, cfg, seed, weights, token_columns)
+    trainer = build_trainer(model_name, examples, output_dir, cfg, seed, weights, token_columns, loss=loss)
     built = time.perf_counter()
     resume = _last_checkpoint(output_dir / "checkpoints")
     result = trainer.train(resume_from_checkpoint=resume)
     trained = time.perf_counter()
     final = output_dir / "model"
-    save_model(trainer, model_name, trainer.processing_class, final, output_dir / "adapter" if cfg["lora"] else None)
+    save_model(trainer, model_name, trainer.processing_class, final, output_dir / "adapter" if cfg.lora else None)
     history = [h for h in trainer.state.log_history if "loss" in h]
     return {
         "train_loss": result.training_loss,
@@ -179,7 +182,7 @@ def train(model_name: str, examples: pl.DataFrame, output_dir: str | Path, cfg: 
         "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in history],
         "model_dir": str(final),
         "resumed_from": resume,
-        "igf_skipped": trainer.igf_filtered if cfg["igf_filter"] else None,
+        "igf_skipped": trainer.igf_filtered if cfg.igf_filter else None,
         "train_tokens": int(getattr(trainer, "_total_train_tokens", 0)),  # real (non-pad) tokens trained on
         "phase_s": {"build": round(built - start, 3), "train": round(trained - built, 3),
                     "save": round(time.perf_counter() - trained, 3)},
@@ -227,15 +230,15 @@ def igf_scores(examples: pl.DataFrame, options: dict) -> list[float]:
     return values.to_list()
 
 
-def lora_config(options: dict | None):
+def lora_config(options: LoraSection | dict | None):
     """A peft `LoraConfig` from `train.lora` ({r, alpha, dropout, target_modules}), or None for full fine-tuning."""
     if not options:
         return None
     from peft import LoraConfig
 
-    o = train_settings({"lora": options})["lora"]
-    return LoraConfig(r=o["r"], lora_alpha=o["alpha"], lora_dropout=o["dropout"],
-                      target_modules=o["target_modules"], task_type="CAUSAL_LM")
+    o = options if isinstance(options, LoraSection) else check_section(LoraSection, options, "train.lora")
+    return LoraConfig(r=o.r, lora_alpha=o.alpha, lora_dropout=o.dropout, target_modules=o.target_modules,
+                      task_type="CAUSAL_LM")
 
 
 def crash_callbacks() -> list:
@@ -253,7 +256,7 @@ def crash_callbacks() -> list:
     return [CrashAfterSave()] if crash_point("train") is not None else []
 
 
-def masked_thought(options: dict | None, tokenizer, model, seed: int):
+def masked_thought(options: MaskedThoughtSection | dict | None, tokenizer, model, seed: int):
     """The Masked Thought transform from `train.masked_thought`, or None unless `enabled`.
 
     `replace="mask"` uses the tokenizer's mask token, adding `<mask>` (and resizing the
@@ -261,18 +264,18 @@ def masked_thought(options: dict | None, tokenizer, model, seed: int):
     """
     from pipeline.losses import MaskedThought
 
-    options = train_settings({"masked_thought": options or {}})["masked_thought"]
-    if not options["enabled"]:
+    o = (options if isinstance(options, MaskedThoughtSection)
+         else check_section(MaskedThoughtSection, options, "train.masked_thought"))
+    if not o.enabled:
         return None
     mask_id = None
-    if options["replace"] == "mask":
+    if o.replace == "mask":
         if tokenizer.mask_token is None:
             tokenizer.add_special_tokens({"mask_token": "<mask>"})
             model.resize_token_embeddings(len(tokenizer))
         mask_id = tokenizer.mask_token_id
     return MaskedThought(
-        p=float(options["p"]), cap=float(options["cap"]), ramp_ratio=float(options["ramp_ratio"]),
-        ramp_steps=options["ramp_steps"], replace=options["replace"], seed=seed,
+        p=o.p, cap=o.cap, ramp_ratio=o.ramp_ratio, ramp_steps=o.ramp_steps, replace=o.replace, seed=seed,
         vocab_size=min(len(tokenizer), model.get_input_embeddings().num_embeddings), mask_token_id=mask_id,
     )
 

@@ -28,14 +28,16 @@ from trl import SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 from trl.trainer.utils import FusedCausalLMOutput, pad
 
-from pipeline.losses.base import EXAMPLE_WEIGHT, TOKEN_COLUMNS, TokenLoss, shift_columns
+from pipeline.losses.base import EXAMPLE_WEIGHT, TokenLoss, shift_columns
 from pipeline.losses.ce import CrossEntropy
 from pipeline.losses.masked_thought import MaskedThought
 from pipeline.models.engine import length_batches, plain_head
 
 IGF_SCORE = "igf_score"  # per-example predicted information gain for the IGF filter
-EXTRA_COLUMNS = (EXAMPLE_WEIGHT, IGF_SCORE, *TOKEN_COLUMNS)
-_EXAMPLE_COLUMNS = (EXAMPLE_WEIGHT, IGF_SCORE)
+_EXAMPLE_COLUMNS = (EXAMPLE_WEIGHT, IGF_SCORE)  # always carried; a loss adds the columns it `requires`
+# Dataset columns TRL itself reads; every other column of the dataset travels to the loss as a batch column.
+_TRL_COLUMNS = {"input_ids", "completion_mask", "assistant_masks", "labels", "attention_mask", "position_ids",
+                "seq_lengths", "token_type_ids", "prompt", "completion", "messages", "text"}
 _TOKEN_DTYPES = {"token_label": torch.int8}
 _MODEL_INPUTS = {"input_ids", "labels", "attention_mask", "use_cache"}  # what the CPU path knows how to run
 
@@ -121,14 +123,15 @@ class HeadLogProbs(torch.autograd.Function):
 
 @dataclass
 class TokenLossCollator(DataCollatorForLanguageModeling):
-    """TRL's padding collator that also carries `example_weight` [B] and per-token columns [B, T] (padded with 0).
+    """TRL's padding collator that also carries `extra_columns`: per-example ones (`example_weight`, or any column
+    holding one number per example) as [B], per-token ones as [B, T] (padded with 0).
 
     `masked_thought` rides along as the collator's input transform, but is applied by
     `TokenLossSFTTrainer.compute_loss` (`apply_masked_thought`): accelerate and the Trainer
     prefetch batches, so the global step is not known when a batch is collated.
     """
 
-    extra_columns: tuple[str, ...] = EXTRA_COLUMNS
+    extra_columns: tuple[str, ...] = _EXAMPLE_COLUMNS
     masked_thought: MaskedThought | None = None
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -140,7 +143,7 @@ class TokenLossCollator(DataCollatorForLanguageModeling):
             if name not in examples[0]:
                 continue
             values = [ex[name] for ex in examples]
-            if name in _EXAMPLE_COLUMNS:
+            if name in _EXAMPLE_COLUMNS or not isinstance(values[0], (list, tuple)):
                 out[name] = torch.tensor(values, dtype=torch.float32)
                 continue
             rows = []
@@ -168,7 +171,7 @@ def check_columns(loss: TokenLoss, columns: set[str] | list[str]) -> None:
     if missing:
         raise ValueError(
             f"loss {type(loss).__name__} needs the per-token column(s) {missing}, which the dataset lacks; "
-            f"pass them as token_columns (from the token-score table)"
+            f"pass them as token_columns (pipeline.training.columns makes them before training)"
         )
 
 
@@ -187,6 +190,9 @@ class TokenLossSFTTrainer(SFTTrainer):
     def __init__(self, *args: Any, loss: TokenLoss | None = None, masked_thought: MaskedThought | None = None,
                  igf_filter: dict[str, Any] | None = None, **kwargs: Any):
         self.token_loss = loss if loss is not None else CrossEntropy()
+        given = [c for c in getattr(kwargs.get("train_dataset"), "column_names", None) or [] if c not in _TRL_COLUMNS]
+        self.extra_columns = tuple(dict.fromkeys([*_EXAMPLE_COLUMNS, *getattr(self.token_loss, "requires", ()),
+                                                  *given]))
         self.igf_filter = igf_filter
         self.igf_filtered = 0  # examples skipped by the IGF filter so far
         self._window_counts: dict[str, torch.Tensor] | None = None
@@ -205,16 +211,19 @@ class TokenLossSFTTrainer(SFTTrainer):
                 pad_token_id=tok.convert_tokens_to_ids(pad_token),
                 pad_to_multiple_of=targs.pad_to_multiple_of if targs is not None else None,
                 masked_thought=masked_thought,
+                extra_columns=self.extra_columns,
             )
         elif masked_thought is not None:
             raise ValueError("pass masked_thought through TokenLossCollator when giving your own data_collator")
+        elif isinstance(kwargs["data_collator"], TokenLossCollator):
+            kwargs["data_collator"].extra_columns = self.extra_columns
         super().__init__(*args, **kwargs)
         if self.train_dataset is not None and hasattr(self.train_dataset, "column_names"):
             check_columns(self.token_loss, self.train_dataset.column_names)
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
-        self._signature_columns = list(dict.fromkeys([*self._signature_columns, *EXTRA_COLUMNS]))
+        self._signature_columns = list(dict.fromkeys([*self._signature_columns, *self.extra_columns]))
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """Also sum the loss's normalizer counts over the accumulation window (like num_items_in_batch)."""
@@ -263,7 +272,7 @@ class TokenLossSFTTrainer(SFTTrainer):
             for micro, batch in enumerate(batch_samples):
                 if "labels" not in batch:
                     return None
-                inputs = self._prepare_inputs({k: v for k, v in batch.items() if k not in EXTRA_COLUMNS})
+                inputs = self._prepare_inputs({k: v for k, v in batch.items() if k not in self.extra_columns})
                 if isinstance(self.data_collator, TokenLossCollator):
                     inputs = self.data_collator.apply_masked_thought(inputs, self.state.global_step, micro,
                                                                      self.state.max_steps)
@@ -280,7 +289,7 @@ class TokenLossSFTTrainer(SFTTrainer):
                 return None
             check_columns(self.token_loss, batch.keys())
             mask = batch["labels"][:, 1:] != -100
-            cols = shift_columns({k: batch[k] for k in EXTRA_COLUMNS if k in batch})
+            cols = shift_columns({k: batch[k] for k in self.extra_columns if k in batch})
             for key, value in self.token_loss.counts(mask, cols).items():
                 if key != "tokens":  # num_items_in_batch already carries it
                     total[key] = total.get(key, 0) + torch.as_tensor(value).to(device)
@@ -291,7 +300,7 @@ class TokenLossSFTTrainer(SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Fused forward, then our loss on per-token log-probs with the extra columns; TRL's metrics plus the loss's."""
         mode = "train" if self.model.training else "eval"
-        extra = {k: inputs.pop(k) for k in EXTRA_COLUMNS if k in inputs}
+        extra = {k: inputs.pop(k) for k in self.extra_columns if k in inputs}
         extra.pop(IGF_SCORE, None)  # used by get_batch_samples' filter only
         if mode == "train" and isinstance(self.data_collator, TokenLossCollator):
             inputs = self.data_collator.apply_masked_thought(inputs, self.state.global_step, self._micro,

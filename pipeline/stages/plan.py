@@ -1,0 +1,107 @@
+"""A recipe built into its components once: the typed sections plus every part, checked and constructed.
+
+`build_plan(config)` validates a recipe (a dict or a `Recipe`) against its typed sections, builds each
+scorer, each selection step, the loss and the column providers the loss requires (torchtune's
+"config -> components once"), and raises a `ConfigError` naming the recipe key on the first mistake,
+before anything runs. Stages take the plan's sections and parts as they are: nothing downstream
+re-validates a section, looks a part up again or reads a default from anywhere but `core/config.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.core.config import Recipe, cache_dir, validate
+from pipeline.core.registry import ConfigError
+from pipeline.losses import LOSSES, TokenLoss
+from pipeline.scorers import SCORERS, Scorer
+from pipeline.selectors.compose import Step, build_steps
+from pipeline.training.columns import ColumnProvider, column_providers
+from pipeline.training.reference import reference_train
+
+COLUMN_PARAMS = ("column", "loss")  # selector parameters that name a score column
+
+
+@dataclass
+class ScorerSpec:
+    """One scorer of `score.scorer`: its name, its parameters and the built instance."""
+
+    name: str
+    params: dict[str, Any]
+    scorer: Scorer
+    where: str = "score.params"
+
+
+@dataclass
+class Plan:
+    """The resolved recipe and its parts, built once."""
+
+    recipe: Recipe
+    scorers: list[ScorerSpec]
+    steps: list[Step]
+    loss: TokenLoss
+    providers: list[ColumnProvider] = field(default_factory=list)
+
+    @property
+    def cache_root(self) -> str:
+        """Where content-addressed stage outputs live (`cache_dir` in the recipe, else the user cache)."""
+        return str(Path(self.recipe.cache_dir or cache_dir() / "stages").resolve())
+
+    @property
+    def reference_train(self) -> dict[str, Any]:
+        """The settings a reference model trains with: the recipe's own training (`pipeline.training.reference`)."""
+        return reference_train(self.recipe.train)
+
+    def select_dicts(self) -> list[dict[str, Any]]:
+        return [s.as_dict() for s in self.steps]
+
+    def score_columns(self) -> list[str] | None:
+        """The score columns the scorers will write, when every one of them declares its columns."""
+        out: list[str] = []
+        for spec in self.scorers:
+            cols = spec.scorer.columns()
+            if cols is None:
+                return None
+            out += cols
+        return out
+
+
+def scorer_list(score: Any) -> list[tuple[str, dict]]:
+    """`score.scorer` names one scorer or a list; `score.params` holds one scorer's parameters, or a
+    mapping from scorer name to its parameters when several run."""
+    names = score.scorer if isinstance(score.scorer, list) else [score.scorer]
+    params = score.params or {}
+    if len(names) == 1 and names[0] not in params:
+        return [(names[0], params)]
+    return [(name, params.get(name) or {}) for name in names]
+
+
+def build_scorers(score: Any) -> list[ScorerSpec]:
+    scorers = scorer_list(score)
+    out = []
+    for name, params in scorers:
+        where = "score.params" if len(scorers) == 1 else f"score.params.{name}"
+        out.append(ScorerSpec(name, params, SCORERS.build(name, params, where, name_key="score.scorer"), where))
+    return out
+
+
+def build_plan(config: Recipe | dict) -> Plan:
+    """The recipe validated and every part built, or a ConfigError naming the key (nothing has run yet)."""
+    recipe = config if isinstance(config, Recipe) else validate(config)
+    loss = LOSSES.build(recipe.train.loss, recipe.train.loss_params, "train.loss_params", name_key="train.loss")
+    return Plan(recipe=recipe, scorers=build_scorers(recipe.score), steps=build_steps(recipe.select), loss=loss,
+                providers=column_providers(loss, recipe.train.columns))
+
+
+def check_score_columns(steps: list[Step], columns: list[str] | None) -> None:
+    """Every selector parameter that names a score column names one the scorers write."""
+    if columns is None:
+        return
+    for step in steps:
+        for key in COLUMN_PARAMS:
+            value = step.params.get(key)
+            if isinstance(value, str) and value not in columns:
+                known = ", ".join(c for c in columns if c != "id")
+                raise ConfigError(f"{step.where}.{key}", f"no score column {value!r} (the scorers write: {known})")
