@@ -52,6 +52,11 @@ def _print_summary(m: dict) -> None:
                 print(f"  tuned - base accuracy {d['accuracy']:+.3f} (95% CI {d['accuracy_ci'][0]:+.3f} to "
                       f"{d['accuracy_ci'][1]:+.3f}, paired over {d['n_generated']} generated answers)")
         print(f"  selection: kept {m['selection']['kept']} of {m['selection']['read']}")
+    for k in m.get("by_kind") or []:  # an audit: the best score for each kind of defect
+        ci = f" [{k['lo']:.2f}, {k['hi']:.2f}]" if k.get("lo") is not None else ""
+        best = f"{k['column']} ({k['direction']} flags) AUROC {k['auroc']:.2f}{ci}" if k.get("column") else "no score"
+        dropped = "" if k.get("selection_dropped") is None else f"; selection dropped {k['selection_dropped']:.0%}"
+        print(f"  {k['kind']:<15} {best}{dropped}")
     if "eval" in m:
         print(f"\n  {m['model']}: accuracy {m['eval']['accuracy']:.3f}   response NLL {m['eval']['nll']:.4f}")
     if "model_dir" in m:
@@ -154,6 +159,23 @@ def _print_study(report: dict) -> None:
     Console(markup=False, emoji=False, highlight=False).print(table)
 
 
+def _print_audit(report: dict) -> None:
+    """An audit folder: AUROC of every score column per canary kind (the table results.md holds)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"audit {report['folder']} (95% CIs; direction: which end flags the defect)")
+    for c in ("column", "kind", "auroc", "95% CI", "direction", "recall at budget", "n"):
+        table.add_column(c)
+    def f(x: float | None) -> str:
+        return "" if x is None else f"{x:.2f}"
+
+    for r in report["rows"]:
+        table.add_row(r["column"], r["kind"], f(r["auroc"]), f"[{f(r['lo'])}, {f(r['hi'])}]" if r["lo"] is not None
+                      else "", r["direction"] or "", f(r["recall_at_budget"]), str(r["n"]))
+    Console(markup=False, emoji=False, highlight=False).print(table)
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Summary, --list, --id, --compare, --export or a filtered listing; rich tables or --json."""
     from pipeline.core.config import DEFAULT_CARDS_DIR, DEFAULT_OUTPUT_DIR
@@ -193,6 +215,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         elif args.export:
             report = ins.export_report(args.run_dir, args.export, n=args.n, force=args.force, **filters)
             show = ins.print_export
+        elif not (filtered or args.columns) and (Path(args.run_dir) / "audit.parquet").is_file():
+            from pipeline.reports.audit import audit_report
+
+            report, show = audit_report(args.run_dir), _print_audit
         elif not (filtered or args.columns) and (Path(args.run_dir) / "results.parquet").is_file():
             from pipeline.reports.study import study_report
 

@@ -55,7 +55,8 @@ def runs(tmp_path: Path) -> dict[str, Path]:
     """Run A keeps e1 e2 e4 (lowest ppl; e6 too long); run B keeps e2..e5; a card of B's subset."""
     out = tmp_path / "runs"
     low = {"e1", "e2", "e4"}
-    reasons_a = {i: f"{'kept' if i in low else 'dropped'}: lowest 0.5 by ppl; ppl={p}" for i, p in zip(IDS, PPL, strict=True)}
+    reasons_a = {i: f"kept: lowest 0.5 by ppl; ppl={p}" if i in low else f"dropped: not in the lowest 0.5 by ppl; ppl={p}"
+                 for i, p in zip(IDS, PPL, strict=True)}
     reasons_a["e6"] = "dropped: too long; n_tokens=900"
     metrics = {"recipe": "sft-math", "selection": {"read": 6, "kept": 3, "dropped": 3},
                "base": {"accuracy": 0.25, "nll": 1.5}, "tuned": {"accuracy": 0.5, "nll": 1.25}}
@@ -88,7 +89,7 @@ def test_summary(runs, capsys):
     report = _json(capsys, str(runs["a"]))
     assert report["counts"] == {"read": 6, "kept": 3, "dropped": 3}
     assert report["recipe"] == "sft-math" and report["select"] == SELECT
-    assert report["drop_reasons"] == [["dropped: lowest 0.5 by ppl", 2], ["dropped: too long", 1]]
+    assert report["drop_reasons"] == [["dropped: not in the lowest 0.5 by ppl", 2], ["dropped: too long", 1]]
     assert report["scores"]["ppl"]["kept"] == {"count": 3, "mean": 2.0, "median": 2.0, "min": 1.0, "max": 3.0}
     assert report["scores"]["n_tokens"]["dropped"]["max"] == 900.0
     assert [r["id"] for r in report["kept_examples"]] == ["e1", "e2", "e4"]

@@ -636,3 +636,17 @@ def test_default_model_callables_with_tiny_model(tiny_model_dir):
 
     p = default_confidence_fn(tiny_model_dir)(["q1", "q2"], ["a1", "a2"], ["a1", "a much longer answer 2"])
     assert len(p) == 2 and math.isclose(p[0], 0.5, abs_tol=1e-6) and 0.0 < p[1] < 1.0
+
+
+@pytest.mark.parametrize("rule, params, kept_says, dropped_says", [
+    ("fraction", {"column": "ppl", "fraction": 0.5}, "kept: lowest 0.5 by ppl; ppl=",
+     "dropped: not in the lowest 0.5 by ppl; ppl="),
+    ("top_k", {"column": "ppl", "k": 3}, "kept: top 3 (highest) by ppl", "dropped: not in the top 3 (highest) by ppl"),
+    ("quantile", {"column": "ppl", "keep": [0.2, 0.8]}, "kept: quantile [0.2, 0.8]", "dropped: outside quantile"),
+    ("random", {"fraction": 0.5}, "kept: random", "dropped: not drawn, random"),
+])
+def test_drop_reasons_never_read_as_the_keep_rule(rule, params, kept_says, dropped_says):
+    """A dropped row's reason says why it was dropped ('not in the lowest half'), not the rule it failed."""
+    sel = run_selector(get_selector(rule, **params), score_table(20), seed=0)
+    assert sel.filter(pl.col("kept"))["reason"].str.starts_with(kept_says).all()
+    assert sel.filter(~pl.col("kept"))["reason"].str.starts_with(dropped_says).all()

@@ -206,6 +206,16 @@ class EvalSection(Section):
     max_length: int = Field(DEFAULT_MAX_LENGTH, gt=0)
 
 
+class AuditSection(Section):
+    """The audit flow: labelled canaries made from the pool's own rows (`pipeline.data.canaries`), scored with
+    the recipe's scorers, and each score's AUROC per canary kind (`pipeline.evaluation.audit`)."""
+
+    share: float = Field(0.1, gt=0, lt=1)  # canaries added, as a share of the pool's rows
+    kinds: list[str] | None = None  # canary kinds; None = all (pipeline.data.canaries.KINDS)
+    budget: float | None = Field(None, gt=0, lt=1)  # kept share for recall; None = what the recipe's selection kept
+    n_boot: int = Field(1000, ge=100)  # bootstrap replicates of each AUROC's interval
+
+
 class Recipe(Section):
     """A whole recipe: which flow, on what model and data, and each stage's settings."""
 
@@ -222,6 +232,7 @@ class Recipe(Section):
     select: dict[str, Any] | list[dict[str, Any]] = {"rule": "all"}  # a rule and its parameters, or a list
     train: TrainSection = TrainSection()
     eval: EvalSection = EvalSection()
+    audit: AuditSection = AuditSection()
     recipe_file: str | None = None  # where it was loaded from (not part of any cache key)
     required: list[str] = []  # dotted keys a user must set for this recipe, e.g. [data.source]
     data_seed: int | None = None  # seed of the data splits; None = `seed` (a study keeps one test split)

@@ -43,6 +43,7 @@ FLOWS = {
     "curate": FlowSpec("pipeline.flows.curate:curate_flow", curates=True),
     "train": FlowSpec("pipeline.flows.train:train_flow", requires=("data.subset",)),
     "evaluate": FlowSpec("pipeline.flows.evaluate:evaluate_flow", evaluates=True),
+    "audit": FlowSpec("pipeline.flows.audit:audit_flow", curates=True, check="pipeline.flows.audit:check_audit"),
     "study": FlowSpec("pipeline.flows.study:study_flow", evaluates=True,  # its cells are sft_math recipes
                       check="pipeline.flows.study:check_study"),
 }

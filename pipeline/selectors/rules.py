@@ -22,8 +22,9 @@ def _valid(column: str) -> pl.Expr:
     return pl.col(column).is_not_null() & pl.col(column).is_not_nan()
 
 
-def _result(scores: pl.DataFrame, column: str, keep: pl.Expr, rule: str) -> pl.DataFrame:
-    """Selection rows with reasons that name the rule and the example's score."""
+def _result(scores: pl.DataFrame, column: str, keep: pl.Expr, rule: str, dropped: str | None = None) -> pl.DataFrame:
+    """Selection rows with reasons that name the rule and the example's score: `kept: <rule>; col=v` and
+    `dropped: <dropped>; col=v` (default `not <rule>`), so a dropped row never reads as if it were kept."""
     score_txt = pl.col(column).round(4).cast(pl.String)
     return scores.select(
         "id",
@@ -33,7 +34,7 @@ def _result(scores: pl.DataFrame, column: str, keep: pl.Expr, rule: str) -> pl.D
         .then(pl.lit("missing score"))
         .when(keep)
         .then(pl.lit(f"kept: {rule}; {column}=") + score_txt)
-        .otherwise(pl.lit(f"dropped: {rule}; {column}=") + score_txt)
+        .otherwise(pl.lit(f"dropped: {dropped or 'not ' + rule}; {column}=") + score_txt)
         .alias("reason"),
     )
 
@@ -93,7 +94,8 @@ class Quantile(Selector):
         n = int(scores.select(_valid(self.column).sum()).item())
         start, stop = math.floor(lo * n + 1e-9), math.floor(hi * n + 1e-9)
         rank = _rank(scores, self.column, "lowest")
-        return _result(scores, self.column, (rank >= start) & (rank < stop), f"quantile [{lo}, {hi}]")
+        return _result(scores, self.column, (rank >= start) & (rank < stop), f"quantile [{lo}, {hi}]",
+                       f"outside quantile [{lo}, {hi}]")
 
 
 @register_selector("fraction")
@@ -110,7 +112,8 @@ class Fraction(Selector):
         n = int(scores.select(_valid(self.column).sum()).item())
         k = round(self.fraction * n)
         return _result(scores, self.column, _rank(scores, self.column, self.order) < k,
-                       f"{self.order} {self.fraction:g} by {self.column}")
+                       f"{self.order} {self.fraction:g} by {self.column}",
+                       f"not in the {self.order} {self.fraction:g} by {self.column}")
 
 
 @register_selector("top_k")
@@ -123,7 +126,7 @@ class TopK(Selector):
 
     def select(self, scores: pl.DataFrame, ctx: SelectContext) -> pl.DataFrame:
         return _result(scores, self.column, _rank(scores, self.column, self.order) < int(self.k),
-                       f"top {self.k} ({self.order}) by {self.column}")
+                       f"top {self.k} ({self.order}) by {self.column}", f"not in the top {self.k} ({self.order}) by {self.column}")
 
 
 @register_selector("random")
@@ -150,5 +153,5 @@ class RandomSubset(Selector):
         rule = f"random {budget} of {n} (seed {ctx.seed})"
         return scores.select("id").with_columns(
             pl.Series("kept", chosen), pl.lit(1.0).alias("weight"),
-            pl.when(pl.Series(chosen)).then(pl.lit(f"kept: {rule}")).otherwise(pl.lit(f"dropped: {rule}"))
+            pl.when(pl.Series(chosen)).then(pl.lit(f"kept: {rule}")).otherwise(pl.lit(f"dropped: not drawn, {rule}"))
             .alias("reason"))

@@ -66,6 +66,32 @@ def curate(plan: Plan, run_dir: str) -> Curated:
     return Curated(model=model, data=data, scores=scores, selection=selection, card=card, cache_keys=keys)
 
 
+def audit(plan: Plan, run_dir: str) -> dict[str, Any]:
+    """Canaries made from the pool's own rows, scored and selected like the pool would be; the audit table
+    and its report (results.md, audit.png) written into the run. Nothing here writes a card."""
+    from pipeline.reports.audit import write_audit
+    from pipeline.stages.audit import AuditScores, InjectCanaries
+
+    r, root = plan.recipe, plan.cache_root
+    model = ModelRef.of(r.model)
+    data = load_data(plan)
+    pool = run_stage(InjectCanaries(train=data.train, audit=r.audit, seed=r.seed), root)
+    scores = run_stage(Score(train=pool.pool, model=model, score=r.score, seed=r.seed,
+                             reference_train=plan.reference_train, scorers=plan.scorers), root)
+    selection = run_stage(Select(scores=scores, train=pool.pool, model=model, select=plan.select_dicts(),
+                                 seed=r.seed, reference_train=plan.reference_train, max_length=r.score.max_length,
+                                 steps=plan.steps), root)
+    audited = run_stage(AuditScores(scores=scores, pool=pool, selection=selection, audit=r.audit, seed=r.seed), root)
+    table = pl.read_parquet(audited.path)
+    meta = {"recipe": r.name, "pool": data.train.rows, "canaries": pool.canaries, "share": r.audit.share,
+            "scorers": [s.name for s in plan.scorers], "selection": plan.select_dicts(),
+            "budget (kept share)": round(audited.budget, 4), "model": r.model, "seed": r.seed}
+    paths = write_audit(run_dir, table, meta)
+    publish(pool.labels, Path(run_dir) / "canaries.parquet")
+    publish(scores.path, Path(run_dir) / "scores.parquet")
+    return {"table": table, "paths": paths, "meta": meta}
+
+
 def train(plan: Plan, train: Split, selection: Selection, model: ModelRef, scores: Scores | None = None) -> Trained:
     """Fine-tune on the kept rows with the plan's loss (and the columns its providers make)."""
     r = plan.recipe
