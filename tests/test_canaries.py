@@ -227,3 +227,25 @@ def test_too_small_pools_raise_and_say_how_many_rows_are_needed(pool):
     with pytest.raises(ValueError, match="pool size"):
         inject_canaries(gsm_pool(74), share=0.1)
     assert inject_canaries(gsm_pool(75), share=0.1).height == 75 + 8  # and 75 rows are indeed enough
+
+
+def test_corrupt_replaces_rows_in_place_and_labels_them():
+    """`data.noise`: the pool keeps its size, a share of rows become defects of each kind, copies sit beside
+    the row they copy, and every other row is untouched."""
+    from pipeline.data.canaries import NOISE, corrupt
+
+    pool = gsm_pool(80)
+    noisy = corrupt(pool, 0.4, seed=3)
+    assert noisy.height == pool.height and noisy["id"].n_unique() == pool.height
+    counts = Counter(noisy[NOISE].drop_nulls().to_list())
+    assert sum(counts.values()) == 32 and set(counts.values()) == {4} and set(counts) == set(KINDS)
+    clean = noisy.filter(pl.col(NOISE).is_null())
+    assert clean.drop(NOISE).equals(pool.filter(pl.col("id").is_in(clean["id"].to_list())))  # untouched rows
+    originals = set(pool["response"].to_list())
+    for row in noisy.filter(pl.col(NOISE).is_not_null()).iter_rows(named=True):
+        twins = noisy.filter(pl.col("prompt") == row["prompt"])
+        if row[NOISE] in ("duplicate", "near_duplicate"):
+            assert twins.height == 2  # the row it copies is still in the pool
+        elif row[NOISE] in ("refusal", "off_topic", "empty", "wrong_answer", "truncated"):
+            assert twins.height == 1 and row["response"] not in originals
+    assert corrupt(pool, 0.4, seed=3).equals(noisy) and not corrupt(pool, 0.4, seed=4).equals(noisy)

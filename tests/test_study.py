@@ -7,6 +7,7 @@ import os
 import signal
 
 import polars as pl
+import pytest
 
 from pipeline.cli import main
 from tests.test_flow_losses import _cli
@@ -68,3 +69,39 @@ def test_killed_study_resumes_and_finishes_only_the_rest(tmp_path, tiny_model_di
     done = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "train").glob("*/train_metrics.json")]
     assert sum(1 for m in done if m["resumed_from"]) == 1
     assert (tmp_path / "s" / "results.md").exists()
+
+
+def test_a_variant_may_change_the_data_but_not_the_test_split(tmp_path, tiny_model_dir, capsys):
+    """A data variant (here a larger pool) runs against the same test examples; one that moves the test
+    split is refused before any cell trains."""
+    from pipeline.core.registry import ConfigError
+    from pipeline.flows.recipe import resolve_recipe
+    from pipeline.flows.study import check_same_test, variant_plans
+
+    sets = [f"model={tiny_model_dir}", f"cache_dir={tmp_path / 'cache'}", *SMALL,
+            "variants=[{name: bigger, data: {n_train: 24}}, {name: other-test, data: {n_test: 6}}]"]
+    plan, _ = resolve_recipe("study", sets)
+    cells = variant_plans(plan.recipe)
+    assert [p.recipe.data.n_train for _, p in cells] == [16, 24, 16]
+    check_same_test(cells[:2], plan.recipe)  # a bigger pool keeps the baseline's test split
+    with pytest.raises(ConfigError, match=r"variants\[1\]\.data: variant 'other-test' changes the test split"):
+        check_same_test(cells, plan.recipe)
+    assert main(study_args(tmp_path, tiny_model_dir, "t", "variants=[{name: other-test, data: {n_test: 6}}]")) == 2
+    assert "changes the test split" in capsys.readouterr().err
+    assert not (tmp_path / "t" / "cells").exists()  # refused before any cell ran
+
+
+def test_a_noisy_pool_study_counts_the_noise_each_rule_kept(tmp_path, tiny_model_dir):
+    """`data.noise` corrupts a share of the training rows; every cell reports how many it kept, by kind, and a
+    clean-rows variant (`data: {noise: null}`) runs against the same test split."""
+    variants = ("variants=[{name: ppl-low, select: {rule: fraction, column: ppl, fraction: 0.5, order: lowest}}, "
+                "{name: clean, data: {noise: null}}]")
+    args = study_args(tmp_path, tiny_model_dir, "n", "seeds=[0]", "data.noise={share: 0.5, kinds: [refusal, empty]}",
+                      variants)
+    assert main(args) == 0
+    results = pl.read_parquet(tmp_path / "n" / "results.parquet")
+    row = {r["variant"]: r for r in results.iter_rows(named=True)}
+    assert row["baseline"]["noise_kept_all"] <= 8 and row["clean"].get("noise_kept_all") is None
+    assert row["ppl-low"]["noise_kept_refusal"] + row["ppl-low"]["noise_kept_empty"] == row["ppl-low"]["noise_kept_all"]
+    text = (tmp_path / "n" / "results.md").read_text()
+    assert "## Noisy training rows kept" in text and "| variant | all | empty | refusal |" in text

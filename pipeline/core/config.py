@@ -57,6 +57,14 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class NoiseSection(Section):
+    """Benchmarks only: corrupt a share of the TRAINING rows in place with canary kinds
+    (`pipeline.data.canaries.corrupt`); each corrupted row keeps its kind in a `noise` column."""
+
+    share: float = Field(gt=0, lt=1)
+    kinds: list[str] | None = None  # None = all kinds (pipeline.data.canaries.KINDS)
+
+
 class DataSection(Section):
     # gsm_symbolic (offline, reasoning-gym) | gsm8k (openai/gsm8k, online) | rg:<numeric reasoning-gym domain>
     # [;key=value...] (offline, e.g. rg:chain_sum;max_digits=1), or a list of them: a mixture whose rows carry
@@ -75,6 +83,7 @@ class DataSection(Section):
     validation: str | None = None  # optional held-out sources (same formats) for datamix / evaluation
     test: str | None = None
     max_chars: int = Field(DEFAULT_MAX_CHARS, gt=0)  # longer prompts or responses are quarantined
+    noise: NoiseSection | None = None  # benchmarks: e.g. {share: 0.3} corrupts 30% of the train split
 
     @pydantic.field_validator("dataset")
     @classmethod

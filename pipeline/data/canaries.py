@@ -275,3 +275,41 @@ _MAKERS: dict[str, Callable[[np.random.Generator, int, list[dict]], str]] = {
     "near_duplicate": _near_duplicate,
     "empty": _fixed(EMPTY_REPLIES),
 }
+
+
+NOISE = "noise"  # column: the kind of defect a corrupted training row carries, null for clean rows
+
+
+COPIES = ("duplicate", "near_duplicate")  # kinds that only mean something beside the row they copy
+
+
+def corrupt(examples: pl.DataFrame, share: float, kinds: Sequence[str] = KINDS, seed: int = 0) -> pl.DataFrame:
+    """The pool with round(share * n) of its rows replaced, in place, by canaries of `kinds` (evenly over the
+    kinds, distinct rows): a noisy pool for benchmarks (`data.noise`), where a `noise` column keeps each
+    corrupted row's kind so a study can count how many of them a selection kept.
+
+    A canary replaces the row it was made from, except an exact or near copy: it replaces another clean
+    row, so the pool then holds the original and its copy, as a pool with copies does.
+    """
+    kinds = _check(examples, share, kinds)
+    total = round(share * examples.height)
+    rng = np.random.default_rng(seed)
+    replaced: dict[str, dict] = {}  # id of the row a canary replaces -> the canary
+    copied: set[str] = set()  # rows a copy was made from: they stay, unreplaced
+    for i, kind in enumerate(kinds):
+        count = total // len(kinds) + (1 if i < total % len(kinds) else 0)
+        clean = examples.filter(~pl.col("id").is_in([*replaced, *copied]))
+        if count == 0:
+            continue
+        made = inject_canaries(clean, count / clean.height, (kind,), seed + i)
+        made = made.filter(pl.col(CANARY).is_not_null()).head(count)
+        sources = set(made[CANARY_OF].to_list())
+        for row in made.iter_rows(named=True):
+            target = row[CANARY_OF]
+            if kind in COPIES:
+                copied.add(target)
+                free = [r for r in clean["id"].to_list() if r not in replaced and r not in copied and r not in sources]
+                target = free[int(rng.integers(len(free)))]
+            replaced[target] = {**{k: row[k] for k in examples.columns}, NOISE: kind}
+    rows = [replaced.get(r["id"], {**r, NOISE: None}) for r in examples.iter_rows(named=True)]
+    return pl.DataFrame(rows, schema={**examples.schema, NOISE: pl.String})

@@ -64,6 +64,12 @@ def check_flow(plan: Plan) -> None:
             raise ConfigError(key, f"recipe {r.name} needs it: --set {key}=...")
     if spec.curates:
         check_score_columns(plan.steps, plan.score_columns())
+    if r.data.noise:
+        from pipeline.data.canaries import KINDS
+
+        unknown = [k for k in r.data.noise.kinds or [] if k not in KINDS]
+        if unknown or r.data.noise.kinds == []:
+            raise ConfigError("data.noise.kinds", f"unknown or no kinds {unknown} (kinds: {', '.join(KINDS)})")
     check_paths(plan.recipe, spec.evaluates)
     igf = r.train.igf_filter
     if igf:

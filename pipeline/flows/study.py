@@ -3,8 +3,10 @@
 The recipe's shared sections (data, score, select, train, eval) are the baseline: by default a
 random subset (`select: {rule: random, fraction: 0.5}`) trained with plain cross-entropy, the
 comparison every selection paper uses. Each variant is a `name` plus overrides of any of those
-sections (`{name: dft, train: {loss: dft}}`, `{name: ppl-low, select: {rule: fraction, ...}}`);
-`select` is replaced whole, the other sections are merged key by key. Every variant runs for every
+sections (`{name: dft, train: {loss: dft}}`, `{name: ppl-low, select: {rule: fraction, ...}}`,
+`{name: other-source, data: {source: b.jsonl}}`); `select` is replaced whole, the other sections are
+merged key by key. A variant may change the data (a source, a mixture, sizes) but not the test split:
+before any cell runs, every variant's test split is checked to be the baseline's. Every variant runs for every
 seed (selection and training seeds; all cells share one test split, `data_seed`), trains the same
 number of steps at the same batch size (compute keys cannot be overridden), and is evaluated on the
 same test examples, so differences are paired. Each (variant, seed) cell is a Prefect subflow whose
@@ -33,7 +35,7 @@ from pipeline.stages import ModelRef, log, wiring
 from pipeline.stages.plan import Plan
 
 BASELINE = "baseline"
-SECTIONS = ("score", "select", "train", "eval")
+SECTIONS = ("data", "score", "select", "train", "eval")
 COMPUTE_KEYS = ("max_steps", "epochs", "batch_size", "grad_accum")  # equal compute: shared by every variant
 
 
@@ -68,6 +70,21 @@ def check_study(plan: Plan) -> None:
     variant_plans(plan.recipe)
 
 
+def check_same_test(cells: list[tuple[str, Plan]], recipe: Recipe) -> None:
+    """Every cell is evaluated on the baseline's test examples (paired comparisons need it); else one error
+    naming the variant. Loading a split is a cached stage, so this costs a read."""
+    names = {v.get("name"): i for i, v in enumerate(recipe.variants or []) if isinstance(v, dict)}
+    test = wiring.load_data(cells[0][1]).test
+    for name, plan in cells[1:]:
+        other = wiring.load_data(plan).test
+        if other.fingerprint != test.fingerprint:
+            raise ConfigError(f"variants[{names[name]}].data", f"variant {name!r} changes the test split ({other.rows} "
+                                                              f"rows, fingerprint {other.fingerprint} vs the baseline's "
+                                                              f"{test.rows}, {test.fingerprint}): every cell must be "
+                                                              "evaluated on the same test examples; keep data.test, "
+                                                              "n_test and the test's dataset as the baseline's")
+
+
 def _check_variant(variant: object, where: str, taken: set[str]) -> str:
     if not isinstance(variant, dict) or not isinstance(variant.get("name"), str) or not variant["name"]:
         raise ConfigError(where, "each variant is a mapping with a `name` and section overrides")
@@ -83,6 +100,17 @@ def _check_variant(variant: object, where: str, taken: set[str]) -> str:
     return variant["name"]
 
 
+def noise_kept(train: str, selection: str) -> dict[str, int]:
+    """With `data.noise`: how many corrupted training rows of each kind the selection kept (else {})."""
+    examples = pl.read_parquet(train)
+    if "noise" not in examples.columns:
+        return {}
+    kept = examples.join(pl.read_parquet(selection).select("id", "kept"), on="id", how="left")
+    noisy = kept.filter(pl.col("noise").is_not_null())
+    counts = noisy.group_by("noise").agg(pl.col("kept").sum()).sort("noise")
+    return {"all": int(noisy.get_column("kept").sum()), **dict(counts.iter_rows())}
+
+
 @flow(name="study-cell", validate_parameters=False)
 def study_cell(config, run_dir: str) -> dict:
     """One variant at one seed: curate, train, evaluate the tuned model; every stage cached."""
@@ -92,6 +120,7 @@ def study_cell(config, run_dir: str) -> dict:
     trained = wiring.train(plan, cur.data.train, cur.selection, cur.model, cur.scores)
     tuned = wiring.evaluate(plan, ModelRef.of(trained.model_dir), cur.data.test, "tuned")
     return {"eval_table": tuned.table, "kept": cur.selection.kept, "steps": trained.steps,
+            "noise_kept": noise_kept(cur.data.train.path, cur.selection.path),
             "train_tokens": getattr(trained, "train_tokens", None), "train_seconds": getattr(trained, "runtime_s", None),
             "seconds": round(time.perf_counter() - t0, 1), "nll": tuned.nll, "accuracy": tuned.accuracy,
             "data_card": cur.card, "test_size": cur.data.test.rows}
@@ -108,6 +137,7 @@ def study_flow(config, run_dir: str | None = None) -> dict:
     seeds = r.seeds or [r.seed]
     t0 = time.perf_counter()
     tables, runs, test_size, names = [], [], None, []
+    check_same_test(variant_plans(r), r)
     for seed in seeds:
         cells = variant_plans(r, seed)
         names = [name for name, _ in cells]
@@ -119,7 +149,8 @@ def study_flow(config, run_dir: str | None = None) -> dict:
                 pl.lit(name).alias("variant"), pl.lit(seed).alias("seed"), "id", "nll_sum", "n_tokens", "n_bytes",
                 pl.when(pl.col("generated")).then(pl.col("correct")).alias("correct")))
             runs.append({"variant": name, "seed": seed, **{k: out[k] for k in ("steps", "train_tokens", "kept")},
-                         "train_seconds": out["train_seconds"]})
+                         "train_seconds": out["train_seconds"],
+                         **{f"noise_kept_{kind}": n for kind, n in out["noise_kept"].items()}})
     meta = {"recipe": r.name, "command": "pipeline " + " ".join(sys.argv[1:]), "seeds": seeds,
             "test_size": test_size, "variants": names, "train_steps": r.train.max_steps,
             "batch_size": r.train.batch_size, "model": r.model, "machine": _machine(),

@@ -116,8 +116,22 @@ def _markdown(rows: list[dict], baseline: str, level: float, n_boot: int, meta: 
                  "indistinguishable": "is indistinguishable from the baseline", "not measured": "was not measured"}
         lines.append(f"- `{r['variant']}`: on NLL it {words[nll]} (ΔNLL {_ci(r, 'd_nll', sign=True)}); "
                      f"on accuracy it {words[acc]} (Δ {_ci(r, 'd_accuracy', 1, sign=True, scale=100)} pts).")
+    lines += _noise_lines(rows)
     lines += ["", f"![differences from the baseline]({FIGURE})", ""]
     return "\n".join(lines)
+
+
+def _noise_lines(rows: list[dict]) -> list[str]:
+    """With `data.noise`: the corrupted training rows each variant's selection kept, by kind (mean over seeds)."""
+    kinds = sorted({k.removeprefix("noise_kept_") for r in rows for k in r if k.startswith("noise_kept_")} - {"all"})
+    if not kinds:
+        return []
+    lines = ["", "## Noisy training rows kept (mean over seeds)", "",
+             "| variant | all | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 2) + "|"]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {_num(r.get('noise_kept_all'), 1)} | "
+                     + " | ".join(_num(r.get(f"noise_kept_{k}"), 1) for k in kinds) + " |")
+    return lines
 
 
 def _figure(path: Path, rows: list[dict], baseline: str, level: float) -> Path:

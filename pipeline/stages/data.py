@@ -28,6 +28,7 @@ class Data(Output):
     read: int | None = None
     quarantined: int | None = None
     quarantine: str | None = None
+    noise: list[tuple[str, int]] | None = None  # (kind, corrupted rows) of the train split, with data.noise
 
     def paths(self) -> list[str]:
         return [self.train.path, self.validation.path, self.test.path, *([self.quarantine] if self.quarantine else [])]
@@ -67,6 +68,11 @@ class LoadData(Stage):
             files.append("quarantine.parquet")
         else:
             splits = load_math(d.dataset, d.n_train, d.n_val, d.n_test, self.seed)
+        if d.noise:  # benchmarks: a noisy training pool, each corrupted row labelled with its kind
+            from pipeline.data.canaries import KINDS, corrupt
+
+            splits["train"] = corrupt(splits["train"], d.noise.share, d.noise.kinds or KINDS, self.seed)
+            info["noise"] = splits["train"].get_column("noise").drop_nulls().value_counts().rows()
         for name, df in splits.items():
             write_parquet(folder / f"{name}.parquet", df)
             info[name] = {"path": str(folder / f"{name}.parquet"), "rows": df.height, "fingerprint": fingerprint(df)}
