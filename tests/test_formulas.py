@@ -1,0 +1,84 @@
+"""Tests that fail on a wrong formula, not on a changed constant: each recomputes what the method must do
+from first principles (issue 25, item 4; checked by planting the bug named in each docstring)."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pipeline.selectors import SelectContext, get_selector, run_selector
+
+
+def _texts(n_words: int, replaced: int, tag: str) -> tuple[str, str]:
+    """Two texts of `n_words` distinct words whose last `replaced` words differ: their word 5-gram shingle
+    sets have Jaccard (n - 4 - t) / (n - 4 + t) exactly."""
+    base = [f"{tag}w{i}" for i in range(n_words)]
+    other = base[: n_words - replaced] + [f"{tag}x{i}" for i in range(replaced)]
+    return " ".join(base), " ".join(other)
+
+
+@pytest.mark.parametrize("threshold, dropped", [(None, {"near-b"}), (0.5, {"near-b", "mid-b", "far-b"}),
+                                                (0.7, {"near-b", "mid-b"}), (0.97, set())])
+def test_minhash_dedup_drops_pairs_by_their_true_jaccard(threshold, dropped):
+    """Pairs at Jaccard 0.905, 0.754 and 0.667: the default 0.8 drops only the first, 0.7 the first two, 0.5 all
+    three, 0.97 none (512 permutations: the estimates sit 2+ standard errors from each threshold).
+    Planted bugs this kills: every confirmation at `1 - threshold`; a default of 0.7 or 0.9. Confirming only the
+    candidate pairs at `1 - threshold` survives, harmlessly: `resolve` confirms each member against its
+    component's first row at `threshold` again."""
+    pairs = {"near": _texts(104, 5, "n"), "mid": _texts(104, 14, "m"), "far": _texts(104, 20, "f")}
+    assert [(100 - t) / (100 + t) for t in (5, 14, 20)] == pytest.approx([0.905, 0.754, 0.667], abs=1e-3)
+    scores = pl.DataFrame({"id": [f"{k}-{s}" for k in pairs for s in "ab"], "prompt": ["p"] * 6,
+                           "response": [text for pair in pairs.values() for text in pair]})
+    params = {"method": "minhash", "num_perm": 512} | ({"threshold": threshold} if threshold is not None else {})
+    sel = run_selector(get_selector("dedup", **params), scores, seed=0)
+    assert set(sel.filter(~pl.col("kept"))["id"].to_list()) == dropped
+
+
+def _sensitivity_pool(n: int = 240, seed: int = 0) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(6, 8)) * 4
+    labels = rng.integers(0, 6, n)
+    emb = centers[labels] + rng.normal(size=(n, 8))
+    loss = np.abs(rng.normal(1 + labels, 0.5))  # losses differ by cluster: sampling is far from uniform
+    return pl.DataFrame({"id": [f"r{i}" for i in range(n)], "embedding": emb.astype(np.float32).tolist(), "nll": loss})
+
+
+def test_sensitivity_selector_weights_are_draws_over_m_p_and_unbiased():
+    """The selector a recipe runs, through run_selector: sum(w * f) estimates sum(f) without bias, for an f
+    the sampler never saw. (Planted bug this kills: dropping 1/p from `w = counts / (m p)`.)"""
+    pool = _sensitivity_pool()
+    f = np.random.default_rng(9).gamma(2.0, 1.0, pool.height) * (1 + pool["nll"].to_numpy())
+    estimates = []
+    for seed in range(150):
+        sel = run_selector(get_selector("sensitivity", m=60, k=6, lam=1.0, loss="nll", normalize=False), pool,
+                           seed=seed, context=SelectContext())
+        w = sel["weight"].to_numpy()
+        assert (w[sel["kept"].to_numpy()] > 0).all() and (w[~sel["kept"].to_numpy()] == 0).all()
+        assert sel["draws"].sum() == 60
+        estimates.append(float((w * f).sum()))
+    mean, sem = np.mean(estimates), np.std(estimates) / np.sqrt(len(estimates))
+    assert abs(mean - f.sum()) < 4 * sem, (mean, f.sum(), sem)
+    assert np.std(estimates) > 0  # really random: the test is not vacuous
+
+
+def test_information_gain_is_positive_when_the_step_is_on_the_objective_itself(tiny_model_dir):
+    """IG(X) = L_obj(theta) - L_obj(theta after one step on X) (Antonello et al. 2021): a step on the objective
+    example itself lowers its loss, so its IG is positive and larger than a step on unrelated text, and
+    `measure_ig` restores the model. (Planted bug this kills: the sign of IG reversed.)"""
+    import torch
+
+    from pipeline.models.loading import encode_examples, load_model, load_tokenizer
+    from pipeline.scorers.information_gain import measure_ig, objective_loss
+
+    tok, model = load_tokenizer(tiny_model_dir), load_model(tiny_model_dir, dtype=torch.float32)
+    target = pl.DataFrame({"id": ["t"], "prompt": ["Name the color of the sky."], "response": ["The sky is blue."]})
+    other = pl.DataFrame({"id": ["o"], "prompt": ["Count to three."], "response": ["one two three four five six"]})
+    objective = encode_examples(tok, target, 64)
+    candidates = encode_examples(tok, pl.concat([target, other]), 64)
+    before = objective_loss(model, objective, 4096, tok.pad_token_id)
+    gains, measured = measure_ig(model, candidates, objective, lr=1e-2, optimizer="sgd", measure="nll",
+                                 max_tokens=4096, pad_id=tok.pad_token_id)
+    assert measured == pytest.approx(before)
+    assert gains[0] > 0 and gains[0] > gains[1]
+    assert objective_loss(model, objective, 4096, tok.pad_token_id) == pytest.approx(before)  # model restored
