@@ -1,8 +1,13 @@
 """Instruction-following difficulty, IFD (Li et al., "From Quantity to Quality", Cherry LLM, arXiv 2308.12032).
 
-`IFD(Q, A) = PPL(A | Q) / PPL(A)`: how much the instruction helps the model produce the answer.
-A ratio near or above 1 means the instruction barely helps (the answer is generic, or does not
-follow from it); the paper keeps the high-IFD examples below 1 (above 1 is treated as misaligned).
+`IFD(Q, A) = L(A | Q) / L(A)`, the ratio of the mean response losses with and without the
+instruction (`ratio="loss"`, the default: what Cherry LLM's selection code `data_by_IFD.py` ranks,
+`mean_rate = mean_2 / mean_1`), or `PPL(A | Q) / PPL(A) = exp(L(A|Q) - L(A))` (`ratio="ppl"`, the
+paper's formula written with perplexities). Both are 1 at the same rows, but they rank rows below 1
+differently, so a top-k differs. A ratio near or above 1 means the instruction barely helps (the
+answer is generic, or belongs to another prompt); the reference code skips rows above 1 as
+misaligned before taking the top: the `ifd` selection rule does the same (`max_ifd`). Without that
+drop the highest-IFD rows of a noisy pool are mostly responses of other prompts and refusals.
 Both perplexities come from the batched engine with the base model: `PPL(A | Q)` over the response
 tokens of the chat-formatted example (the `perplexity` scorer's `nll`), `PPL(A)` over the response
 tokenized alone, as the reference code does (its first token has no context and is not scored).
@@ -16,6 +21,8 @@ and a single-turn chat scores as its prompt/response row does when the end-of-tu
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 import polars as pl
@@ -53,9 +60,12 @@ def mean_nll(encoded: list[dict], nlls: list[np.ndarray]) -> np.ndarray:
 
 @register_scorer("ifd")
 class IFD(Scorer):
-    """Columns: id, ifd = PPL(A|Q) / PPL(A), ppl_conditioned, ppl_answer."""
+    """Columns: id, ifd (`ratio`: loss = L(A|Q) / L(A), ppl = PPL(A|Q) / PPL(A)), ppl_conditioned, ppl_answer."""
 
-    version = "2"  # 2: chat rows score all assistant turns
+    version = "3"  # 2: chat rows score all assistant turns; 3: `ratio`, default the reference's loss ratio
+
+    def __init__(self, ratio: Literal["loss", "ppl"] = "loss"):
+        self.ratio = ratio
 
     def columns(self) -> list[str]:
         return ["ifd", "ppl_conditioned", "ppl_answer"]
@@ -72,5 +82,6 @@ class IFD(Scorer):
                                          desc="ifd conditioned", response_only=True))
         ans = mean_nll(alone, token_nll(model, alone, max_tokens=ctx.max_tokens, pad_id=pad, progress=ctx.progress,
                                         desc="ifd answer"))
-        return pl.DataFrame({"id": examples.get_column("id"), "ifd": np.exp(cond - ans),
+        ifd = cond / ans if self.ratio == "loss" else np.exp(cond - ans)
+        return pl.DataFrame({"id": examples.get_column("id"), "ifd": ifd,
                              "ppl_conditioned": np.exp(cond), "ppl_answer": np.exp(ans)})

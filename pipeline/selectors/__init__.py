@@ -51,6 +51,7 @@ from pipeline.selectors import clear as _clear  # noqa: E402,F401  (registers it
 from pipeline.selectors import datamix as _datamix  # noqa: E402,F401  (registers itself)
 from pipeline.selectors import decontaminate as _decontaminate  # noqa: E402,F401  (registers itself)
 from pipeline.selectors import dedup as _dedup  # noqa: E402,F401  (registers itself)
+from pipeline.selectors import ifd as _ifd  # noqa: E402,F401  (registers itself)
 from pipeline.selectors import rules as _rules  # noqa: E402,F401  (registers itself)
 from pipeline.selectors import sensitivity as _sensitivity  # noqa: E402,F401  (registers itself)
 from pipeline.selectors.compose import compose  # noqa: E402
