@@ -185,6 +185,8 @@ class IgfFilterSection(Section):
 class TrainSection(Section):
     loss: str = "ce"  # ce | dft | talr | forgetting | token_cleaning | rho1 | module:attr
     loss_params: dict[str, Any] = {}
+    think_weight: float = Field(1.0, ge=0, allow_inf_nan=False)  # loss weight inside <think>...</think> (delimiters 1)
+    think_delimiters: tuple[str, str] = ("<think>", "</think>")
     columns: dict[str, str] = {}  # column a loss requires -> its provider (registered name or module:attr); default: the column's name
     masked_thought: MaskedThoughtSection = MaskedThoughtSection()
     token_labels: TokenLabelsSection = TokenLabelsSection()

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from pipeline.core.registry import Part
 
 EXAMPLE_WEIGHT = "example_weight"
+TOKEN_WEIGHT = "token_weight"  # optional per-token weight (e.g. `train.think_weight`), multiplies any loss
 
 
 @dataclass
@@ -126,6 +127,9 @@ class TokenLoss(Part):
         if weight is not None:
             weight = weight.to(contrib)
             contrib = contrib * (weight[:, None] if weight.dim() == 1 else weight)
+        token_weight = batch.get(TOKEN_WEIGHT)
+        if token_weight is not None:
+            contrib = contrib * token_weight.to(contrib)
         self.metrics = ctx.metrics
         return contrib.sum()
 

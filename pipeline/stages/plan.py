@@ -18,7 +18,7 @@ from pipeline.core.registry import ConfigError
 from pipeline.losses import LOSSES, TokenLoss
 from pipeline.scorers import SCORERS, Scorer
 from pipeline.selectors.compose import Step, build_steps
-from pipeline.training.columns import ColumnProvider, column_providers
+from pipeline.training.columns import COLUMNS, ColumnProvider, column_providers
 from pipeline.training.reference import reference_train
 
 COLUMN_PARAMS = ("column", "loss")  # selector parameters that name a score column
@@ -90,9 +90,15 @@ def build_scorers(score: Any) -> list[ScorerSpec]:
 def build_plan(config: Recipe | dict) -> Plan:
     """The recipe validated and every part built, or a ConfigError naming the key (nothing has run yet)."""
     recipe = config if isinstance(config, Recipe) else validate(config)
-    loss = LOSSES.build(recipe.train.loss, recipe.train.loss_params, "train.loss_params", name_key="train.loss")
+    train = recipe.train
+    loss = LOSSES.build(train.loss, train.loss_params, "train.loss_params", name_key="train.loss")
+    providers = column_providers(loss, train.columns)
+    if train.think_weight != 1.0:  # a per-token weight every loss applies (pipeline.losses.base.TOKEN_WEIGHT)
+        open_, close = train.think_delimiters
+        providers.append(COLUMNS.build("token_weight", {"think_weight": train.think_weight, "open": open_,
+                                                        "close": close}, "train", name_key="train.think_weight"))
     return Plan(recipe=recipe, scorers=build_scorers(recipe.score), steps=build_steps(recipe.select), loss=loss,
-                providers=column_providers(loss, recipe.train.columns))
+                providers=providers)
 
 
 def check_score_columns(steps: list[Step], columns: list[str] | None) -> None:

@@ -15,6 +15,7 @@ A user adds one in their own file with `@register_column("my_column")` (docs/los
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +119,53 @@ class InfluenceLabels(ColumnProvider):
         else:
             labels = cleaning_labels(infl, 0.6 if fraction is None else fraction)
         return {"token_label": aligned_column(labels, "token_label", examples.get_column("id").to_list())}
+
+
+@register_column("token_weight")
+class ThinkWeight(ColumnProvider):
+    """Per-token loss weight: `think_weight` on the response tokens strictly inside `open`...`close` reasoning
+    spans, 1 elsewhere (the delimiters too, so the model still learns to close a span). Every loss multiplies
+    its token contributions by `token_weight` when the batch has it (`pipeline.losses.base`)."""
+
+    def __init__(self, think_weight: float = 1.0, open: str = "<think>", close: str = "</think>"):
+        if not (math.isfinite(think_weight) and think_weight >= 0):
+            raise ConfigError("think_weight", f"must be a finite number >= 0, got {think_weight}")
+        if not open or not close:
+            raise ConfigError("open", "the reasoning delimiters must be non-empty strings")
+        self.think_weight, self.open, self.close = think_weight, open, close
+
+    def compute(self, examples: pl.DataFrame, ctx: ColumnContext) -> dict[str, ColumnRows]:
+        from pipeline.models.loading import encode_examples, load_tokenizer
+
+        tok = load_tokenizer(ctx.model)
+        rows, spans = [], 0
+        for enc in encode_examples(tok, examples, ctx.max_length):
+            inside = span_mask(tok, enc["input_ids"], self.open, self.close)
+            spans += any(inside)
+            rows.append([self.think_weight if (i and m) else 1.0
+                         for i, m in zip(inside, enc["completion_mask"], strict=True)])
+        print(f"[pipeline] think_weight={self.think_weight:g}: {self.open}...{self.close} spans in {spans} of "
+              f"{examples.height} examples" + ("" if spans else " (no token was reweighted)"), flush=True)
+        return {"token_weight": rows}
+
+
+def span_mask(tokenizer: Any, ids: list[int], open: str, close: str) -> list[bool]:
+    """For each token, whether its text lies strictly inside an `open`...`close` span (an unclosed span runs to
+    the end). Token texts come from decoding each token alone, so spans are found however they tokenize."""
+    pieces = [tokenizer.decode([t]) for t in ids]
+    starts, pos = [], 0
+    for piece in pieces:
+        starts.append(pos)
+        pos += len(piece)
+    text = "".join(pieces)
+    inside_chars: list[tuple[int, int]] = []
+    at = text.find(open)
+    while at >= 0:
+        end = text.find(close, at + len(open))
+        inside_chars.append((at + len(open), len(text) if end < 0 else end))
+        at = -1 if end < 0 else text.find(open, end + len(close))
+    return [any(lo <= s and s + len(p) <= hi for lo, hi in inside_chars) and len(p) > 0
+            for s, p in zip(starts, pieces, strict=True)]
 
 
 def column_providers(loss: Any, chosen: dict[str, str] | None = None) -> list[ColumnProvider]:
