@@ -164,11 +164,15 @@ def test_sensitivity_weights_reach_the_trainer(tmp_path, tiny_model_dir, monkeyp
 
 
 def test_igf_filter_reaches_training_from_the_recipe(tmp_path, tiny_model_dir):
-    """sft-math scores with information_gain; train.igf_filter skips the examples below each step's threshold."""
+    """sft-math scores with information_gain; train.igf_filter fills each step with examples above its threshold
+    (here the mean of the predictions), passing over the others; a threshold nothing passes falls back, counted."""
     extra = ["score.scorer=[perplexity, information_gain]",
              "score.params={information_gain: {sample_size: 6, objective_size: 3, holdout: 0.0, folds: 2}}",
-             "train.igf_filter={threshold: 100.0, after_steps: 1, then: -100.0}", "train.batch_size=4"]
+             "train.igf_filter={threshold: 0.0, then: 0.0, units: std}", "train.batch_size=4"]
     assert main(_args(tmp_path, tiny_model_dir, "igf", *extra)) == 0
     metrics = json.loads((tmp_path / "igf" / "metrics.json").read_text())
     assert metrics["train"]["steps"] == 2
-    assert metrics["train"]["igf_skipped"] == 4  # step 1: every example is below 100; step 2: none is below -100
+    assert metrics["train"]["igf_skipped"] >= 1 and metrics["train"]["igf_fallback_steps"] == 0
+    assert main(_args(tmp_path, tiny_model_dir, "igf2", *extra[:2], "train.igf_filter={threshold: 100.0}",
+                      "train.batch_size=4")) == 0
+    assert json.loads((tmp_path / "igf2" / "metrics.json").read_text())["train"]["igf_fallback_steps"] == 2

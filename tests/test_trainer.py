@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 import torch
 
 from pipeline.losses import get_loss
 from pipeline.losses.base import shift_columns
-from pipeline.training.train import build_dataset, sft_config, train, train_settings
+from pipeline.training.train import build_dataset, build_trainer, sft_config, train, train_settings
 
 PROMPTS = ["What is 2+2?", "Name a color.", "Say hi.", "Count to three.", "Spell cat.", "Largest planet?"]
 RESPONSES = ["4", "Blue is a color I like.", "Hi there!", "One, two, three.", "C, A, T.", "Jupiter is."]
@@ -328,36 +329,48 @@ def test_igf_threshold_schedule(tiny_model_dir, tmp_path, examples):
     trainer = make_igf_trainer(tiny_model_dir, tmp_path, examples)
     assert [trainer.igf_threshold(s) for s in (0, 9, 10, 50)] == [1.0, 1.0, -1.0, -1.0]
     assert train_settings({}).igf_filter is None
-    assert train_settings({"igf_filter": {}}).igf_filter.model_dump() == IGF
+    assert train_settings({"igf_filter": {}}).igf_filter.model_dump() == {**IGF, "units": "raw"}
 
 
-@pytest.mark.parametrize("step,kept", [(0, [0, 2, 5]), (10, [0, 1, 2, 3, 5])])
-def test_igf_filtered_examples_contribute_no_gradient(tiny_model_dir, tmp_path, examples, step, kept):
-    """Below-threshold examples are skipped: loss and gradients equal those of the kept examples alone."""
-    trainer = make_igf_trainer(tiny_model_dir, tmp_path, examples)
-    trainer.model.train()
-    trainer.state.global_step = step
-    samples, n_items = trainer.get_batch_samples(iter([collate(trainer)]), 1, torch.device("cpu"))
-    assert trainer.igf_filtered == 6 - len(kept)
-    assert samples[0]["example_weight"].nonzero().flatten().tolist() == kept
-    loss = trainer.compute_loss(trainer.model, dict(samples[0]), num_items_in_batch=n_items)
-    loss.backward()
-    g_filtered = grads(trainer.model)
+def test_igf_sampler_fills_every_step_with_examples_that_pass_its_threshold():
+    """The reference fills each batch from the stream: no step trains on fewer passing examples than its size
+    while passing examples remain, and failing ones are passed over, not zeroed inside a fixed batch."""
+    from pipeline.training.trainer import IGFSampler
 
-    alone = make_igf_trainer(tiny_model_dir, tmp_path, examples, rows=kept, igf=False)
-    alone.model.load_state_dict(trainer.model.state_dict())
-    alone.model.train()
-    samples, n_alone = alone.get_batch_samples(iter([collate(alone)]), 1, torch.device("cpu"))
-    assert int(n_items) == int(n_alone)  # the divisor counts only the examples that take part
-    ref = alone.compute_loss(alone.model, dict(samples[0]), num_items_in_batch=n_alone)
-    ref.backward()
-    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
-    assert_grads_close(g_filtered, grads(alone.model))
+    scores = np.random.default_rng(0).normal(size=200)
+    sampler = IGFSampler(scores, {**IGF, "after_steps": 3}, per_step=8, seed=1)
+    order = list(sampler)
+    assert len(order) == 200
+    for step in range(200 // 8):
+        block = scores[order[step * 8:(step + 1) * 8]]
+        assert (block >= (1.0 if step < 3 else -1.0)).all(), step
+    assert sampler.skipped > 0 and sampler.fallback_steps == 0
+    assert list(IGFSampler(scores, {**IGF, "after_steps": 3}, 8, seed=1)) == order  # seeded
+
+
+def test_igf_threshold_in_units_of_the_predicted_spread_and_its_fallback():
+    """Shrunk predictions (std 0.2): raw 1.0 passes nothing (the step falls back to the top-scoring rows, and
+    says so); `units: std` puts the threshold one predicted std above the mean."""
+    from pipeline.training.trainer import IGFSampler
+
+    scores = np.random.default_rng(2).normal(0.0, 0.2, 100)
+    raw = IGFSampler(scores, IGF, per_step=4, seed=0)
+    first = list(raw)[:4]
+    assert raw.fallback_steps >= 1 and sorted(first) == sorted(np.argsort(-scores)[:4].tolist())
+    std = IGFSampler(scores, {**IGF, "units": "std"}, per_step=4, seed=0)
+    assert std.threshold(0) == pytest.approx(scores.mean() + scores.std())
+    assert all(scores[i] >= std.threshold(0) for i in list(std)[:4 * 10]) and std.fallback_steps == 0
 
 
 def test_igf_filter_in_a_training_run(tiny_model_dir, tmp_path, examples):
+    """Every logged optimizer step trained on a full batch of passing examples; the skipped ones are counted."""
     ex = examples.with_columns(pl.Series("information_gain", IG_VALUES))
-    result = train(tiny_model_dir, ex, tmp_path, {"max_steps": 2, "batch_size": 3, "igf_filter": {}}, seed=0)
+    trainer = build_trainer(tiny_model_dir, ex, tmp_path, {"max_steps": 3, "batch_size": 2, "igf_filter": {}}, seed=0)
+    trainer.train()
+    steps = [h for h in trainer.state.log_history if "igf_examples" in h]
+    assert len(steps) == 3 and all(h["igf_examples"] == 2 for h in steps)
+    assert trainer.igf_filtered >= 1  # IG 0.5, -0.5, -2.0 fail the first steps' threshold 1.0
+    result = train(tiny_model_dir, ex, tmp_path / "t", {"max_steps": 2, "batch_size": 3, "igf_filter": {}}, seed=0)
     assert result["steps"] == 2 and result["igf_skipped"] >= 1 and math.isfinite(result["train_loss"])
     with pytest.raises(ValueError, match="information_gain"):
         train(tiny_model_dir, examples, tmp_path / "x", {"max_steps": 1, "igf_filter": {}})

@@ -172,14 +172,18 @@ class TokenLabelsSection(Section):
 
 
 class IgfFilterSection(Section):
-    """IGF's training-time filter (Antonello et al. 2021, arXiv 2010.00050): an example takes part in a step
-    only if its predicted information gain (a score column) is >= the threshold of that step; the reference
-    schedule is 1.0 (one std above the mean of z-scored IG) for the first 10 steps, then -1.0."""
+    """IGF's training-time filter (Antonello et al. 2021, arXiv 2010.00050): every batch is filled with examples
+    whose predicted information gain (a score column) is >= the threshold of that step, as the reference
+    fills its batches from the stream; the reference schedule is 1.0 (one std above the mean of z-scored IG)
+    for the first 10 steps, then -1.0. `units: std` reads the thresholds in standard deviations of the
+    predictions themselves (mean + t * std): the learner's predictions are shrunk (std about 0.2), so raw 1.0
+    passes almost nothing."""
 
     column: str = "information_gain"  # the score table's column of predicted IG
-    threshold: float = 1.0  # threshold for steps < after_steps
+    threshold: float = Field(1.0, allow_inf_nan=False)  # threshold for steps < after_steps
     after_steps: int = Field(10, ge=0)
-    then: float = -1.0  # threshold from step after_steps on
+    then: float = Field(-1.0, allow_inf_nan=False)  # threshold from step after_steps on
+    units: Literal["raw", "std"] = "raw"  # raw: the column's values; std: mean + t * std of the column
 
 
 class TrainSection(Section):

@@ -33,7 +33,7 @@ def sft_math_flow(config, run_dir: str | None = None) -> dict:
         "delta": nll_delta(base, tuned, plan.recipe.seed),
         "selection": {"read": sel.read, "kept": sel.kept, "dropped": sel.dropped},
         "train": {"loss": plan.recipe.train.loss, **{k: getattr(trained, k, None) for k in (
-            "train_loss", "steps", "runtime_s", "model_dir", "resumed_from", "loss_history", "igf_skipped")}},
+            "train_loss", "steps", "runtime_s", "model_dir", "resumed_from", "loss_history", "igf_skipped", "igf_fallback_steps")}},
         "seconds": clock.seconds, "data_card": cur.card,
         "cache_keys": {**cur.cache_keys, "tuned_model": tuned_model.key}, "run_dir": run_dir,
     }

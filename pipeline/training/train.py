@@ -182,7 +182,8 @@ def train(model_name: str, examples: pl.DataFrame, output_dir: str | Path, cfg: 
         "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in history],
         "model_dir": str(final),
         "resumed_from": resume,
-        "igf_skipped": trainer.igf_filtered if cfg.igf_filter else None,
+        "igf_skipped": trainer.igf_filtered if cfg.igf_filter else None,  # stream examples failing their step
+        "igf_fallback_steps": trainer._igf_sampler.fallback_steps if cfg.igf_filter else None,
         "train_tokens": int(getattr(trainer, "_total_train_tokens", 0)),  # real (non-pad) tokens trained on
         "phase_s": {"build": round(built - start, 3), "train": round(trained - built, 3),
                     "save": round(time.perf_counter() - trained, 3)},

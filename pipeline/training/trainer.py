@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate.utils import is_peft_model
 from trl import SFTTrainer
@@ -165,6 +166,54 @@ class TokenLossCollator(DataCollatorForLanguageModeling):
         return {**batch, "input_ids": ids}
 
 
+class IGFSampler(torch.utils.data.Sampler[int]):
+    """IGF's training-time filter as its reference applies it (Antonello et al. 2021, arXiv 2010.00050): the
+    examples stream in a seeded shuffled order, and every optimizer step (`per_step` examples across the
+    accumulation window and processes) is filled only with examples whose predicted IG passes that step's
+    threshold; failing ones are passed over (`skipped`) and met again in the next pass. When no example
+    passes a step's threshold at all, the step takes the highest-scoring ones (`fallback_steps` counts it)
+    rather than looping forever. One epoch is as many examples as the dataset has."""
+
+    def __init__(self, scores: list[float], options: dict[str, Any], per_step: int, seed: int = 0):
+        self.scores = np.asarray(scores, dtype=np.float64)
+        self.options, self.per_step, self.seed = options, max(int(per_step), 1), seed
+        self.skipped = self.fallback_steps = self._epoch = 0
+        if options.get("units") == "std":
+            self._center, self._scale = float(self.scores.mean()), float(self.scores.std()) or 1.0
+        else:
+            self._center, self._scale = 0.0, 1.0
+
+    def threshold(self, step: int) -> float:
+        """The threshold of `step` in the column's values: `threshold` before `after_steps`, then `then`."""
+        o = self.options
+        t = float(o["threshold"] if step < int(o["after_steps"]) else o["then"])
+        return self._center + t * self._scale
+
+    def __len__(self) -> int:
+        return int(self.scores.size)
+
+    def __iter__(self):
+        rng = np.random.default_rng(self.seed + self._epoch)
+        start = self._epoch * len(self)
+        self._epoch += 1
+        queue: list[int] = []
+        for emitted in range(start, start + len(self)):
+            threshold = self.threshold(emitted // self.per_step)
+            if not (self.scores >= threshold).any():
+                if emitted % self.per_step == 0:
+                    self.fallback_steps += 1
+                yield int(np.argsort(-self.scores, kind="stable")[(emitted % self.per_step) % self.scores.size])
+                continue
+            while True:  # the next example of the stream that passes this step's threshold
+                if not queue:
+                    queue = rng.permutation(self.scores.size).tolist()
+                i = queue.pop()
+                if self.scores[i] >= threshold:
+                    yield i
+                    break
+                self.skipped += 1
+
+
 def check_columns(loss: TokenLoss, columns: set[str] | list[str]) -> None:
     """Raise a clear error when `loss` needs batch columns that are not there."""
     missing = [c for c in getattr(loss, "requires", ()) if c not in columns]
@@ -194,7 +243,6 @@ class TokenLossSFTTrainer(SFTTrainer):
         self.extra_columns = tuple(dict.fromkeys([*_EXAMPLE_COLUMNS, *getattr(self.token_loss, "requires", ()),
                                                   *given]))
         self.igf_filter = igf_filter
-        self.igf_filtered = 0  # examples skipped by the IGF filter so far
         self._window_counts: dict[str, torch.Tensor] | None = None
         self._window_stats: dict[str, torch.Tensor] | None = None
         self._micro = 0
@@ -220,6 +268,8 @@ class TokenLossSFTTrainer(SFTTrainer):
         super().__init__(*args, **kwargs)
         if self.train_dataset is not None and hasattr(self.train_dataset, "column_names"):
             check_columns(self.token_loss, self.train_dataset.column_names)
+        if igf_filter is not None:
+            self._igf_sampler = self._make_igf_sampler()
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
@@ -228,39 +278,39 @@ class TokenLossSFTTrainer(SFTTrainer):
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """Also sum the loss's normalizer counts over the accumulation window (like num_items_in_batch)."""
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
-        if self.igf_filter is not None and self.model.training:
-            if self._apply_igf_filter(batch_samples):  # normalizers count only the examples that take part
-                num_items_in_batch = self._get_num_items_in_batch(batch_samples, device)
+        if self.igf_filter is not None and self.model.training:  # the sampler filled the window: log it
+            step = self.state.global_step
+            self._metrics["train"]["igf_threshold"].append(self._igf_sampler.threshold(step))
+            self._metrics["train"]["igf_examples"].append(float(sum(len(b["input_ids"]) for b in batch_samples
+                                                                    if "input_ids" in b)))
         self._micro = 0
         self._window_counts = self._count_window(batch_samples, device)
         self._window_stats = self._window_nll_stats(batch_samples)
         return batch_samples, num_items_in_batch
 
     def igf_threshold(self, step: int) -> float:
-        """IGF's threshold at `step`: `threshold` before `after_steps`, `then` afterwards (1.0 then -1.0 in the paper)."""
-        f = self.igf_filter or {}
-        return float(f["threshold"] if step < int(f["after_steps"]) else f["then"])
+        """IGF's threshold at `step` in the column's own values (`units: std` converted)."""
+        return self._igf_sampler.threshold(step)
 
-    def _apply_igf_filter(self, batch_samples: list[dict]) -> int:
-        """IGF (arXiv 2010.00050): skip examples whose predicted IG is below this step's threshold.
+    @property
+    def igf_filtered(self) -> int:
+        """Examples the IGF filter passed over in the stream so far (they failed their step's threshold)."""
+        return self._igf_sampler.skipped if self.igf_filter is not None else 0
 
-        A skipped example gets `example_weight` 0 and all its labels ignored (-100), so it adds nothing
-        to the loss, its gradient or the window's token counts; returns how many were skipped.
-        """
-        threshold = self.igf_threshold(self.state.global_step)
-        dropped = 0
-        for batch in batch_samples:
-            if IGF_SCORE not in batch:
-                raise ValueError(f"train.igf_filter is on but the batch has no {IGF_SCORE!r} column")
-            keep = batch[IGF_SCORE] >= threshold
-            weight = batch.get(EXAMPLE_WEIGHT, torch.ones_like(batch[IGF_SCORE]))
-            batch[EXAMPLE_WEIGHT] = weight * keep.to(weight.dtype)
-            batch["labels"] = batch["labels"].masked_fill(~keep.to(batch["labels"].device)[:, None], -100)
-            dropped += int((~keep).sum())
-        self.igf_filtered += dropped
-        self._metrics["train"]["igf_skipped"].append(float(dropped))
-        self._metrics["train"]["igf_threshold"].append(threshold)
-        return dropped
+    def _get_train_sampler(self, train_dataset=None):
+        """With `igf_filter`: the IGF sampler, which fills every step with examples passing its threshold."""
+        if self.igf_filter is None:
+            return super()._get_train_sampler(train_dataset)
+        return self._igf_sampler
+
+    def _make_igf_sampler(self) -> IGFSampler:
+        dataset = self.train_dataset
+        if IGF_SCORE not in dataset.column_names:
+            raise ValueError(f"train.igf_filter is on but the dataset has no {IGF_SCORE!r} column")
+        a = self.args
+        return IGFSampler(dataset[IGF_SCORE], self.igf_filter,
+                          per_step=a.per_device_train_batch_size * a.gradient_accumulation_steps * a.world_size,
+                          seed=a.seed)
 
     def _window_nll_stats(self, batch_samples: list[dict]) -> dict[str, torch.Tensor] | None:
         """The loss's `window_stats` from detached token losses of every micro-batch (inputs masked as in training)."""
