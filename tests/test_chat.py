@@ -285,7 +285,7 @@ def test_ifd_on_chat_rows(tiny_model_dir):
     row = scores.row(0, named=True)
     assert row["ppl_conditioned"] == pytest.approx(math.exp(cond / n), rel=1e-4)
     assert row["ppl_answer"] == pytest.approx(math.exp(alone / m), rel=1e-4)
-    assert row["ifd"] == pytest.approx(math.exp(cond / n - alone / m), rel=1e-4)
+    assert row["ifd"] == pytest.approx((cond / n) / (alone / m), rel=1e-4)  # the default ratio: mean losses
     plain = pl.DataFrame([{"id": "s", "prompt": Q1, "response": A1, "source": "t", "domain": "t", "answer": None,
                            "messages": None, "meta": None}], schema=SCHEMA)
     same = get_scorer("ifd")(plain, ctx).row(0, named=True)  # a one-turn chat scores as its plain row
