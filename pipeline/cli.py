@@ -116,13 +116,16 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if bad_fields:
         raise ValueError(f"--field {bad_fields[0]}: use CANON=NAME, e.g. prompt=instruction")
     fields = dict(kv.split("=", 1) for kv in args.field or [])
+    from pipeline.core.runs import check_output
+    from pipeline.data.source import INGEST_MARKER
+
+    out = check_output(args.out, "--out", inputs=[args.source], folder=True, own_marker=INGEST_MARKER)
     try:
         examples, quarantine = ingest(args.source, domain=args.domain, fields=fields,
                                       max_chars=args.max_chars, strict=args.strict)
     except DataError as e:
         print(str(e), file=sys.stderr)
         return 1
-    out = Path(args.out)
     write_parquet(out / "examples.parquet", examples)
     write_parquet(out / "quarantine.parquet", quarantine)
     read = examples.height + quarantine.height
@@ -137,7 +140,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_study(report: dict) -> None:
+def _print_study(report: dict, width: int | None = None) -> None:
     """A study folder: its results table (the same one results.md holds)."""
     from rich.console import Console
     from rich.table import Table
@@ -156,10 +159,10 @@ def _print_study(report: dict) -> None:
             ci = f" [{lo:{fmt}}, {hi:{fmt}}]" if lo is not None and hi is not None else ""
             cells.append("" if v is None else f"{v:{fmt}}{ci}")
         table.add_row(*(Text(c) for c in cells))
-    Console(markup=False, emoji=False, highlight=False).print(table)
+    Console(markup=False, emoji=False, highlight=False, width=width).print(table)
 
 
-def _print_audit(report: dict) -> None:
+def _print_audit(report: dict, width: int | None = None) -> None:
     """An audit folder: AUROC of every score column per canary kind (the table results.md holds)."""
     from rich.console import Console
     from rich.table import Table
@@ -173,7 +176,7 @@ def _print_audit(report: dict) -> None:
     for r in report["rows"]:
         table.add_row(r["column"], r["kind"], f(r["auroc"]), f"[{f(r['lo'])}, {f(r['hi'])}]" if r["lo"] is not None
                       else "", r["direction"] or "", f(r["recall_at_budget"]), str(r["n"]))
-    Console(markup=False, emoji=False, highlight=False).print(table)
+    Console(markup=False, emoji=False, highlight=False, width=width).print(table)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -203,6 +206,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.desc and not args.sort:
         raise ValueError("--desc needs --sort COLUMN")
     ins.check_n(args.n)
+    ins.check_width(args.width)
     filters = {"where": args.where, "sort": args.sort, "descending": args.desc, "subset": args.subset}
     try:
         if args.list:
@@ -236,7 +240,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:
-        show(report)
+        show(report, width=args.width)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the self-contained HTML report of a run, data card, study or audit folder and print its path."""
+    from pipeline.reports.html import write_report
+
+    print(write_report(args.path, args.out))
     return 0
 
 
@@ -244,7 +256,7 @@ def cmd_regenerate(args: argparse.Namespace) -> int:
     """Recompute a data card's subset from the config it recorded; exit 1 unless it is identical."""
     from pipeline.flows.regenerate import regenerate
 
-    report = regenerate(args.card_dir, args.out, args.cache_dir)
+    report = regenerate(args.card_dir, args.out, args.cache_dir, allow_code=args.allow_code)
     print(json.dumps(report, indent=2))
     return 0 if report["identical"] else 1
 
@@ -298,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("-n", type=int, default=None,
                    help="rows to show: summary examples per side (3), listing rows (20), export rows (all)")
     n.add_argument("--json", action="store_true", help="machine-readable output")
+    n.add_argument("--width", type=int, metavar="N", help="table width in characters (default: the terminal's); "
+                                                          "prompt and response wrap side by side within it")
     n.add_argument("--list", action="store_true", help="list runs and data cards")
     n.add_argument("--output-dir", help="where --list looks for runs (default: runs)")
     n.add_argument("--cards-dir", help="where --list looks for data cards (default: data_cards)")
@@ -315,10 +329,20 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--force", action="store_true", help="let --export overwrite an existing file")
     n.set_defaults(fn=cmd_inspect)
 
+    h = sub.add_parser("report", help="write one self-contained HTML page of a run, data card, study or audit",
+                       description="Counts, score histograms with the rule's cut, and a sortable, searchable table "
+                                   "of the examples (study: results with CIs; audit: AUROC heat map). Opens from "
+                                   "disk: no network needed.")
+    h.add_argument("path", help="a run, data card, study or audit folder")
+    h.add_argument("--out", help="the HTML file to write (default: PATH/report.html)")
+    h.set_defaults(fn=cmd_report)
+
     g = sub.add_parser("regenerate", help="recompute a data card's subset and check it is identical")
     g.add_argument("card_dir", help="a data card directory (with card.json and subset.parquet)")
     g.add_argument("--out", required=True, help="folder for the regenerated run, cache and card")
     g.add_argument("--cache-dir", help="stage cache to use (default: a fresh one under --out: recompute all)")
+    g.add_argument("--allow-code", action="store_true",
+                   help="run a card whose recorded config names code (module:attr parts): only for cards you trust")
     g.set_defaults(fn=cmd_regenerate)
 
     a = sub.add_parser("assets", help="offline default assets")

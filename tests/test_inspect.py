@@ -103,9 +103,10 @@ def test_where_and_sort(runs, capsys):
     report = _json(capsys, a, "--where", "ppl < 5", "--sort", "ppl", "--desc")
     assert _ids(report) == ["e3", "e4", "e1", "e2"]
     assert (report["total"], report["matched"], report["shown"]) == (6, 4, 4)
-    assert report["columns"] == ["id", "kept", "weight", "reason", "nll", "ppl", "n_tokens", "prompt"]
+    assert report["columns"] == ["id", "kept", "weight", "reason", "nll", "ppl", "n_tokens", "prompt", "response"]
     assert report["rows"][1] == {"id": "e4", "kept": True, "weight": 0.5, "reason": "kept: lowest 0.5 by ppl; ppl=3.0",
-                                 "nll": 1.0, "ppl": 3.0, "n_tokens": 80, "prompt": "question e4"}
+                                 "nll": 1.0, "ppl": 3.0, "n_tokens": 80, "prompt": "question e4",
+                                 "response": "answer to e4"}
     assert _ids(_json(capsys, a, "--where", "ppl<5", "--sort", "ppl", "--desc", "--kept")) == ["e4", "e1", "e2"]
     assert _ids(_json(capsys, a, "--dropped", "--sort", "n_tokens")) == ["e5", "e3", "e6"]
     both = _json(capsys, a, "--where", "ppl >= 2", "--where", "n_tokens != 900", "--sort", "nll", "-n", "2")

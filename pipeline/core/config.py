@@ -15,7 +15,7 @@ import copy
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 import yaml
@@ -35,6 +35,17 @@ DEFAULT_OUTPUT_DIR = "runs"
 DEFAULT_CARDS_DIR = "data_cards"
 # Characters per prompt or response above which ingest quarantines a record as too long.
 DEFAULT_MAX_CHARS = 32_000
+# Upper bounds of keys that memory or time follow (a typo like n_train=1000000000 must not run the machine
+# out of memory): rows of a generated split or a subset, tokens of a sequence, tokens generated per answer,
+# rows per batch, optimizer steps, epochs, characters per field, seeds (numpy takes seeds below 2**32).
+MAX_ROWS = 1_000_000
+MAX_TOKENS = 131_072
+MAX_NEW_TOKENS = 32_768
+MAX_BATCH = 4096
+MAX_STEPS = 10_000_000
+MAX_EPOCHS = 1000
+MAX_CHARS = 10_000_000
+MAX_SEED = 2**32 - 1
 
 
 # A `data.dataset` entry; which rg: domains exist and which settings they take is checked when loading.
@@ -47,6 +58,36 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def check_path_component(value: str) -> str:
+    """`value` if it can name one folder (a run, a card, a recipe): no `/`, `\\`, `..`, leading `.` or NUL;
+    else a ValueError, since a name that becomes a path must never lead outside its folder."""
+    if not value or len(value) > 200 or any(c in value for c in "/\\\0") or value.startswith("."):
+        raise ValueError(f"{value[:80]!r} must be one plain folder name (no /, \\, NUL or leading ., "
+                         "at most 200 characters)")
+    return value
+
+
+# transformers' SchedulerType names; a name not listed here is looked up in transformers itself (newer versions).
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+              "warmup_stable_decay")
+
+
+def check_scheduler(name: str) -> str:
+    """`name` if transformers knows it as a learning-rate scheduler, else a ValueError listing the names."""
+    if name in SCHEDULERS:
+        return name
+    try:
+        from transformers.trainer_utils import SchedulerType
+
+        known = [s.value for s in SchedulerType]
+    except ImportError:
+        known = list(SCHEDULERS)
+    if name not in known:
+        raise ValueError(f"unknown learning-rate scheduler (transformers' names: {', '.join(known)})")
+    return name
+
+
 # ---------------------------------------------------------------------------------------------
 # Typed sections: the one default of every recipe key.
 
@@ -54,7 +95,7 @@ def cache_dir() -> Path:
 class Section(BaseModel):
     """A recipe section: unknown keys are errors, values are validated on assignment too."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # floats finite
 
 
 class NoiseSection(Section):
@@ -70,19 +111,20 @@ class DataSection(Section):
     # [;key=value...] (offline, e.g. rg:chain_sum;max_digits=1), or a list of them: a mixture whose rows carry
     # their domain and whose n_train / n_val / n_test are shared out over the domains (pipeline.data.math)
     dataset: str | list[str] = "gsm_symbolic"
-    n_train: int = Field(96, gt=0)
-    n_val: int = Field(16, gt=0)
-    n_test: int = Field(48, gt=0)
+    n_train: int = Field(96, gt=0, le=MAX_ROWS)
+    n_val: int = Field(16, gt=0, le=MAX_ROWS)
+    n_test: int = Field(48, gt=0, le=MAX_ROWS)
     subset: str | None = None  # the train flow's input: a data card folder or a parquet of examples
     # Your own data instead of `dataset` (pipeline.data.source): a JSONL/JSON/CSV/parquet file (.gz too),
     # a folder of them, a `pipeline ingest` output folder, a datasets.save_to_disk folder or a hub name.
     source: str | None = None
     split: str = "train"  # the split of a hub dataset `source`
-    fields: dict[str, str] = {}  # canonical name -> your field: prompt, response, messages, answer, domain, id
+    # canonical name -> your field: prompt, response, messages, answer, domain, id, weight (per-example loss weight)
+    fields: dict[str, str] = {}
     domain: str | None = None  # domain of records without one; None = the file name in a folder, else "default"
     validation: str | None = None  # optional held-out sources (same formats) for datamix / evaluation
     test: str | None = None
-    max_chars: int = Field(DEFAULT_MAX_CHARS, gt=0)  # longer prompts or responses are quarantined
+    max_chars: int = Field(DEFAULT_MAX_CHARS, gt=0, le=MAX_CHARS)  # longer prompts or responses are quarantined
     noise: NoiseSection | None = None  # benchmarks: e.g. {share: 0.3} corrupts 30% of the train split
 
     @pydantic.field_validator("dataset")
@@ -103,21 +145,21 @@ class DataSection(Section):
     @pydantic.field_validator("fields")
     @classmethod
     def _known_fields(cls, value: dict[str, str]) -> dict[str, str]:
-        unknown = sorted(set(value) - {"prompt", "response", "messages", "answer", "domain", "id"})
+        unknown = sorted(set(value) - {"prompt", "response", "messages", "answer", "domain", "id", "weight"})
         if unknown:
             raise ValueError(f"unknown canonical field {unknown[0]!r}: map prompt, response, messages, answer, "
-                             "domain or id to your field names")
+                             "domain, id or weight to your field names")
         return value
 
 
 class ScoreSection(Section):
     scorer: str | list[str] = "perplexity"  # a registered scorer, module:attr, or a list of them
     params: dict[str, Any] = {}  # the scorer's parameters; with a list, {scorer: {...}}
-    max_length: int = Field(DEFAULT_MAX_LENGTH, gt=0)  # tokens per example (prompt truncated from the left)
-    max_tokens: int | None = Field(None, gt=0)  # padded tokens per batch; None = 1024 on CPU, 16384 on GPU
-    shard_size: int = Field(1024, gt=0)  # rows per resumable shard
+    max_length: int = Field(DEFAULT_MAX_LENGTH, gt=0, le=MAX_TOKENS)  # tokens per example (prompt truncated from the left)
+    max_tokens: int | None = Field(None, gt=0, le=MAX_TOKENS * 64)  # padded tokens per batch; None = 1024 on CPU, 16384 on GPU
+    shard_size: int = Field(1024, gt=0, le=MAX_ROWS)  # rows per resumable shard
     executor: Literal["local", "ray"] = "local"
-    num_workers: int = Field(2, gt=0)  # Ray actors
+    num_workers: int = Field(2, gt=0, le=1024)  # Ray actors
 
 
 class MaskedThoughtSection(Section):
@@ -131,7 +173,7 @@ class MaskedThoughtSection(Section):
     p: float = Field(0.0, ge=0, le=1)  # rate at step 0
     cap: float = Field(0.4, ge=0, le=1)  # rate at the end of the ramp (0.4 GSM8K; 0.2 collator recipes)
     ramp_ratio: float = Field(0.66, ge=0, le=1)  # share of max_steps the ramp takes; 0 = constant cap
-    ramp_steps: int | None = Field(None, gt=0)  # absolute ramp length in steps; overrides ramp_ratio
+    ramp_steps: int | None = Field(None, gt=0, le=MAX_STEPS)  # absolute ramp length in steps; overrides ramp_ratio
     replace: Literal["random", "mask"] = "random"
 
     @pydantic.model_validator(mode="after")
@@ -145,8 +187,8 @@ class MaskedThoughtSection(Section):
 class LoraSection(Section):
     """LoRA through peft; the saved model is merged."""
 
-    r: int = Field(16, gt=0)
-    alpha: int = Field(32, gt=0)
+    r: int = Field(16, gt=0, le=MAX_BATCH)
+    alpha: int = Field(32, gt=0, le=1_000_000)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: str | list[str] = "all-linear"
 
@@ -165,8 +207,8 @@ class TokenLabelsSection(Section):
     fraction: float | None = Field(None, ge=0, le=1)  # rho (forgetting, 0.7) / keep (token_cleaning, 0.6)
     reference: str | None = None  # a reference model folder or id; wins over training one
     reference_data: str | None = None  # parquet (or data card folder) that trains ONE reference for all labels
-    folds: int = Field(2, ge=2)  # cross-fitting folds: reference i trains on the others, labels fold i
-    subset_size: int | None = Field(None, gt=0)  # examples each reference trains on (of those allowed); None = all
+    folds: int = Field(2, ge=2, le=100)  # cross-fitting folds: reference i trains on the others, labels fold i
+    subset_size: int | None = Field(None, gt=0, le=MAX_ROWS)  # examples each reference trains on (of those allowed); None = all
     lora: LoraSection | None = LoraSection()  # the reference is base + LoRA (r 16, alpha 32); null = full fine-tune
     reference_train: dict[str, Any] = {}  # other train settings of the reference (pipeline.training.reference)
 
@@ -181,7 +223,7 @@ class IgfFilterSection(Section):
 
     column: str = "information_gain"  # the score table's column of predicted IG
     threshold: float = Field(1.0, allow_inf_nan=False)  # threshold for steps < after_steps
-    after_steps: int = Field(10, ge=0)
+    after_steps: int = Field(10, ge=0, le=MAX_STEPS)
     then: float = Field(-1.0, allow_inf_nan=False)  # threshold from step after_steps on
     units: Literal["raw", "std"] = "raw"  # raw: the column's values; std: mean + t * std of the column
 
@@ -195,30 +237,46 @@ class TrainSection(Section):
     masked_thought: MaskedThoughtSection = MaskedThoughtSection()
     token_labels: TokenLabelsSection = TokenLabelsSection()
     igf_filter: IgfFilterSection | None = None  # e.g. {} for the reference schedule; None = off
-    epochs: float = Field(1, gt=0)
-    max_steps: int = -1  # > 0 overrides epochs
-    batch_size: int = Field(8, gt=0)
-    grad_accum: int = Field(1, gt=0)
+    epochs: float = Field(1, gt=0, le=MAX_EPOCHS)
+    max_steps: int = Field(-1, ge=-1, le=MAX_STEPS)  # > 0 overrides epochs; -1 = epochs
+    batch_size: int = Field(8, gt=0, le=MAX_BATCH)
+    grad_accum: int = Field(1, gt=0, le=MAX_BATCH)
     learning_rate: float = Field(5e-5, gt=0)
-    lr_scheduler: str = "cosine"
+    lr_scheduler: str = "cosine"  # a transformers SchedulerType name (checked)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     adam_beta2: float = Field(0.95, gt=0, lt=1)
-    max_length: int = Field(DEFAULT_MAX_LENGTH, gt=0)
+    max_length: int = Field(DEFAULT_MAX_LENGTH, gt=0, le=MAX_TOKENS)
     gradient_checkpointing: bool = False
-    logging_steps: int = Field(1, gt=0)
-    save_steps: int = Field(0, ge=0)  # > 0 writes checkpoints that a re-run resumes from
+    logging_steps: int = Field(1, gt=0, le=MAX_STEPS)
+    save_steps: int = Field(0, ge=0, le=MAX_STEPS)  # > 0 writes checkpoints that a re-run resumes from
     lora: LoraSection | None = None  # e.g. {r: 16, alpha: 32}; None = full fine-tune
     launcher: Literal["local", "accelerate", "torchrun"] = "local"
-    num_processes: int | None = Field(None, gt=0)  # default: the GPU count (1 on CPU)
+    num_processes: int | None = Field(None, gt=0, le=1024)  # default: the GPU count (1 on CPU)
     accelerate_config: str | None = None  # default: the shipped FSDP config
+    # training curves per step: tensorboard (copied into the run's tensorboard/), none, or wandb/mlflow/trackio
+    report_to: Literal["tensorboard", "none", "wandb", "mlflow", "trackio"] = "tensorboard"
+
+    @pydantic.field_validator("report_to")
+    @classmethod
+    def _logger_installed(cls, value: str) -> str:
+        import importlib.util
+
+        if value != "none" and importlib.util.find_spec(value) is None:
+            raise ValueError(f"{value} is not installed: `pip install {value}`, or set train.report_to=none")
+        return value
+
+    @pydantic.field_validator("lr_scheduler")
+    @classmethod
+    def _scheduler_name(cls, value: str) -> str:
+        return check_scheduler(value)
 
 
 class EvalSection(Section):
-    n_generate: int = Field(24, ge=0)  # greedy generations for accuracy (the slow part on CPU)
-    max_new_tokens: int = Field(160, gt=0)
-    batch_size: int = Field(32, gt=0)  # rows decoded together: 24 prompts in one batch ran 1.44x faster than batches of 12 (benchmarks/RESULTS.md)
-    max_length: int = Field(DEFAULT_MAX_LENGTH, gt=0)
+    n_generate: int = Field(24, ge=0, le=MAX_ROWS)  # greedy generations for accuracy (the slow part on CPU)
+    max_new_tokens: int = Field(160, gt=0, le=MAX_NEW_TOKENS)
+    batch_size: int = Field(32, gt=0, le=MAX_BATCH)  # rows decoded together: 24 prompts in one batch ran 1.44x faster than batches of 12 (benchmarks/RESULTS.md)
+    max_length: int = Field(DEFAULT_MAX_LENGTH, gt=0, le=MAX_TOKENS)
 
 
 class AuditSection(Section):
@@ -228,7 +286,7 @@ class AuditSection(Section):
     share: float = Field(0.1, gt=0, lt=1)  # canaries added, as a share of the pool's rows
     kinds: list[str] | None = None  # canary kinds; None = all (pipeline.data.canaries.KINDS)
     budget: float | None = Field(None, gt=0, lt=1)  # kept share for recall; None = what the recipe's selection kept
-    n_boot: int = Field(1000, ge=100)  # bootstrap replicates of each AUROC's interval
+    n_boot: int = Field(1000, ge=100, le=100_000)  # bootstrap replicates of each AUROC's interval
 
 
 class Recipe(Section):
@@ -237,7 +295,7 @@ class Recipe(Section):
     name: str
     description: str = ""
     flow: str = "sft_math"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     model: str = DEFAULT_MODEL  # offline default; any hub id or local folder works online
     output_dir: str = DEFAULT_OUTPUT_DIR
     cards_dir: str = DEFAULT_CARDS_DIR
@@ -250,11 +308,16 @@ class Recipe(Section):
     audit: AuditSection = AuditSection()
     recipe_file: str | None = None  # where it was loaded from (not part of any cache key)
     required: list[str] = []  # dotted keys a user must set for this recipe, e.g. [data.source]
-    data_seed: int | None = None  # seed of the data splits; None = `seed` (a study keeps one test split)
+    data_seed: int | None = Field(None, ge=0, le=MAX_SEED)  # seed of the data splits; None = `seed` (a study keeps one test split)
     # The study flow: seeds to repeat every variant with, and the variants (each a `name` plus overrides
     # of any section; the shared sections above are the baseline: see pipeline/flows/study.py).
-    seeds: list[int] | None = None
-    variants: list[dict[str, Any]] | None = None
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] | None = Field(None, max_length=1000)
+    variants: list[dict[str, Any]] | None = Field(None, max_length=1000)
+
+    @pydantic.field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        return check_path_component(value)
 
     @property
     def split_seed(self) -> int:
@@ -277,8 +340,54 @@ def recipe_dirs() -> list[Path]:
     return [d for d in dict.fromkeys(dirs) if d.is_dir()]
 
 
+# Bounds of any YAML read (recipes, --set values, a run's config.yaml): nesting depth and the number of
+# nodes once every alias is expanded (a few hundred bytes of nested aliases would otherwise grow to gigabytes).
+YAML_MAX_DEPTH = 100
+YAML_MAX_NODES = 100_000
+
+
 class _Loader(yaml.SafeLoader):
-    """YAML with 1.2 numbers: `1e1` and `5e-5` are floats, not strings as in YAML 1.1."""
+    """YAML with 1.2 numbers (`1e1` and `5e-5` are floats, not strings as in YAML 1.1), bounded in nesting
+    depth and in alias expansion: beyond either, a YAMLError saying which bound, never a RecursionError."""
+
+    def __init__(self, stream: Any):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > YAML_MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {YAML_MAX_DEPTH} levels",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_document(self) -> Any:
+        node = super().compose_document()
+        _expanded_size(node, {}, set())
+        return node
+
+
+def _expanded_size(node: Any, sizes: dict[int, int], open_: set[int]) -> int:
+    """Nodes in `node` with every alias expanded (memoized, so aliases cost nothing to count); a ComposerError
+    beyond YAML_MAX_NODES or for an alias inside its own anchor. Depth is already bounded by the composer."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_:
+        raise yaml.composer.ComposerError(None, None, "an alias refers to a node that contains it", node.start_mark)
+    open_.add(key)
+    children = node.value if isinstance(node.value, list) else []
+    flat = [c for pair in children for c in pair] if isinstance(node, yaml.MappingNode) else children
+    total = 1 + sum(_expanded_size(c, sizes, open_) for c in flat)
+    open_.discard(key)
+    if total > YAML_MAX_NODES:
+        raise yaml.composer.ComposerError(None, None, f"expands to more than {YAML_MAX_NODES} values once its "
+                                                      "aliases are expanded", node.start_mark)
+    sizes[key] = total
+    return total
 
 
 _Loader.add_implicit_resolver(
@@ -310,11 +419,16 @@ def find_recipe(name: str) -> Path:
     path = Path(name)
     if path.suffix in {".yaml", ".yml"} and path.exists():
         return path
-    for d in recipe_dirs():
+    for d in recipe_dirs() if "/" not in name and "\\" not in name and not name.startswith(".") else []:
         for suffix in (".yaml", ".yml"):
             candidate = d / f"{name}{suffix}"
             if candidate.exists():
                 return candidate
+    try:
+        check_path_component(name)
+    except ValueError:
+        raise FileNotFoundError(f"no recipe file {name!r} (a recipe is a name from `pipeline recipes` or a "
+                                ".yaml file)") from None
     known = ", ".join(sorted(r["name"] for r in list_recipes())) or "none"
     raise FileNotFoundError(f"no recipe named {name!r} (known: {known})")
 
@@ -342,7 +456,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         parsed = yaml_load(value) if value.strip() else ""
     except yaml.YAMLError as err:
-        raise ConfigError(key.strip(), f"value {value!r} is not valid YAML "
+        shown = value if len(value) <= 80 else value[:77] + "..."
+        raise ConfigError(key.strip(), f"value {shown!r} is not valid YAML "
                                        f"({getattr(err, 'problem', None) or 'parse error'})") from None
     return keys, parsed
 

@@ -56,8 +56,49 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+# ---------------------------------------------------------------------------------------------
+# Bounded JSON: a value nested deeper than this (a card, a record, a marker) is refused, never a RecursionError.
+
+MAX_DEPTH = 100
+
+
+def nesting_depth(value: Any) -> int:
+    """How deep lists and objects nest in a parsed JSON value (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if depth > MAX_DEPTH:
+            break
+        stack.extend((c, depth + 1) for c in children)
+    return deepest
+
+
+def check_depth(value: Any) -> Any:
+    """`value` when it nests at most MAX_DEPTH levels, else a ValueError saying so."""
+    if nesting_depth(value) > MAX_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+    return value
+
+
+def loads(text: str) -> Any:
+    """`json.loads` bounded in nesting depth: too deep is a ValueError, not a RecursionError."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from None
+    return check_depth(value)
+
+
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """A JSON file (bounded nesting); a syntax error or too deep a value is a ValueError naming the file."""
+    try:
+        return loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{path}: not readable JSON: {e}") from None
 
 
 def write_parquet(path: str | Path, df: pl.DataFrame) -> Path:

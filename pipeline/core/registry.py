@@ -108,7 +108,7 @@ def _param_model(cls: type):
         hints = {}
     fields = {p.name: (hints.get(p.name, Any), ... if p.default is p.empty else p.default)
               for p in _init_params(cls)}
-    config = pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    config = pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True, allow_inf_nan=False)  # floats finite
     return pydantic.create_model(f"{cls.__name__}Params", __config__=config, **fields)
 
 

@@ -1,7 +1,8 @@
 """The canonical SFT example table, its readers and validation.
 
 Every example is a row of `SCHEMA`: a content-hash `id`, `prompt`, `response`, `source`, `domain`,
-optional gold `answer`, optional chat `messages` (strict JSON) and free `meta` (strict JSON).
+optional gold `answer`, optional chat `messages` (strict JSON) and free `meta` (strict JSON); `ingest`
+adds `data_weight` when a record carries a loss weight (`pipeline.data.weights`).
 Readers turn JSON Lines, JSON, CSV/TSV (each optionally .gz/.bz2/.xz), parquet, a folder of such
 files, a `datasets` name or folder, or the bundled math data into (examples, quarantine) where the
 quarantine holds every rejected record with its line, field, reason and raw text (plus its exact
@@ -27,6 +28,8 @@ from typing import Any
 import polars as pl
 
 from pipeline.core.config import DEFAULT_MAX_CHARS
+from pipeline.core.io import MAX_DEPTH, nesting_depth
+from pipeline.data.weights import DATA_WEIGHT, chat_weight_problem, parse_weight
 
 SCHEMA: dict[str, pl.DataType] = {
     "id": pl.String,
@@ -154,6 +157,10 @@ class Validator:
                 rec = json.loads(raw.text)
             except json.JSONDecodeError as e:
                 return bad("*", f"bad_json: {e.msg} at column {e.colno}")
+            except RecursionError:
+                return bad("*", f"bad_json: nested deeper than {MAX_DEPTH} levels")
+        if problem := _json_problem(rec):
+            return bad("*", problem)
         if not isinstance(rec, dict):
             return bad("*", f"not_object: expected a JSON object, got {type(rec).__name__}")
         rec = self.rename(rec)
@@ -164,6 +171,8 @@ class Validator:
             chat = _chat(rec[chat_key])
             if isinstance(chat, str):
                 return bad(chat_key, chat)
+            if problem := chat_weight_problem(chat):  # a turn's loss_weight (pipeline.data.weights)
+                return bad(chat_key, problem)
             prompt, response = _chat_summary(chat)
             rec = {**{k: v for k, v in rec.items() if k != chat_key}, "prompt": prompt, "response": response,
                    "messages": chat}
@@ -192,13 +201,19 @@ class Validator:
                 return bad(chat_key or name, f"too_long: {len(value)} chars > max_chars={self.max_chars}")
             values[canon] = value
 
+        weight_field = self.fields.get("weight", "weight")  # the per-example loss weight (pipeline.data.weights)
+        data_weight = None if rec.get(weight_field) is None else parse_weight(rec[weight_field])
+        if isinstance(data_weight, str):
+            return bad(weight_field, f"bad_weight: {weight_field} {data_weight}")
+        if data_weight == 0:
+            return bad(weight_field, f"zero_weight: {weight_field} is 0, nothing of this example to train")
         ex_id = example_id(values["prompt"], values["response"], chat)
         if ex_id in self.seen:
             same = "conversation" if chat else "prompt and response"
             return bad("id", f"duplicate_id: {ex_id} (same {same} seen before)")
         self.seen.add(ex_id)
         answer = rec.get(self.fields.get("answer", "answer"))
-        meta = {k: v for k, v in rec.items() if k not in {"prompt", "response", "messages", *merged}}
+        meta = {k: v for k, v in rec.items() if k not in {"prompt", "response", "messages", weight_field, *merged}}
         row = {
             "id": ex_id,
             "prompt": values["prompt"],
@@ -208,8 +223,31 @@ class Validator:
             "answer": None if answer is None else str(answer),
             "messages": _dumps(chat) if chat is not None else None,
             "meta": _dumps(meta) if meta else None,
+            DATA_WEIGHT: data_weight,
         }
         return row, None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _json_problem(value: Any) -> str | None:
+    """Why a parsed record cannot be kept as text: nested deeper than MAX_DEPTH, or a string holding a lone
+    surrogate (`"\\ud800"` is valid JSON but not Unicode text); None when it is fine. Walks without recursion."""
+    if nesting_depth(value) > MAX_DEPTH:
+        return f"bad_json: nested deeper than {MAX_DEPTH} levels"
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            if _SURROGATE.search(node):
+                return "bad_json: a string holds a lone surrogate escape (\\ud800-\\udfff), which is not Unicode text"
+        elif isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return None
 
 
 def _jsonable(value: Any) -> Any:
@@ -267,6 +305,8 @@ def _chat(messages: Any) -> list[dict] | str:
             return f"unknown_role: turn {i} has role {m[role_key]!r}; known: {', '.join(CHAT_ROLES)}"
         if not isinstance(m[content_key], str):
             return f"wrong_type: turn {i}: content must be a string, got {type(m[content_key]).__name__}"
+        if role != "system" and not m[content_key].strip():
+            return f"empty_field: turn {i} ({role}) has empty content"
         extra = {k: v for k, v in m.items() if k not in (role_key, content_key)}
         turns.append({"role": role, "content": m[content_key], **extra})
     if not any(t["role"] == "assistant" for t in turns):
@@ -375,12 +415,20 @@ def _walk_array(source: str, text: str, pos: int, lines: _Lines) -> tuple[list[R
     while not text.startswith("]", pos):
         try:
             record, end = _DECODER.raw_decode(text, pos)
+        except RecursionError:  # too deep for the decoder: skip exactly this element when its brackets close
+            end = _value_end(text, pos)
+            rest = "" if end is not None else "; the rest of the file is this one record"
+            raws.append(_span_raw(source, lines.at(pos), text[pos:end], error=f"bad_json: nested deeper than "
+                                                                                f"{MAX_DEPTH} levels{rest}"))
+            if end is None:
+                return raws, len(text), False
         except json.JSONDecodeError as e:
             line = lines.at(pos)
             reason = f"bad_json: {e.msg} at line {lines.at(e.pos)}; the rest of the file is this one record"
             raws.append(_span_raw(source, line, text[pos:], error=reason))
             return raws, len(text), False
-        raws.append(_span_raw(source, lines.at(pos), text[pos:end], record=record))
+        else:
+            raws.append(_span_raw(source, lines.at(pos), text[pos:end], record=record))
         pos = _space(text, end)
         if text.startswith(",", pos):
             pos = _space(text, pos + 1)  # a trailing comma before ']' is forgiven
@@ -391,6 +439,26 @@ def _walk_array(source: str, text: str, pos: int, lines: _Lines) -> tuple[list[R
             raws.append(_span_raw(source, line, text[pos:], error=reason))
             return raws, len(text), False
     return raws, pos + 1, True
+
+
+def _value_end(text: str, pos: int) -> int | None:
+    """End of the JSON array or object starting at `pos`, by its brackets (strings skipped), without
+    recursion; None when they never close."""
+    depth, i, n = 0, pos, len(text)
+    while i < n:
+        c = text[i]
+        if c == '"':
+            i += 1
+            while i < n and text[i] != '"':
+                i += 2 if text[i] == "\\" else 1
+        elif c in "[{":
+            depth += 1
+        elif c in "]}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return None
 
 
 def _records_key(source: str, obj: dict, split: str) -> str | None:
@@ -437,8 +505,8 @@ def _json_document(source: str, data: bytes, split: str) -> list[Raw] | None:
         return None
     try:
         obj, end = _DECODER.raw_decode(text, start)
-    except json.JSONDecodeError:
-        return None  # e.g. JSON Lines whose first line is broken
+    except (json.JSONDecodeError, RecursionError):
+        return None  # e.g. JSON Lines whose first line is broken (or too deep): read line by line
     if text[end:].strip():
         return None  # one object per line
     key = _records_key(source, obj, split)
@@ -490,7 +558,7 @@ def _reader(path: Path, split: str) -> Callable[[], Iterator[Raw]] | None:
     if fmt in CSV_SEPARATORS:
         return lambda: iter_csv(path, CSV_SEPARATORS[fmt])
     if fmt == ".parquet" and compression is None:
-        return lambda: iter_rows(str(path), pl.read_parquet(path).iter_rows(named=True))
+        return lambda: iter_rows(str(path), pl.read_parquet(path, glob=False).iter_rows(named=True))
     return None
 
 
@@ -509,9 +577,21 @@ def _looks_like_path(source: str) -> bool:
 
 
 def _iter_folder(path: Path, split: str) -> Iterator[Raw]:
-    """Records of every data file in a folder, file by file in name order (hidden files skipped)."""
-    readers = [r for p in sorted(path.iterdir())
-               if p.is_file() and not p.name.startswith(".") and (r := _reader(p, split)) is not None]
+    """Records of every data file in a folder and its subfolders, file by file in path order (hidden files
+    and folders skipped); files of a format the readers do not take are named on stderr as skipped."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    readers, skipped = [], []
+    for p in files:
+        read = _reader(p, split)
+        (readers if read is not None else skipped).append(read or p)
+    if skipped:
+        import sys
+
+        shown = ", ".join(str(p.relative_to(path)) for p in skipped[:10])
+        more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+        print(f"[pipeline] note: {path}: skipped {len(skipped)} file(s) not in a readable format: {shown}{more} "
+              f"(supported: {FORMATS})", file=sys.stderr, flush=True)
     if not readers:
         raise ValueError(f"{path}: a folder with no data files; supported: {FORMATS}")
     for read in readers:
@@ -566,6 +646,7 @@ def ingest(
     validate = Validator(source=str(source), domain=domain or "default", fields=fields or {}, max_chars=max_chars)
     per_file = Path(source).is_dir() and not _is_saved_dataset(Path(source))
     rows, bad_rows, frames = [], [], []
+    schema = {**SCHEMA, DATA_WEIGHT: pl.Float64}  # the column is dropped again when no record has a weight
     for raw in iter_source(source, split):
         if per_file:  # a folder of files: each example's source names its own file (and its domain)
             validate.source = raw.source
@@ -579,10 +660,12 @@ def ingest(
         else:
             rows.append(row)
             if len(rows) == INGEST_CHUNK:  # columnar every chunk: Python dicts of 1M rows would not fit 4 GB
-                frames.append(pl.DataFrame(rows, schema=SCHEMA))
+                frames.append(pl.DataFrame(rows, schema=schema))
                 rows = []
-    frames += [pl.DataFrame(rows, schema=SCHEMA)] if rows else []
+    frames += [pl.DataFrame(rows, schema=schema)] if rows else []
     examples = pl.concat(frames, rechunk=True) if frames else empty_examples()
+    if DATA_WEIGHT in examples.columns and examples.get_column(DATA_WEIGHT).null_count() == examples.height:
+        examples = examples.drop(DATA_WEIGHT)
     quarantine = pl.DataFrame(bad_rows, schema=QUARANTINE_SCHEMA) if bad_rows else empty_quarantine()
     return examples, quarantine
 

@@ -23,6 +23,7 @@ from pipeline.data.examples import (
     empty_quarantine,
     ingest,
 )
+from pipeline.data.weights import DATA_WEIGHT
 
 INGEST_MARKER = "ingest.json"  # written by `pipeline ingest --out FOLDER`
 
@@ -58,8 +59,9 @@ def read_source(source: str, *, split: str = "train", fields: dict[str, str] | N
     path = Path(source)
     if is_ingest_output(path):
         info = json.loads((path / INGEST_MARKER).read_text())
-        examples = pl.read_parquet(path / "examples.parquet").select(list(SCHEMA))
-        quarantine = (pl.read_parquet(path / "quarantine.parquet") if (path / "quarantine.parquet").exists()
+        examples = pl.read_parquet(path / "examples.parquet", glob=False)
+        examples = examples.select([*SCHEMA, *([DATA_WEIGHT] if DATA_WEIGHT in examples.columns else [])])
+        quarantine = (pl.read_parquet(path / "quarantine.parquet", glob=False) if (path / "quarantine.parquet").exists()
                       else empty_quarantine())
         return examples, quarantine, int(info.get("read", examples.height + quarantine.height))
     options: dict[str, Any] = {"fields": fields or {}, "domain": domain, "split": split}

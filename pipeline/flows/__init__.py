@@ -4,6 +4,11 @@ With no server configured, Prefect starts a temporary local server per process (
 subprocess, SQLite under $PREFECT_HOME); offline it would log telemetry errors, so analytics are off
 unless the user set them, and the server is made to exit with the process that started it, even
 when that process is killed with SIGKILL.
+
+A recipe's `flow:` names one of the registered flows below, never a user's module; but a recipe may name
+any part (scorer, rule, loss, column provider) as `module:attr`, and that imports and runs the module's
+code with the user's rights, so a recipe is trusted code. A data card's recorded recipe is not:
+`pipeline regenerate` refuses one that names code unless `--allow-code` (`pipeline.flows.regenerate`).
 """
 
 from __future__ import annotations

@@ -107,7 +107,10 @@ def smollm2_dir() -> Path:
     """
     out = cache_dir() / "models" / "SmolLM2-135M-Instruct"
     if (out / "config.json").exists() and (out / "model.safetensors").exists():
-        return out
+        if safetensors_complete(out / "model.safetensors"):
+            return out
+        print(f"[sft-pipeline] {out / 'model.safetensors'} is incomplete (truncated or damaged); converting "
+              "again", file=sys.stderr, flush=True)
     gguf_dir = ensure("smollm2")
     gguf_file = next(gguf_dir.glob("*.gguf"))
     print(f"[sft-pipeline] converting {gguf_file.name} to {out} (once)", file=sys.stderr, flush=True)
@@ -133,6 +136,20 @@ def smollm2_dir() -> Path:
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
     return out
+
+
+def safetensors_complete(path: Path) -> bool:
+    """True when a .safetensors file is as long as its header says (a truncated copy is shorter)."""
+    import json
+
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n)) if 0 < n < 100 * 2**20 else None
+        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+        return path.stat().st_size == 8 + n + max(ends, default=0)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError):
+        return False
 
 
 def minilm_dir() -> Path:

@@ -3,7 +3,9 @@
 Scorers, trainers and evaluation all tokenize through `encode_examples`, so a score, a training
 label and an evaluation NLL always refer to the same tokens. A row with a `messages` chat is
 rendered whole by the model's chat template and its completion mask covers every assistant turn;
-a row without one is its `prompt` and `response` (see `encode_example` and `encode_chat`).
+a row without one is its `prompt` and `response` (see `encode_example` and `encode_chat`). A chat turn's
+`loss_weight` (`pipeline.data.weights`) is applied here, once for every user: 0 takes the turn out of the
+mask, another value comes back per token as the encoding's `loss_weight` (training's `token_weight`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import polars as pl
 import torch
 
 from pipeline.core.hashing import model_revision
+from pipeline.data.weights import TURN_WEIGHT, turn_weight
 from pipeline.models.assets import resolve_model
 
 
@@ -157,8 +160,10 @@ def generation_prompts(df: pl.DataFrame) -> list[str | list[dict]]:
 
 
 def response_texts(df: pl.DataFrame) -> list[list[str]]:
-    """Per row the texts that carry loss: `[response]`, or the content of every assistant turn of a chat."""
-    return [[response] if chat is None else [m["content"] for m in chat if m["role"] == "assistant"]
+    """Per row the texts that carry loss: `[response]`, or the content of every assistant turn of a chat
+    (but those with `loss_weight` 0)."""
+    return [[response] if chat is None else [m["content"] for i, m in enumerate(chat)
+                                             if m["role"] == "assistant" and turn_weight(m, i) > 0]
             for response, chat in zip(_column(df, "response"), chat_column(df), strict=True)]
 
 
@@ -209,12 +214,13 @@ def chat_segments(tokenizer: Any, messages: list[dict]) -> list[tuple[str, bool]
     return [(text, assistant) for text, assistant in pieces if text]
 
 
-def _truncate(ids: list[int], mask: list[int], max_length: int | None) -> dict:
+def _truncate(ids: list[int], mask: list[int], max_length: int | None, weights: list[float] | None = None) -> dict:
     """Cut a sequence that ends on its last assistant token to `max_length` from the left.
 
     As `encode_example` does for prompt + response: the last assistant turn is kept whole when it fits
     with at least one token before it (earlier tokens are dropped first), else that one token and the
-    head of the turn are kept, so a row keeps response tokens whenever max_length >= 2.
+    head of the turn are kept, so a row keeps response tokens whenever max_length >= 2. Per-token
+    `weights` (the turns' loss weights) are cut with them and returned as `loss_weight`.
     """
     if max_length is not None and len(ids) > max_length:
         start = len(mask)
@@ -222,7 +228,17 @@ def _truncate(ids: list[int], mask: list[int], max_length: int | None) -> dict:
             start -= 1  # start of the last run of assistant tokens
         cut = len(ids) - max_length if len(ids) - start <= max_length - 1 else max(start - 1, 0)
         ids, mask = ids[cut: cut + max_length], mask[cut: cut + max_length]
-    return {"input_ids": ids, "completion_mask": mask}
+        weights = None if weights is None else weights[cut: cut + max_length]
+    return {"input_ids": ids, "completion_mask": mask, **({TURN_WEIGHT: weights} if weights is not None else {})}
+
+
+def _turn_runs(mask: list[int]) -> list[int]:
+    """For each token, the index of the run of assistant tokens it is in (-1 outside the mask)."""
+    out, run = [], -1
+    for i, m in enumerate(mask):
+        run += bool(m and (i == 0 or not mask[i - 1]))
+        out.append(run if m else -1)
+    return out
 
 
 def encode_chat(tokenizer: Any, messages: list[dict], max_length: int | None = None) -> dict:
@@ -235,22 +251,38 @@ def encode_chat(tokenizer: Any, messages: list[dict], max_length: int | None = N
     end-of-turn token(s), never system or user turns or role headers; tokens after the last assistant
     turn carry no loss and are dropped, and `_truncate` cuts from the left. A single user turn and
     reply give exactly `encode_example`'s ids and mask when the end-of-turn token is the eos token.
+
+    Turn weights: an assistant turn with `loss_weight` 0 leaves the mask (as if it were context); when a
+    kept turn's weight is not 1 the result also has `loss_weight`, each token's turn weight (1 off the mask).
     """
+    weights = [turn_weight(m, i) for i, m in enumerate(messages) if m["role"] == "assistant"]
     template = getattr(tokenizer, "chat_template", None)
     if isinstance(template, str) and GENERATION_MARKER.search(template):
         out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
                                             return_assistant_tokens_mask=True)
         ids, mask = list(out["input_ids"]), [int(m) for m in out["assistant_masks"]]
+        turn = _turn_runs(mask)
     else:
-        ids, mask = [], []
+        ids, mask, turn, k = [], [], [], -1
         for text, assistant in chat_segments(tokenizer, messages):
             piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+            k += assistant
             ids += piece
             mask += [int(assistant)] * len(piece)
+            turn += [k if assistant else -1] * len(piece)
     if 1 not in mask:
         raise ValueError("no assistant tokens: the chat template marks none of the assistant turns")
+    if any(w != 1.0 for w in weights):
+        if max(turn) + 1 != len(weights):
+            raise ValueError(f"{TURN_WEIGHT}: the template's assistant tokens fall into {max(turn) + 1} runs for "
+                             f"{len(weights)} assistant turns, so each turn's weight cannot be placed")
+        token_weights = [weights[k] if k >= 0 else 1.0 for k in turn]
+        mask = [int(m and w > 0) for m, w in zip(mask, token_weights, strict=True)]
+        if 1 not in mask:
+            raise ValueError(f"zero_weight: every assistant turn has {TURN_WEIGHT} 0, nothing to train")
     last = len(mask) - mask[::-1].index(1)
-    return _truncate(ids[:last], mask[:last], max_length)
+    kept = any(w not in (0.0, 1.0) for w in weights)  # 0 is the mask's; only other values need a column
+    return _truncate(ids[:last], mask[:last], max_length, token_weights[:last] if kept else None)
 
 
 def encode_examples(tokenizer: Any, df: pl.DataFrame, max_length: int | None = None) -> list[dict]:

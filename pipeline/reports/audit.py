@@ -104,4 +104,4 @@ def audit_report(folder: str | Path) -> dict[str, Any]:
     if not (folder / TABLE).is_file():
         raise FileNotFoundError(f"{folder / TABLE} not found: not an audit folder")
     meta = read_json(folder / META) if (folder / META).is_file() else {}
-    return {"folder": str(folder), "meta": meta, "rows": pl.read_parquet(folder / TABLE).to_dicts()}
+    return {"folder": str(folder), "meta": meta, "rows": pl.read_parquet(folder / TABLE, glob=False).to_dicts()}

@@ -8,7 +8,6 @@ subset.parquet) is accepted.
 
 from __future__ import annotations
 
-import json
 import math
 import operator
 import os
@@ -21,8 +20,9 @@ from typing import Any
 import polars as pl
 import yaml
 
-from pipeline.core.config import DEFAULT_CARDS_DIR, DEFAULT_OUTPUT_DIR
-from pipeline.core.io import atomic_path
+from pipeline.core.config import DEFAULT_CARDS_DIR, DEFAULT_OUTPUT_DIR, yaml_load
+from pipeline.core.io import atomic_path, loads
+from pipeline.core.runs import check_output
 
 FRONT = ("id", "kept", "weight", "reason")
 NESTED = (pl.List, pl.Array, pl.Struct, pl.Object)
@@ -77,7 +77,7 @@ def _read_text(path: Path) -> str:
 def _read_yaml(path: Path) -> dict[str, Any]:
     """A YAML mapping (empty file: {}); invalid YAML or a non-mapping is an error naming the file."""
     try:
-        data = yaml.safe_load(_read_text(path))
+        data = yaml_load(_read_text(path))  # bounded in depth and alias expansion
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -92,8 +92,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def _read_json(path: Path) -> dict[str, Any]:
     """A JSON object; truncated JSON or a non-object is an error naming the file."""
     try:
-        data = json.loads(_read_text(path))
-    except json.JSONDecodeError as e:
+        data = loads(_read_text(path))  # bounded in depth
+    except ValueError as e:
         raise InspectError(f"{path}: invalid JSON: {e}") from None
     if not isinstance(data, dict):
         raise InspectError(f"{path}: expected a JSON object, got {type(data).__name__}")
@@ -258,7 +258,7 @@ def inspect_run(run_dir: str | Path, n: int = 3) -> dict[str, Any]:
     report["scores"] = {c: {"kept": _describe(kept.get_column(c)), "dropped": _describe(dropped.get_column(c))}
                         for c in numeric}
     report["drop_reasons"] = _reason_counts(dropped)
-    show = [c for c in ("id", "reason", "weight", *numeric[:2], "prompt") if c in table.columns]
+    show = [c for c in ("id", "reason", "weight", *numeric[:2], "prompt", "response") if c in table.columns]
     report["kept_examples"] = kept.head(n).select(show).to_dicts()
     report["dropped_examples"] = dropped.head(n).select(show).to_dicts()
     return report
@@ -269,7 +269,8 @@ def _inspect_card(card: Path, n: int) -> dict[str, Any]:
     facts = _read_json(card / "card.json")
     table = load_table(card)
     kept, dropped_rows = table.filter(pl.col("kept")), table.filter(~pl.col("kept"))
-    show = [c for c in ("id", "reason", "weight", *score_columns(table)[:2], "prompt") if c in table.columns]
+    show = [c for c in ("id", "reason", "weight", *score_columns(table)[:2], "prompt", "response")
+            if c in table.columns]
     counts = {"read": None, "kept": kept.height, "dropped": None, **_dict(facts.get("counts"))}
     dropped = _dict(facts.get("examples")).get("dropped")
     return {
@@ -400,7 +401,7 @@ def query_report(
     n: int | None = 20,
     columns: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """The first `n` examples matching the filters, with id, kept, weight, reason, scores and prompt."""
+    """The first `n` examples matching the filters, with id, kept, weight, reason, scores, prompt and response."""
     check_n(n)
     table = load_table(path)
     rows = select_examples(table, where, sort, descending, subset)
@@ -410,7 +411,7 @@ def query_report(
             raise InspectError(f"--columns: no column {', '.join(missing)}; columns: {', '.join(table.columns)}")
         show = list(dict.fromkeys(["id", *columns]))
     else:
-        show = [c for c in (*FRONT, *score_columns(table), "prompt") if c in table.columns]
+        show = [c for c in (*FRONT, *score_columns(table), "prompt", "response") if c in table.columns]
     shown = rows if n is None else rows.head(n)
     return {"source": str(path), "where": list(where), "sort": sort, "descending": descending, "subset": subset,
             "total": table.height, "matched": rows.height, "shown": shown.height, "columns": show,
@@ -488,8 +489,9 @@ def _minus(x: float | None, y: float | None) -> float | None:
 # --- export ------------------------------------------------------------------------------------
 
 
-def check_export_target(out: str | Path, force: bool = False) -> Path:
-    """Refuse an export that would write into a run or data card folder, or overwrite a file without `force`.
+def check_export_target(out: str | Path, force: bool = False, inputs: Sequence[str | Path] = ()) -> Path:
+    """Refuse an export into a run or data card folder, over the command's `inputs`, or over a file without
+    `force`: the one output guard every command shares (`pipeline.core.runs.check_output`).
 
     A run's own files (selection.parquet, ...) are its record: `--kept --export RUN/selection.parquet`
     must not silently replace them.
@@ -497,19 +499,7 @@ def check_export_target(out: str | Path, force: bool = False) -> Path:
     out = Path(out)
     if out.suffix.lower() not in {".parquet", ".jsonl", ".ndjson"}:
         raise InspectError(f"--export {out}: use a .parquet, .jsonl or .ndjson file name")
-    folder = out.resolve().parent
-    for parent in (folder, *folder.parents):
-        if is_run(parent) or is_card(parent):
-            kind = "run" if is_run(parent) else "data card"
-            raise InspectError(f"--export {out}: {parent} is a {kind} folder; write the export outside it")
-    existing = next((p for p in (out.parent.absolute(), *out.parent.absolute().parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise InspectError(f"--export {out}: {existing} is a file, not a folder")
-    if out.is_dir():
-        raise InspectError(f"--export {out}: is a folder")
-    if out.exists() and not force:
-        raise InspectError(f"--export {out}: file exists; pass --force to overwrite it")
-    return out
+    return check_output(out, "--export", inputs=inputs, force=force)
 
 
 def export_table(table: pl.DataFrame, out: str | Path, force: bool = False) -> dict[str, Any]:
@@ -539,7 +529,7 @@ def export_report(
 ) -> dict[str, Any]:
     """Filter and sort a run's or card's joined table as `query_report` does and write all its columns."""
     check_n(n)
-    check_export_target(out, force)  # before reading: a refused target fails fast
+    check_export_target(out, force, inputs=[path])  # before reading: a refused target fails fast
     rows = select_examples(load_table(path), where, sort, descending, subset)
     return {"source": str(path), **export_table(rows if n is None else rows.head(n), out, force)}
 
@@ -640,11 +630,22 @@ def _rule(select: Any) -> str:
     return str(select or "")
 
 
-def _console() -> Any:
-    """A console that prints strings literally (no markup, no :emoji: codes)."""
+TEXTS = ("prompt", "response")  # long text columns: wrapped side by side over the width the others leave
+TEXT_SHOWN = 600  # characters of a prompt or response shown in a table row (`--id` shows all)
+
+
+def check_width(width: int | None) -> None:
+    """Refuse a terminal width too narrow to show a table (`--width`)."""
+    if width is not None and width < 40:
+        raise InspectError(f"--width {width}: must be 40 or more")
+
+
+def _console(width: int | None = None) -> Any:
+    """A console that prints strings literally (no markup, no :emoji: codes), `width` columns wide (default:
+    the terminal's)."""
     from rich.console import Console
 
-    return Console(markup=False, emoji=False)
+    return Console(markup=False, emoji=False, width=width)
 
 
 def _text(*parts: Any) -> Any:
@@ -659,13 +660,23 @@ def _rows_table(title: str, rows: list[dict[str, Any]], columns: Sequence[str] |
     from rich.table import Table
 
     cols = list(columns or (rows[0] if rows else []))
-    t = Table(title=_text(title))
+    texts = [c for c in cols if c in TEXTS]
+    t = Table(title=_text(title), expand=bool(texts))  # prompt and response share what the other columns leave
     for col in cols:
-        width = {"prompt": 48, "response": 48, "reason": 48, "error": 80}.get(col)
+        if col in texts or (texts and col == "reason"):  # texts get twice the reason's share of the free width
+            t.add_column(_text(col), overflow="fold", ratio=2 if col in texts else 1, min_width=12)
+            continue
+        width = {"reason": 40, "error": 80}.get(col)
         t.add_column(_text(col), overflow="fold", max_width=width, no_wrap=col in {"id", "kept"})
     for r in rows:
-        t.add_row(*(_text(_fmt(r.get(c), 80 if c in {"prompt", "response"} else 200)) for c in cols))
+        t.add_row(*(_text(_clip(r.get(c)) if c in texts else _fmt(r.get(c), 200)) for c in cols))
     return t
+
+
+def _clip(value: Any) -> str:
+    """A prompt or response for a table cell: up to TEXT_SHOWN characters, saying how many more there are."""
+    text = "" if value is None else str(value)
+    return text if len(text) <= TEXT_SHOWN else f"{text[:TEXT_SHOWN]}… (+{len(text) - TEXT_SHOWN:,} chars)"
 
 
 def _arrow(pair: dict[str, Any] | None, spec: str) -> str:
@@ -678,11 +689,11 @@ def _arrow(pair: dict[str, Any] | None, spec: str) -> str:
     return f"{base:{spec}} -> {tuned:{spec}}"
 
 
-def print_report(report: dict[str, Any]) -> None:
+def print_report(report: dict[str, Any], width: int | None = None) -> None:
     """Render a summary (`inspect_run`) as rich tables."""
     from rich.table import Table
 
-    con = _console()
+    con = _console(width)
     con.print(_text((str(report["recipe"]), "bold"), "  ", report["run_dir"]))
     if "counts" not in report:
         con.print(_text(report.get("status", "")))
@@ -712,9 +723,9 @@ def print_report(report: dict[str, Any]) -> None:
             con.print(_rows_table(title.replace("_", " "), report[title]))
 
 
-def print_query(report: dict[str, Any]) -> None:
+def print_query(report: dict[str, Any], width: int | None = None) -> None:
     """Render a `query_report` as one table."""
-    con = _console()
+    con = _console(width)
     filters = "; ".join([*report["where"], *([report["subset"]] if report["subset"] else [])]) or "all"
     order = f"  sorted by {report['sort']}{' desc' if report['descending'] else ''}" if report["sort"] else ""
     con.print(_text((report["source"], "bold"), f"  {filters}{order}: ",
@@ -722,9 +733,9 @@ def print_query(report: dict[str, Any]) -> None:
     con.print(_rows_table("examples", report["rows"], report["columns"]))
 
 
-def print_example(report: dict[str, Any]) -> None:
+def print_example(report: dict[str, Any], width: int | None = None) -> None:
     """Render an `example_report`: verdict, scores with ranks, prompt and response."""
-    con = _console()
+    con = _console(width)
     verdict = {True: ("kept", "green"), False: ("dropped", "red")}.get(report["kept"], "not selected yet")
     con.print(_text((str(report["id"]), "bold"), "  ", verdict, f"  weight {_fmt(report['weight'])}  ({report['source']})"))
     con.print(_text(f"reason: {_fmt(report['reason'], 10_000)}"))
@@ -741,9 +752,9 @@ def print_example(report: dict[str, Any]) -> None:
             con.print(_text((str(k), "dim"), f": {_fmt(v, 300)}"))
 
 
-def print_compare(report: dict[str, Any]) -> None:
+def print_compare(report: dict[str, Any], width: int | None = None) -> None:
     """Render a `compare_report`: the two subsets, their overlap and score shifts."""
-    con = _console()
+    con = _console(width)
     a, b = report["a"], report["b"]
     con.print(_rows_table("subsets", [{"": k, "kind": s["kind"], "name": s["name"], "kept": s["kept"],
                                        "read": s["read"], "path": s["path"]} for k, s in (("A", a), ("B", b))]))
@@ -759,9 +770,9 @@ def print_compare(report: dict[str, Any]) -> None:
         con.print(_text((f"{side.upper()} has no {', '.join(cols)}: read from the other side's scores", "dim")))
 
 
-def print_export(report: dict[str, Any]) -> None:
+def print_export(report: dict[str, Any], width: int | None = None) -> None:
     """One line: what was written where."""
-    _console().print(_text(f"wrote {report['rows']} rows x {len(report['columns'])} columns ({report['format']}) "
+    _console(width).print(_text(f"wrote {report['rows']} rows x {len(report['columns'])} columns ({report['format']}) "
                            f"-> {report['path']}"))
 
 
@@ -770,9 +781,9 @@ def _in_folder(entry: dict[str, Any]) -> str:
     return str(entry["error"]).removeprefix(f"{entry['path']}{os.sep}")
 
 
-def print_listing(report: dict[str, Any]) -> None:
+def print_listing(report: dict[str, Any], width: int | None = None) -> None:
     """Render `list_report`: a runs table and a data cards table; broken ones show their error."""
-    con = _console()
+    con = _console(width)
     runs = []
     for r in report["runs"]:
         if "error" in r:

@@ -199,4 +199,4 @@ def study_report(folder: str | Path) -> dict[str, Any]:
         study = read_json(folder / "study.json")
         meta.update(study if isinstance(study, dict) else {"study": study})
     return {"folder": str(folder), "baseline": stored.get("baseline"), "level": stored.get("level"),
-            "n_boot": stored.get("n_boot"), "meta": meta, "rows": pl.read_parquet(path).to_dicts()}
+            "n_boot": stored.get("n_boot"), "meta": meta, "rows": pl.read_parquet(path, glob=False).to_dicts()}

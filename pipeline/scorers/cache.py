@@ -168,7 +168,7 @@ def _score_shards(examples: pl.DataFrame, scorer: str, instance: Scorer, ctx: Sc
     if not instance.shardable:
         shard_size = max(examples.height, 1)
     starts = list(range(0, examples.height, shard_size)) or [0]
-    todo = [i for i in range(len(starts)) if not _shard_path(entry, i).exists()]
+    todo = [i for i in range(len(starts)) if not _shard_ok(entry, i, examples.slice(starts[i], shard_size))]
     shards = {i: examples.slice(starts[i], shard_size) for i in todo}
     if executor == "local":
         for n, i in enumerate(todo, 1):
@@ -181,7 +181,7 @@ def _score_shards(examples: pl.DataFrame, scorer: str, instance: Scorer, ctx: Sc
             _write_shard(entry, i, result, shards[i], scorer)
     else:
         raise ValueError(f"unknown executor {executor!r}: use 'local' or 'ray'")
-    tables = [pl.read_parquet(_shard_path(entry, i)) for i in range(len(starts))]
+    tables = [pl.read_parquet(_shard_path(entry, i), glob=False) for i in range(len(starts))]
     declared = instance.columns()
     if declared is not None and tables and tables[0].columns != ["id", *declared]:
         raise ValueError(f"scorer {scorer!r} wrote columns {tables[0].columns[1:]}, but declares {declared}")
@@ -192,6 +192,23 @@ def _score_shards(examples: pl.DataFrame, scorer: str, instance: Scorer, ctx: Sc
     write_json(entry / META, meta)
     write_parquet(entry / TABLE, pl.concat(tables, how="vertical"))
     mark_complete(entry, [TABLE, META])
+
+
+def _shard_ok(entry: Path, i: int, shard: pl.DataFrame) -> bool:
+    """True when shard `i` is on disk and reads back with the shard's ids in order; a missing, truncated or
+    otherwise damaged shard is removed (with its metadata) so it is recomputed."""
+    path = _shard_path(entry, i)
+    if not path.exists():
+        return False
+    try:
+        ids = pl.read_parquet(path, columns=["id"], glob=False).get_column("id")
+        if ids.to_list() == shard.get_column("id").to_list():
+            return True
+    except (OSError, pl.exceptions.PolarsError):
+        pass
+    path.unlink(missing_ok=True)
+    meta_path(path).unlink(missing_ok=True)
+    return False
 
 
 def _write_shard(entry: Path, i: int, result: Any, shard: pl.DataFrame, scorer: str) -> None:

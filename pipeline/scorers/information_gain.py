@@ -199,7 +199,7 @@ def _objective_rows(examples: pl.DataFrame, objective: str | Path | None, n_obj:
     """The objective set (a given parquet/JSONL file, or a seeded sample of n_obj candidates) and the rest's indices."""
     if objective is not None:
         path = Path(objective)
-        table = pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_ndjson(path)
+        table = pl.read_parquet(path, glob=False) if path.suffix == ".parquet" else pl.read_ndjson(path)
         return table, np.arange(examples.height)
     perm = rng.permutation(examples.height)
     return examples[np.sort(perm[:n_obj]).tolist()], np.sort(perm[n_obj:])

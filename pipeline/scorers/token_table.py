@@ -122,7 +122,7 @@ def token_columns(base_path: str | Path, ref_path: str | Path, method: str, ids:
     method: "forgetting" -> {"token_label": +1/-1/0} (rho default 0.7); "token_cleaning" ->
     {"token_label": 1/0} (keep default 0.6); "rho1" -> {"ref_nll": reference NLL, 0 on prompts}.
     """
-    base, ref = pl.read_parquet(base_path), pl.read_parquet(ref_path)
+    base, ref = pl.read_parquet(base_path, glob=False), pl.read_parquet(ref_path, glob=False)
     if method == "rho1":
         return {"ref_nll": aligned_column(ref, NLL, ids, mask_from=base)}
     infl = influence(base, ref)

@@ -122,6 +122,8 @@ class TopK(Selector):
 
     def __init__(self, column: str, k: int, order: Order = "highest"):
         _check_order(order)
+        if k < 0:
+            raise ConfigError("k", f"must be >= 0 (rows to keep), got {k}")
         self.column, self.k, self.order = column, k, order
 
     def select(self, scores: pl.DataFrame, ctx: SelectContext) -> pl.DataFrame:

@@ -49,7 +49,7 @@ class InjectCanaries(Stage):
     def compute(self, folder: Path) -> list[str]:
         from pipeline.data.canaries import CANARY, CANARY_OF, KINDS, inject_canaries
 
-        pool = inject_canaries(pl.read_parquet(self.train.path), self.audit.share, self.audit.kinds or KINDS,
+        pool = inject_canaries(pl.read_parquet(self.train.path, glob=False), self.audit.share, self.audit.kinds or KINDS,
                                self.seed)
         write_parquet(folder / "pool.parquet", pool.drop(CANARY, CANARY_OF))
         write_parquet(folder / "labels.parquet", pool.select("id", CANARY, CANARY_OF))
@@ -98,8 +98,8 @@ class AuditScores(Stage):
     def compute(self, folder: Path) -> list[str]:
         from pipeline.evaluation.audit import audit_table
 
-        table = audit_table(pl.read_parquet(self.scores.path), pl.read_parquet(self.pool.labels), self.budget,
-                            self.audit.n_boot, self.seed, pl.read_parquet(self.selection.path))
+        table = audit_table(pl.read_parquet(self.scores.path, glob=False), pl.read_parquet(self.pool.labels, glob=False), self.budget,
+                            self.audit.n_boot, self.seed, pl.read_parquet(self.selection.path, glob=False))
         write_parquet(folder / "audit.parquet", table)
         write_json(folder / "budget.json", {"budget": self.budget})
         return ["audit.parquet", "budget.json"]

@@ -218,8 +218,13 @@ def _data_folder(path: Path) -> bool:
 
 def publish(src: str | Path, dest: str | Path) -> Path:
     """Make a stage output visible in the run directory: copy a file (the run keeps its own bytes, so a
-    damaged cache never damages an older run), symlink a folder (a model: verified before every reuse)."""
+    damaged cache never damages an older run), symlink a folder (a model: verified before every reuse).
+    An existing `dest` is replaced only inside a run folder the project created (`pipeline.core.runs`)."""
+    from pipeline.core.runs import inside_run
+
     src, dest = Path(src), Path(dest)
+    if (dest.is_symlink() or dest.exists()) and not inside_run(dest):
+        raise ValueError(f"{dest} exists and is not inside a run folder the project created; not replacing it")
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.is_symlink() or dest.is_file():
         dest.unlink()

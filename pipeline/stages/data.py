@@ -119,10 +119,20 @@ class LoadSubset(Stage):
         return cls(content_hash=file_hash(path), path=str(path))
 
     def compute(self, folder: Path) -> list[str]:
-        df = pl.read_parquet(self.path)
+        df = pl.read_parquet(self.path, glob=False)
         missing = {"id", "prompt", "response"} - set(df.columns)
         if missing:
             raise ValueError(f"{self.path}: missing columns {sorted(missing)} (need id, prompt, response)")
+        if df.height == 0:
+            raise ValueError(f"{self.path}: no rows: a subset to train on needs at least one example "
+                             "(did the selection keep nothing?)")
+        for column in ("id", "prompt", "response"):
+            if df.schema[column] != pl.String:
+                raise ValueError(f"{self.path}: column {column} holds {df.schema[column]}, not text")
+            nulls = df.with_row_index("row").filter(pl.col(column).is_null())
+            if nulls.height:
+                raise ValueError(f"{self.path}: row {nulls['row'][0]}, field {column}: {nulls.height} rows have no "
+                                 f"{column} (null); fix or drop them, e.g. with `pipeline ingest`")
         weights = df.get_column("weight").cast(pl.Float64) if "weight" in df.columns else pl.Series([1.0] * df.height)
         bad = df.with_row_index("row").filter(weights.is_null() | ~weights.is_finite() | (weights <= 0))
         if bad.height:
@@ -141,7 +151,7 @@ class LoadSubset(Stage):
 
         info = read_json(folder / "subset.json")
         sel = folder / "selection.parquet"
-        summary = summarize(pl.read_parquet(sel))
+        summary = summarize(pl.read_parquet(sel, glob=False))
         return Subset(train=Split(path=str(folder / "train.parquet"), **info),
                       selection=Selection(path=str(sel), hash=file_hash(sel), stages=[], **summary))
 

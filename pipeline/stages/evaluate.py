@@ -44,7 +44,7 @@ class Evaluate(Stage):
         from pipeline.evaluation.heldout import evaluate_model
 
         t0 = time.perf_counter()
-        metrics, table = evaluate_model(self.model.name, pl.read_parquet(self.test.path), self.eval)
+        metrics, table = evaluate_model(self.model.name, pl.read_parquet(self.test.path, glob=False), self.eval)
         write_parquet(folder / "eval.parquet", table)
         metrics["seconds"] = time.perf_counter() - t0
         write_json(folder / "eval.json", metrics)

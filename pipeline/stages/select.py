@@ -45,11 +45,11 @@ class Select(Stage):
         from pipeline.stages.plan import check_score_columns
 
         trains = [s.selector.label for s in self.steps if "trainer" in s.selector.needs]
-        context = SelectContext(examples=pl.read_parquet(self.train.path), model_name=self.model.name,
+        context = SelectContext(examples=pl.read_parquet(self.train.path, glob=False), model_name=self.model.name,
                                 run_dir=str(folder / "work"), train_cfg=self.reference_train,
                                 train_fn=self._trainer(folder) if trains else _undeclared_trainer,
                                 max_length=self.max_length)
-        score_table = pl.read_parquet(self.scores.path)
+        score_table = pl.read_parquet(self.scores.path, glob=False)
         check_score_columns(self.steps, score_table.columns)
         selection, counts = compose(score_table, self.steps, self.seed, context)
         write_json(folder / "stages.json", counts)
@@ -66,7 +66,7 @@ class Select(Stage):
 
         path = folder / "selection.parquet"
         return Selection(path=str(path), hash=file_hash(path), stages=read_json(folder / "stages.json"),
-                         **summarize(pl.read_parquet(path)))
+                         **summarize(pl.read_parquet(path, glob=False)))
 
     def describe(self, out: Selection, reused: bool) -> str:
         return (f"selected {out.kept} of {out.read}: "

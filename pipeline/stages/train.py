@@ -57,10 +57,13 @@ class Train(Stage):
         from pipeline.selectors.base import apply_corrections
         from pipeline.training.launch import launch_training
 
-        sel = pl.read_parquet(self.selection.path)
-        examples = apply_corrections(pl.read_parquet(self.train.path), sel)  # a selector's rewritten responses
+        sel = pl.read_parquet(self.selection.path, glob=False)
+        examples = apply_corrections(pl.read_parquet(self.train.path, glob=False), sel)  # a selector's rewritten responses
         kept = examples.join(sel.filter(pl.col("kept")).select("id", "weight"), on="id", how="inner",
                              maintain_order="left")
+        if kept.height == 0:
+            raise ValueError(f"train: no examples to train on: the selection kept 0 of {sel.height} rows; loosen the "
+                             "select rule (its drop reasons: pipeline inspect RUN_DIR --dropped)")
         weights = kept.get_column("weight").to_list()
         uniform = all(abs(w - 1.0) < 1e-12 for w in weights)
         log(f"training on {kept.height} examples with loss {self.settings.loss}")
@@ -79,7 +82,7 @@ class Train(Stage):
         column = self.settings.igf_filter.column
         if self.scores is None:
             raise ValueError("train.igf_filter needs the score table of a curation in the same run")
-        table = pl.read_parquet(self.scores.path)
+        table = pl.read_parquet(self.scores.path, glob=False)
         if column not in table.columns:
             raise ValueError(f"train.igf_filter.column {column!r} is not in the score table "
                              f"(columns: {', '.join(c for c in table.columns if c != 'id')})")

@@ -50,7 +50,8 @@ def curate(plan: Plan, run_dir: str) -> Curated:
     model = ModelRef.of(r.model)
     data = load_data(plan)
     scores = run_stage(Score(train=data.train, model=model, score=r.score, seed=r.seed,
-                             reference_train=plan.reference_train, scorers=plan.scorers), root)
+                             reference_train=plan.reference_train, validation=data.validation,
+                             scorers=plan.scorers), root)
     selection = run_stage(Select(scores=scores, train=data.train, model=model, select=plan.select_dicts(),
                                  seed=r.seed, reference_train=plan.reference_train, max_length=r.score.max_length,
                                  steps=plan.steps), root)
@@ -77,12 +78,13 @@ def audit(plan: Plan, run_dir: str) -> dict[str, Any]:
     data = load_data(plan)
     pool = run_stage(InjectCanaries(train=data.train, audit=r.audit, seed=r.seed), root)
     scores = run_stage(Score(train=pool.pool, model=model, score=r.score, seed=r.seed,
-                             reference_train=plan.reference_train, scorers=plan.scorers), root)
+                             reference_train=plan.reference_train, validation=data.validation,
+                             scorers=plan.scorers), root)
     selection = run_stage(Select(scores=scores, train=pool.pool, model=model, select=plan.select_dicts(),
                                  seed=r.seed, reference_train=plan.reference_train, max_length=r.score.max_length,
                                  steps=plan.steps), root)
     audited = run_stage(AuditScores(scores=scores, pool=pool, selection=selection, audit=r.audit, seed=r.seed), root)
-    table = pl.read_parquet(audited.path)
+    table = pl.read_parquet(audited.path, glob=False)
     meta = {"recipe": r.name, "pool": data.train.rows, "canaries": pool.canaries, "share": r.audit.share,
             "scorers": [s.name for s in plan.scorers], "selection": plan.select_dicts(),
             "budget (kept share)": round(audited.budget, 4), "model": r.model, "seed": r.seed}
@@ -116,7 +118,7 @@ def data_card(plan: Plan, data: Data, scores: Scores, selection: Selection, run_
     from pipeline.reports.cards import write_card
 
     r = plan.recipe
-    score_table = pl.read_parquet(scores.path)
+    score_table = pl.read_parquet(scores.path, glob=False)
     columns = [c for c in score_table.columns if c != "id" and score_table.schema[c].is_numeric()]
     main = next((s.params.get("column") for s in plan.steps if s.params.get("column")), None)
     columns = ([main] if main in columns else []) + [c for c in columns if c != main]
@@ -124,9 +126,9 @@ def data_card(plan: Plan, data: Data, scores: Scores, selection: Selection, run_
     path = write_card(
         Path(r.cards_dir) / name,
         name=name,
-        examples=pl.read_parquet(data.train.path),
+        examples=pl.read_parquet(data.train.path, glob=False),
         scores=score_table,
-        selection=pl.read_parquet(selection.path),
+        selection=pl.read_parquet(selection.path, glob=False),
         source={"dataset": data.dataset, "split": "train", "seed": data.seed,
                 "fingerprint": data.train.fingerprint, "rows": data.train.rows,
                 **({"read": data.read, "quarantined": data.quarantined} if data.read is not None else {})},
@@ -136,7 +138,7 @@ def data_card(plan: Plan, data: Data, scores: Scores, selection: Selection, run_
         score_columns=columns[:3],
         run={"run_dir": run_dir, "recipe": r.name, "cache_keys": cache_keys, **_flow_run_id(),
              "config": r.model_dump(mode="json")},
-        quarantine=pl.read_parquet(data.quarantine) if data.quarantine else None,
+        quarantine=pl.read_parquet(data.quarantine, glob=False) if data.quarantine else None,
     )
     publish(path, Path(run_dir) / "data_card")
     return str(path)

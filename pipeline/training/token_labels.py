@@ -60,7 +60,7 @@ def _read_examples(path: str) -> pl.DataFrame:
     file = Path(path) / "subset.parquet" if Path(path).is_dir() else Path(path)
     if not file.exists():
         raise FileNotFoundError(f"train.token_labels.reference_data: {file} does not exist")
-    df = pl.read_parquet(file)
+    df = pl.read_parquet(file, glob=False)
     missing = {"id", "prompt", "response"} - set(df.columns)
     if missing:
         raise ValueError(f"{file}: missing columns {sorted(missing)} (need id, prompt, response)")
@@ -125,7 +125,7 @@ def heldout_tables(examples: pl.DataFrame, model: str, max_length: int, cache_ro
     # the folds' reference tables as one table in the base table's order (global ranking needs all tokens)
     ref = Path(cache_root) / "token_labels" / config_hash([str(base), *map(str, paths)], 20) / "reference.parquet"
     if not ref.exists():
-        table = pl.read_parquet(base).select("id").join(pl.concat([pl.read_parquet(p) for p in paths]), on="id",
+        table = pl.read_parquet(base, glob=False).select("id").join(pl.concat([pl.read_parquet(p, glob=False) for p in paths]), on="id",
                                                         how="left", maintain_order="left")
         write_parquet(ref, table)
     return Path(base), ref

@@ -31,25 +31,31 @@ def build_dataset(tokenizer, examples: pl.DataFrame, max_length: int, weights: l
     """A `datasets.Dataset` of input_ids + completion_mask (+ example weight, + per-token columns when given).
 
     Each per-token row is either aligned with the example's input_ids (same length) or holds one
-    value per response token (placed on the response positions, 0 on the prompt).
+    value per response token (placed on the response positions, 0 on the prompt). Loss weights from the
+    data multiply in here: `data_weight` into `example_weight`, chat turns' `loss_weight` into `token_weight`
+    (`pipeline.data.weights`).
     """
     import datasets
+
+    from pipeline.data.weights import example_weights, with_turn_weights
+    from pipeline.losses.base import TOKEN_WEIGHT
 
     encoded = encode_examples(tokenizer, examples, max_length)
     columns: dict[str, list] = {
         "input_ids": [e["input_ids"] for e in encoded],
         "completion_mask": [e["completion_mask"] for e in encoded],
     }
+    if weights is not None and len(weights) != len(encoded):
+        raise ValueError(f"{len(weights)} weights for {len(encoded)} examples")
+    weights = example_weights(examples, weights)
     if weights is not None:
-        if len(weights) != len(encoded):
-            raise ValueError(f"{len(weights)} weights for {len(encoded)} examples")
         columns["example_weight"] = [float(w) for w in weights]
     for name, rows in (token_columns or {}).items():
         if len(rows) != len(encoded):
             raise ValueError(f"token column {name!r} has {len(rows)} rows for {len(encoded)} examples")
         columns[name] = [align_token_row(name, i, list(r), e["completion_mask"])
                          for i, (r, e) in enumerate(zip(rows, encoded, strict=True))]
-    return datasets.Dataset.from_dict(columns)
+    return datasets.Dataset.from_dict(with_turn_weights(encoded, columns, TOKEN_WEIGHT))
 
 
 def align_token_row(name: str, index: int, row: list, completion_mask: list[int]) -> list:
@@ -96,7 +102,7 @@ def sft_config(cfg: TrainSection, output_dir: Path, seed: int, loss: Any = None)
         logging_steps=cfg.logging_steps,
         save_strategy="steps" if save_steps > 0 else "no",
         save_steps=save_steps if save_steps > 0 else 500,
-        report_to=[],
+        report_to=[] if cfg.report_to == "none" else [cfg.report_to],  # tensorboard: output_dir/runs/<time_host>
         seed=seed,
         data_seed=seed,
         dataloader_num_workers=0,
@@ -149,6 +155,7 @@ def build_trainer(model_name: str, examples: pl.DataFrame, output_dir: str | Pat
         loss=loss,
         masked_thought=masked,
         igf_filter=igf,
+        base_model=model_name,  # loaded (frozen) only for a loss with `reference_kl`: ASFT's anchor
         callbacks=[*crash_callbacks(), *(callbacks or [])],
         peft_config=lora_config(cfg.lora),
     )
@@ -172,6 +179,7 @@ def train(model_name: str, examples: pl.DataFrame, output_dir: str | Path, cfg: 
     resume = _last_checkpoint(output_dir / "checkpoints")
     result = trainer.train(resume_from_checkpoint=resume)
     trained = time.perf_counter()
+    check_finite(trainer, result.training_loss, output_dir, cfg)
     final = output_dir / "model"
     save_model(trainer, model_name, trainer.processing_class, final, output_dir / "adapter" if cfg.lora else None)
     history = [h for h in trainer.state.log_history if "loss" in h]
@@ -188,6 +196,24 @@ def train(model_name: str, examples: pl.DataFrame, output_dir: str | Path, cfg: 
         "phase_s": {"build": round(built - start, 3), "train": round(trained - built, 3),
                     "save": round(time.perf_counter() - trained, 3)},
     }
+
+
+def check_finite(trainer, loss: float, output_dir: Path, cfg: TrainSection) -> None:
+    """A ValueError, before anything is saved, when training diverged (a non-finite final loss or weights): a NaN
+    model is never published. The loss log is kept as output_dir/train_log.json."""
+    import json
+    import math
+
+    weights_ok = all(bool(torch.isfinite(p).all()) for p in trainer.model.parameters())
+    if math.isfinite(loss) and weights_ok:
+        return
+    log = output_dir / "train_log.json"
+    log.write_text(json.dumps(trainer.state.log_history, default=str) + "\n")
+    what = ("weights are" if math.isfinite(loss) else f"loss ({loss}) and weights are" if not weights_ok
+            else f"loss ({loss}) is")
+    raise ValueError(f"train: training diverged after {trainer.state.global_step} steps: the final {what} not "
+                     f"finite, so no model was saved; lower train.learning_rate (now {cfg.learning_rate:g}); the "
+                     f"loss log is in {log}")
 
 
 def save_model(trainer, model_name: str, tokenizer, final: Path, adapter: Path | None) -> None:
