@@ -8,6 +8,10 @@ facts for scripts, one histogram PNG per score column, and `subset.parquet`.
 replaced a response, the row's `response` is the correction and `old_response` the original (null
 for uncorrected rows; the column is present only when a selection stage corrected), so
 `train-subset` on the card trains on the corrections and the originals stay auditable.
+
+Loss weights from the data (a chat turn's `loss_weight`, an example's `data_weight`: `pipeline.data.weights`)
+stay in the subset's `messages` and `data_weight` columns, so training on the card applies them (times the
+subset's `weight`); card.json's `data_weights` and the README summarize those of the kept rows.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import polars as pl
 import yaml
 
 from pipeline.core.io import atomic_path, write_json, write_parquet, write_text
+from pipeline.data.weights import weight_summary
 from pipeline.selectors.base import CORRECTION, apply_corrections
 
 
@@ -140,6 +145,7 @@ def write_card(
                    "quarantined": n_quarantined},
         "domains": {r["domain"]: {k: r[k] for k in ("read", "kept", "dropped")} for r in domains.iter_rows(named=True)},
         "corrections": {"count": n_corrected, "original_column": "old_response" if corrects else None},
+        "data_weights": weight_summary(subset),
         "stages": stages,
         "score_stats": score_stats,
         "histograms": images,
@@ -150,6 +156,22 @@ def write_card(
     write_json(card_dir / "card.json", facts)
     write_text(card_dir / "README.md", _markdown(facts))
     return card_dir
+
+
+def _weights_lines(w: dict) -> list[str]:
+    """The README's note that loss weights from the data were used, with their summary."""
+    lines = ["## Loss weights from the data", "",
+             "Training multiplies each example's `data_weight` into its selection `weight` and each chat turn's "
+             "`loss_weight` into its tokens' weight (0 masks the turn).", ""]
+    if "examples" in w:
+        e = w["examples"]
+        lines.append(f"- `weight`: {e['weighted']} of {e['of']} kept examples, "
+                     f"min {e['min']:.4g}, mean {e['mean']:.4g}, max {e['max']:.4g}")
+    if "turns" in w:
+        t = w["turns"]
+        lines.append(f"- `loss_weight`: {t['weighted']} of {t['of']} assistant turns ({t['zero']} masked with 0), "
+                     f"min {t['min']:.4g}, mean {t['mean']:.4g}, max {t['max']:.4g}")
+    return [*lines, ""]
 
 
 def _markdown(f: dict) -> str:
@@ -169,6 +191,7 @@ def _markdown(f: dict) -> str:
         *(["## Domains", "", "| domain | read | kept | dropped |", "|---|---|---|---|",
            *[f"| {d} | {v['read']} | {v['kept']} | {v['dropped']} |" for d, v in f.get("domains", {}).items()], ""]
           if len(f.get("domains", {})) > 1 else []),
+        *(_weights_lines(f["data_weights"]) if f.get("data_weights") else []),
         *([f"**{f['corrections']['count']}** kept examples carry a corrected response (CLEAR auto-correct): "
            "`response` is the correction, `old_response` the original.", ""]
           if f.get("corrections", {}).get("count") else []),

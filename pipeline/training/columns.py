@@ -16,6 +16,7 @@ A user adds one in their own file with `@register_column("my_column")` (docs/los
 from __future__ import annotations
 
 import math
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,7 +93,7 @@ class ReferenceNLL(ColumnProvider):
     def compute(self, examples: pl.DataFrame, ctx: ColumnContext) -> dict[str, ColumnRows]:
         base, ref = ctx.heldout_tables(examples)
         ids = examples.get_column("id").to_list()
-        return {"ref_nll": aligned_column(pl.read_parquet(ref), NLL, ids, mask_from=pl.read_parquet(base))}
+        return {"ref_nll": aligned_column(pl.read_parquet(ref, glob=False), NLL, ids, mask_from=pl.read_parquet(base, glob=False))}
 
 
 @register_column("token_label")
@@ -113,7 +114,7 @@ class InfluenceLabels(ColumnProvider):
         fraction = ctx.references.get("fraction")
         fraction = self.fraction if fraction is None else fraction
         base, ref = ctx.heldout_tables(examples)
-        infl = influence(pl.read_parquet(base), pl.read_parquet(ref))
+        infl = influence(pl.read_parquet(base, glob=False), pl.read_parquet(ref, glob=False))
         if method == "forgetting":
             labels = forgetting_labels(infl, 0.7 if fraction is None else fraction)
         else:
@@ -146,6 +147,10 @@ class ThinkWeight(ColumnProvider):
                          for i, m in zip(inside, enc["completion_mask"], strict=True)])
         print(f"[pipeline] think_weight={self.think_weight:g}: {self.open}...{self.close} spans in {spans} of "
               f"{examples.height} examples" + ("" if spans else " (no token was reweighted)"), flush=True)
+        if not spans and self.think_weight != 1.0:
+            warnings.warn(f"train.think_weight={self.think_weight:g} changes nothing: {self.open}...{self.close} "
+                          f"reasoning spans were found in 0 of {examples.height} training rows (set "
+                          "train.think_delimiters to the delimiters your data uses)", UserWarning, stacklevel=2)
         return {"token_weight": rows}
 
 
