@@ -2,7 +2,8 @@
 
 Each variant (TRL's nll baseline, then each of our losses through `TokenLossSFTTrainer`) gets its
 own trainer on the same synthetic batch (random token ids; the first quarter of each row is prompt;
-random `token_label`, `ref_nll`, `example_weight` columns so every loss does its real work). The
+random `token_label`, `ref_nll`, `example_weight` columns so every loss does its real work; ASFT
+gets a frozen copy of the starting weights as its reference, whose bytes count in its memory). The
 measured step is what the loss choice touches: `get_batch_samples` (window counts) +
 `compute_loss` (fused forward + loss) + `backward`. The AdamW update is identical for every
 variant and is left out, which makes the ratios stricter, not looser.
@@ -27,6 +28,7 @@ been run: no GPU was available when it was written). Prints a table and a last l
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -47,6 +49,8 @@ VARIANTS: dict[str, dict] = {
     "forgetting": {"loss": "forgetting"},
     "token_cleaning": {"loss": "token_cleaning"},
     "rho1": {"loss": "rho1"},
+    "eaft": {"loss": "eaft"},  # goal: <= 1.10x time, <= 1.02x peak memory
+    "asft": {"loss": "asft"},  # goal: <= 2.2x time (a second forward); memory adds the frozen reference's weights
     "ce+example_weight": {"loss": "ce", "weights": True},
     "ce+masked_thought": {"loss": "ce", "masked_thought": 0.2},
 }
@@ -100,6 +104,7 @@ def make_trainer(name: str, model, tokenizer, dataset, batch: int, seq: int):
     from trl import SFTConfig, SFTTrainer
 
     from pipeline.losses import MaskedThought, get_loss
+    from pipeline.losses.base import REFERENCE_KL
     from pipeline.training.trainer import TokenLossSFTTrainer
 
     spec = VARIANTS[name]
@@ -119,8 +124,11 @@ def make_trainer(name: str, model, tokenizer, dataset, batch: int, seq: int):
     masked = None
     if spec.get("masked_thought"):
         masked = MaskedThought(p=spec["masked_thought"], vocab_size=len(tokenizer), seed=0)
+    loss = get_loss(spec["loss"])
+    # a loss anchored to the base (ASFT) gets a frozen copy of the starting weights, as a full fine-tune has
+    base = copy.deepcopy(model) if REFERENCE_KL in loss.head_stats else None
     return TokenLossSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                               loss=get_loss(spec["loss"]), masked_thought=masked)
+                               loss=loss, masked_thought=masked, base_model=base)
 
 
 def measured_step(trainer, batch: dict) -> float:
@@ -155,7 +163,9 @@ def allocated_peak(trainer, batch: dict) -> int:
     where peak RSS moves in allocator-sized steps. On CUDA, `torch.cuda.max_memory_allocated`."""
     from torch.profiler import ProfilerActivity, profile
 
-    params = sum(p.numel() * p.element_size() for p in trainer.model.parameters())
+    reference = getattr(trainer, "reference_model", None)  # ASFT's frozen copy of the base counts too
+    params = sum(p.numel() * p.element_size() for m in (trainer.model, reference) if m is not None
+                 for p in m.parameters())
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
         measured_step(trainer, batch)

@@ -23,8 +23,10 @@ def get_loss(name: str, **params: Any) -> TokenLoss:
     return LOSSES.build(name, params, "train.loss_params", name_key="train.loss")
 
 
-from pipeline.losses import ce as _ce  # noqa: E402,F401  (each module registers itself)
+from pipeline.losses import asft as _asft  # noqa: E402,F401  (each module registers itself)
+from pipeline.losses import ce as _ce  # noqa: E402,F401
 from pipeline.losses import dft as _dft  # noqa: E402,F401
+from pipeline.losses import eaft as _eaft  # noqa: E402,F401
 from pipeline.losses import forgetting as _forgetting  # noqa: E402,F401
 from pipeline.losses import rho1 as _rho1  # noqa: E402,F401
 from pipeline.losses import talr as _talr  # noqa: E402,F401

@@ -15,10 +15,17 @@ passes each; that was 28% of a training step (benchmarks/RESULTS.md, "Training")
 without an attention mask (exact for right padding: a causal model's real tokens never attend to the
 padding after them), optionally in length-sorted row groups, and only positions with a label go
 through the head (`HeadLogProbs`).
+
+A loss that declares head statistics (`TokenLoss.head_stats`: EAFT's top-k entropy, ASFT's KL to a
+frozen reference) always takes this tiled pass, on any device: the statistics come from the same
+tiles as the log-probs, so no [B, T, V] logits exist. For `reference_kl` the trainer loads the
+reference once (`base_model`, or the loss's named `reference`; under LoRA the model with its adapter
+disabled) and runs its body under `torch.inference_mode` beside the trained model's.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,10 +36,17 @@ from trl import SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 from trl.trainer.utils import FusedCausalLMOutput, pad
 
-from pipeline.losses.base import EXAMPLE_WEIGHT, TokenLoss, shift_columns
+from pipeline.losses.base import (
+    EXAMPLE_WEIGHT,
+    REFERENCE_KL,
+    TOPK_ENTROPY,
+    TokenLoss,
+    shift_columns,
+)
 from pipeline.losses.ce import CrossEntropy
 from pipeline.losses.masked_thought import MaskedThought
 from pipeline.models.engine import length_batches, plain_head
+from pipeline.models.loading import load_model
 
 IGF_SCORE = "igf_score"  # per-example predicted information gain for the IGF filter
 _EXAMPLE_COLUMNS = (EXAMPLE_WEIGHT, IGF_SCORE)  # always carried; a loss adds the columns it `requires`
@@ -47,6 +61,13 @@ HEAD_TOKEN_CHUNK = 1024
 HEAD_VOCAB_CHUNK = 8192
 
 
+@dataclass
+class HeadOutput(FusedCausalLMOutput):
+    """TRL's fused-head output plus the loss's head statistics ({name: [B, T-1]}, zero where ignored)."""
+
+    head_columns: dict[str, torch.Tensor] | None = None
+
+
 class HeadLogProbs(torch.autograd.Function):
     """log p(target) for [N, H] hidden states under a bias-free head [V, H], in (token x vocab) tiles.
 
@@ -54,18 +75,31 @@ class HeadLogProbs(torch.autograd.Function):
     E_p[z] and the first argmax), so at most one tile of logits exists. Backward recomputes each
     tile and turns it into `-g * p` in place (three passes), then two GEMMs; the `+g` at the target
     goes straight to the target's row. Entropy and top-1 come without gradient (metrics only).
-    Returns (log_probs [N], entropy [N] or None, is_top1 [N] or None).
+
+    Head statistics a loss declares (`pipeline.losses.base.HEAD_STATS`) come from the same tiles:
+    `topk > 0` keeps a running top-k of each row's logits and returns the entropy of their softmax
+    (no gradient); `ref_hidden` [N, H] and `ref_weight` [V, H] of a frozen reference model add
+    KL(q || p) per row, q the reference's distribution, folded like the logsumexp (one tile of each
+    model's logits at a time). Its gradient, `g_kl * (p - q)` on the logits, joins the log-prob's in
+    the backward pass, which recomputes the reference tile; nothing flows to the reference.
+    Returns (log_probs [N], entropy, is_top1), each [N] or None, and with a statistic asked for also
+    (topk_entropy, kl).
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, metrics: bool, token_chunk: int, vocab_chunk: int):
+    def forward(ctx, hidden, weight, targets, metrics: bool, token_chunk: int, vocab_chunk: int,
+                topk: int = 0, ref_hidden=None, ref_weight=None):
         n, vocab = hidden.shape[0], weight.shape[0]
+        anchored = ref_hidden is not None
         lse = hidden.new_empty(n, dtype=torch.float32)
         entropy = hidden.new_empty(n, dtype=torch.float32) if metrics else None
         top1 = hidden.new_empty(n, dtype=torch.bool) if metrics else None
+        topk_entropy = hidden.new_empty(n, dtype=torch.float32) if topk else None
+        ref_lse = hidden.new_empty(n, dtype=torch.float32) if anchored else None
+        kl = hidden.new_empty(n, dtype=torch.float32) if anchored else None
         for t0 in range(0, n, token_chunk):
             h, rows = hidden[t0 : t0 + token_chunk], slice(t0, t0 + token_chunk)
-            run = mean_z = best = arg = None
+            run = mean_z = best = arg = top_vals = run_q = gap = None
             for v0 in range(0, vocab, vocab_chunk):
                 tile = (h @ weight[v0 : v0 + vocab_chunk].T).float()
                 if metrics:
@@ -75,6 +109,24 @@ class HeadLogProbs(torch.autograd.Function):
                     chunk_lse, chunk_z = top + total.log(), torch.linalg.vecdot(p, tile) / total
                 else:
                     chunk_lse = torch.logsumexp(tile, 1)
+                if topk:  # the k largest logits so far: this tile's top-k merged with the running ones
+                    vals = tile.topk(min(topk, tile.shape[1]), 1).values
+                    if top_vals is not None:
+                        vals = torch.cat([top_vals, vals], 1)
+                        vals = vals.topk(min(topk, vals.shape[1]), 1).values
+                    top_vals = vals
+                if anchored:  # reference logsumexp and E_q[z_ref - z], folded like the logsumexp
+                    ref_tile = (ref_hidden[rows] @ ref_weight[v0 : v0 + vocab_chunk].T).float()
+                    q_top = ref_tile.max(1).values
+                    q = torch.sub(ref_tile, q_top[:, None]).exp_()
+                    q_total = q.sum(1)
+                    chunk_q, chunk_gap = q_top + q_total.log(), torch.linalg.vecdot(q, ref_tile.sub_(tile)) / q_total
+                    if run_q is None:
+                        run_q, gap = chunk_q, chunk_gap
+                    else:
+                        merged_q = torch.logaddexp(run_q, chunk_q)
+                        gap = gap * (run_q - merged_q).exp() + chunk_gap * (chunk_q - merged_q).exp()
+                        run_q = merged_q
                 if run is None:
                     run = chunk_lse
                     if metrics:
@@ -90,27 +142,43 @@ class HeadLogProbs(torch.autograd.Function):
             if metrics:
                 entropy[rows] = run - mean_z
                 top1[rows] = arg == targets[rows]
+            if topk:
+                logq = torch.log_softmax(top_vals, 1)
+                topk_entropy[rows] = -(logq.exp() * logq).sum(1)
+            if anchored:  # KL(q || p) = E_q[z_ref - z] - lse_ref + lse
+                ref_lse[rows] = run_q
+                kl[rows] = gap - run_q + run
         target = torch.linalg.vecdot(hidden, weight[targets]).float()
-        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.save_for_backward(hidden, weight, targets, lse, ref_hidden, ref_weight, ref_lse)
         ctx.chunks = (token_chunk, vocab_chunk)
-        if metrics:
-            ctx.mark_non_differentiable(entropy, top1)
-        return target - lse, entropy, top1
+        ctx.mark_non_differentiable(*[t for t in (entropy, top1, topk_entropy) if t is not None])
+        if not (topk or anchored):
+            return target - lse, entropy, top1
+        return target - lse, entropy, top1, topk_entropy, kl
 
     @staticmethod
-    def backward(ctx, grad, *_):
-        hidden, weight, targets, lse = ctx.saved_tensors
+    def backward(ctx, grad, *other_grads):
+        hidden, weight, targets, lse, ref_hidden, ref_weight, ref_lse = ctx.saved_tensors
+        grad_kl = other_grads[3] if len(other_grads) == 4 else None
         token_chunk, vocab_chunk = ctx.chunks
         need_hidden, need_weight = ctx.needs_input_grad[:2]
         grad = grad.to(hidden.dtype)
+        anchored = ref_hidden is not None and grad_kl is not None
+        if anchored:
+            grad_kl = grad_kl.to(hidden.dtype)
         g_hidden = torch.zeros_like(hidden) if need_hidden else None
         g_weight = torch.zeros_like(weight) if need_weight else None
         for t0 in range(0, hidden.shape[0], token_chunk):
             h, rows = hidden[t0 : t0 + token_chunk], slice(t0, t0 + token_chunk)
-            minus_g, row_lse = -grad[rows, None], lse[rows, None].to(hidden.dtype)
+            row_lse = lse[rows, None].to(hidden.dtype)
+            # d/dz of (g log p(target) + g_kl KL(q||p)) = g 1[target] + (g_kl - g) p - g_kl q
+            coef = (grad_kl[rows, None] - grad[rows, None]) if anchored else -grad[rows, None]
             for v0 in range(0, weight.shape[0], vocab_chunk):
                 w = weight[v0 : v0 + vocab_chunk]
-                tile = (h @ w.T).sub_(row_lse).exp_().mul_(minus_g)  # d log p(target) / d z = 1[target] - p
+                tile = (h @ w.T).sub_(row_lse).exp_().mul_(coef)
+                if anchored:
+                    q = (ref_hidden[rows] @ ref_weight[v0 : v0 + vocab_chunk].T).to(hidden.dtype)
+                    tile.sub_(q.sub_(ref_lse[rows, None].to(hidden.dtype)).exp_().mul_(grad_kl[rows, None]))
                 if need_hidden:
                     g_hidden[rows].addmm_(tile, w)
                 if need_weight:
@@ -119,7 +187,7 @@ class HeadLogProbs(torch.autograd.Function):
             g_hidden.add_(grad[:, None] * weight[targets])
         if need_weight:
             g_weight.index_add_(0, targets, grad[:, None] * hidden)
-        return g_hidden, g_weight, None, None, None, None
+        return g_hidden, g_weight, None, None, None, None, None, None, None
 
 
 @dataclass
@@ -237,7 +305,8 @@ class TokenLossSFTTrainer(SFTTrainer):
     token_metrics = True
 
     def __init__(self, *args: Any, loss: TokenLoss | None = None, masked_thought: MaskedThought | None = None,
-                 igf_filter: dict[str, Any] | None = None, **kwargs: Any):
+                 igf_filter: dict[str, Any] | None = None, base_model: str | torch.nn.Module | None = None,
+                 **kwargs: Any):
         self.token_loss = loss if loss is not None else CrossEntropy()
         given = [c for c in getattr(kwargs.get("train_dataset"), "column_names", None) or [] if c not in _TRL_COLUMNS]
         self.extra_columns = tuple(dict.fromkeys([*_EXAMPLE_COLUMNS, *getattr(self.token_loss, "requires", ()),
@@ -270,6 +339,27 @@ class TokenLossSFTTrainer(SFTTrainer):
             check_columns(self.token_loss, self.train_dataset.column_names)
         if igf_filter is not None:
             self._igf_sampler = self._make_igf_sampler()
+        self.reference_model = self._load_reference(base_model)
+
+    def _load_reference(self, base_model: str | torch.nn.Module | None) -> torch.nn.Module | None:
+        """The frozen reference of a loss with `reference_kl`, loaded once in the trained model's dtype and device:
+        the loss's named `reference`, else `base_model` (the model training started from). None when there is
+        nothing to load: no such loss, or LoRA without a named reference (the base is the model with its
+        adapter disabled, no second copy)."""
+        stats = getattr(self.token_loss, "head_stats", None) or {}
+        if REFERENCE_KL not in stats:
+            return None
+        name = stats[REFERENCE_KL].get("reference")
+        if name is None and is_peft_model(self.model):
+            return None
+        source = name if name is not None else base_model
+        if source is None:
+            raise ValueError(f"loss {type(self.token_loss).__name__} anchors to a frozen reference model: pass "
+                             "base_model= (the model training starts from) or set the loss's `reference`")
+        head = self.model.get_output_embeddings().weight
+        ref = source if isinstance(source, torch.nn.Module) else load_model(source, dtype=head.dtype,
+                                                                             device_=head.device)
+        return ref.to(dtype=head.dtype, device=head.device).eval().requires_grad_(False)
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
@@ -361,8 +451,9 @@ class TokenLossSFTTrainer(SFTTrainer):
             inputs["output_router_logits"] = True
         outputs = self.fused_outputs(model, inputs)
         counts = self._window_counts if (mode == "train" and num_items_in_batch is not None) else None
+        columns = {**shift_columns(extra), **(getattr(outputs, "head_columns", None) or {})}
         loss = self.token_loss.from_log_probs(
-            outputs.log_probs, outputs.label_mask, num_items_in_batch, shift_columns(extra),
+            outputs.log_probs, outputs.label_mask, num_items_in_batch, columns,
             step=self.state.global_step, max_steps=self.state.max_steps, counts=counts,
             window=self._window_stats if counts is not None else None,
         )
@@ -382,19 +473,28 @@ class TokenLossSFTTrainer(SFTTrainer):
         """Per-token log-probs of the labels ([B, T-1], zero where ignored) with entropy and top-1 for the metrics.
 
         TRL's fused head (`model(..., fused_lm_head=True)`) on GPU and wherever the CPU path does not
-        apply; the CPU path gives the same values (float tolerance) with less work.
+        apply; the CPU path gives the same values (float tolerance) with less work. The head statistics
+        the loss declares (`head_stats`) come only from this module's tiled pass (`HeadLogProbs`), on
+        any device, in `head_columns` of the output.
         """
-        plan = self._cpu_plan(model, inputs)
+        stats = getattr(self.token_loss, "head_stats", None) or {}
+        plan = self._cpu_plan(model, inputs, any_device=bool(stats))
         if plan is None:
+            if stats:
+                raise ValueError(f"loss {type(self.token_loss).__name__} needs {sorted(stats)} from the trainer's "
+                                 "tiled LM-head pass, which needs one process, right padding, a plain bias-free "
+                                 "head and no extra model inputs (MoE aux loss, position_ids, prompt learning)")
             return model(**inputs, fused_lm_head=True)
         lm, lengths = plan
         ids, labels = inputs["input_ids"], inputs["labels"]
         mask = labels[:, 1:] != -100
         has_label = mask.any(1)
+        topk = int(stats[TOPK_ENTROPY]["k"]) if TOPK_ENTROPY in stats else 0
+        anchored = REFERENCE_KL in stats
         # rows without a label add nothing to the loss: no forward for them
         rows = [i for i in range(len(lengths)) if has_label[i]]
         groups = length_batches([lengths[i] for i in rows], self.forward_tokens or 2**62, max_batch=len(rows) or 1)
-        hidden, where_rows, where_cols = [], [], []
+        hidden, ref_hidden, where_rows, where_cols = [], [], [], []
         for group in groups:
             idx = torch.tensor([rows[i] for i in group], device=ids.device)
             width = max(lengths[rows[i]] for i in group)
@@ -403,6 +503,8 @@ class TokenLossSFTTrainer(SFTTrainer):
             keep = mask[idx, : width - 1]
             r, c = keep.nonzero(as_tuple=True)
             hidden.append(out[:, :-1][r, c])
+            if anchored:
+                ref_hidden.append(self._reference_hidden(model, ids[idx, :width], r, c))
             where_rows.append(idx[r])
             where_cols.append(c)
         if hidden:
@@ -411,22 +513,58 @@ class TokenLossSFTTrainer(SFTTrainer):
             hidden = lm.get_input_embeddings().weight[:0]
             r = c = torch.zeros(0, dtype=torch.long, device=ids.device)
         weight = lm.get_output_embeddings().weight
-        log_probs, entropy, top1 = HeadLogProbs.apply(hidden, weight, labels[:, 1:][r, c],
-                                                      metrics and self.token_metrics,
-                                                      HEAD_TOKEN_CHUNK, HEAD_VOCAB_CHUNK)
+        extra = ()
+        if topk or anchored:
+            ref_weight = self._reference_lm(model).get_output_embeddings().weight if anchored else None
+            if anchored and ref_weight.shape != weight.shape:
+                raise ValueError(f"the reference model's LM head {tuple(ref_weight.shape)} differs from the trained "
+                                 f"model's {tuple(weight.shape)}: they need the same vocabulary")
+            refs = torch.cat(ref_hidden) if ref_hidden else hidden.detach()[:0]
+            extra = (topk, refs if anchored else None, ref_weight)
+        log_probs, entropy, top1, *head = HeadLogProbs.apply(hidden, weight, labels[:, 1:][r, c],
+                                                             metrics and self.token_metrics,
+                                                             HEAD_TOKEN_CHUNK, HEAD_VOCAB_CHUNK, *extra)
 
         def scatter(values):
             return None if values is None else values.new_zeros(mask.shape).index_put((r, c), values)
 
-        return FusedCausalLMOutput(log_probs=scatter(log_probs), entropy=scatter(entropy), is_top1=scatter(top1),
-                                   label_mask=mask)
+        columns = {}
+        if head:
+            columns = {name: scatter(values) for name, values in zip((TOPK_ENTROPY, REFERENCE_KL), head, strict=True)
+                       if name in stats}
+        return HeadOutput(log_probs=scatter(log_probs), entropy=scatter(entropy), is_top1=scatter(top1),
+                          label_mask=mask, head_columns=columns)
 
-    def _cpu_plan(self, model, inputs: dict):
-        """(the causal LM, each row's length) when the CPU path computes exactly what TRL's head would, else None."""
-        if not self.cpu_fast_path or self.aux_loss_enabled or self.args.world_size > 1:
+    def _reference_lm(self, model):
+        """The frozen reference causal LM: the loaded copy, or (LoRA, no named reference) the trained one itself."""
+        if self.reference_model is not None:
+            return self.reference_model
+        return model.get_base_model() if is_peft_model(model) else model
+
+    def _reference_hidden(self, model, ids: torch.Tensor, r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The reference model's last hidden states at positions (r, c) of `ids`, run under inference mode
+        (with the LoRA adapter disabled when the reference is the trained model's own base)."""
+        lm = self._reference_lm(model)
+        adapter_off = self.reference_model is None
+        if adapter_off and not is_peft_model(model):
+            raise ValueError("no reference model loaded for the KL anchor (TokenLossSFTTrainer(base_model=...))")
+        was_training = lm.training
+        with torch.inference_mode(), (model.disable_adapter() if adapter_off else contextlib.nullcontext()):
+            lm.eval()
+            try:
+                out = lm.base_model(input_ids=ids, use_cache=False).last_hidden_state[:, :-1][r, c]
+            finally:
+                lm.train(was_training)
+        return out.clone()  # a normal tensor: autograd may save it for the backward pass
+
+    def _cpu_plan(self, model, inputs: dict, any_device: bool = False):
+        """(the causal LM, each row's length) when the CPU path computes exactly what TRL's head would, else None.
+        `any_device`: the tiled pass is needed (head statistics), so any device and dtype, even with the
+        fast path off."""
+        if not (self.cpu_fast_path or any_device) or self.aux_loss_enabled or self.args.world_size > 1:
             return None
         ids, labels = inputs.get("input_ids"), inputs.get("labels")
-        if ids is None or labels is None or ids.device.type != "cpu" or set(inputs) - _MODEL_INPUTS:
+        if ids is None or labels is None or (ids.device.type != "cpu" and not any_device) or set(inputs) - _MODEL_INPUTS:
             return None
         lm = model
         if is_peft_model(model):  # LoRA layers sit inside the base model; prompt learning adds tokens: not here
@@ -434,7 +572,8 @@ class TokenLossSFTTrainer(SFTTrainer):
                 return None
             lm = model.get_base_model()
         head = lm.get_output_embeddings()
-        if type(head) is not torch.nn.Linear or not plain_head(lm) or head.weight.dtype != torch.float32:
+        if type(head) is not torch.nn.Linear or not plain_head(lm) or (head.weight.dtype != torch.float32
+                                                                         and not any_device):
             return None
         attn = inputs.get("attention_mask")
         if attn is None:
