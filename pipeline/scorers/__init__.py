@@ -37,6 +37,7 @@ from pipeline.scorers import embedding as _embedding  # noqa: E402,F401
 from pipeline.scorers import ifd as _ifd  # noqa: E402,F401
 from pipeline.scorers import information_gain as _information_gain  # noqa: E402,F401
 from pipeline.scorers import learnability as _learnability  # noqa: E402,F401
+from pipeline.scorers import less as _less  # noqa: E402,F401
 from pipeline.scorers import perplexity as _perplexity  # noqa: E402,F401
 from pipeline.scorers import token_loss as _token_loss  # noqa: E402,F401
 
