@@ -62,7 +62,7 @@ def nll_delta(base, tuned, seed: int) -> dict:
 
     from pipeline.evaluation.stats import paired_nll_difference
 
-    diff = paired_nll_difference(pl.read_parquet(base.table), pl.read_parquet(tuned.table), seed=seed)
+    diff = paired_nll_difference(pl.read_parquet(base.table, glob=False), pl.read_parquet(tuned.table, glob=False), seed=seed)
     return {"accuracy": tuned.accuracy - base.accuracy, "nll": diff["d_nll"],
             "nll_ci": [diff["d_nll_lo"], diff["d_nll_hi"]], "bits_per_byte": diff["d_bpb"],
             "bits_per_byte_ci": [diff["d_bpb_lo"], diff["d_bpb_hi"]], "n_examples": diff["n_examples"],

@@ -102,10 +102,10 @@ def _check_variant(variant: object, where: str, taken: set[str]) -> str:
 
 def noise_kept(train: str, selection: str) -> dict[str, int]:
     """With `data.noise`: how many corrupted training rows of each kind the selection kept (else {})."""
-    examples = pl.read_parquet(train)
+    examples = pl.read_parquet(train, glob=False)
     if "noise" not in examples.columns:
         return {}
-    kept = examples.join(pl.read_parquet(selection).select("id", "kept"), on="id", how="left")
+    kept = examples.join(pl.read_parquet(selection, glob=False).select("id", "kept"), on="id", how="left")
     noisy = kept.filter(pl.col("noise").is_not_null())
     counts = noisy.group_by("noise").agg(pl.col("kept").sum()).sort("noise")
     return {"all": int(noisy.get_column("kept").sum()), **dict(counts.iter_rows())}
@@ -123,7 +123,7 @@ def study_cell(config, run_dir: str) -> dict:
             "noise_kept": noise_kept(cur.data.train.path, cur.selection.path),
             "train_tokens": getattr(trained, "train_tokens", None), "train_seconds": getattr(trained, "runtime_s", None),
             "seconds": round(time.perf_counter() - t0, 1), "nll": tuned.nll, "accuracy": tuned.accuracy,
-            "data_card": cur.card, "test_size": cur.data.test.rows}
+            "data_card": cur.card, "test_size": cur.data.test.rows, "model_dir": trained.model_dir}
 
 
 @flow(name="study", validate_parameters=False)
@@ -136,7 +136,7 @@ def study_flow(config, run_dir: str | None = None) -> dict:
     run_dir = ensure_run_dir(r, run_dir)
     seeds = r.seeds or [r.seed]
     t0 = time.perf_counter()
-    tables, runs, test_size, names = [], [], None, []
+    tables, runs, test_size, names, curves = [], [], None, [], {}
     check_same_test(variant_plans(r), r)
     for seed in seeds:
         cells = variant_plans(r, seed)
@@ -145,7 +145,8 @@ def study_flow(config, run_dir: str | None = None) -> dict:
             log(f"study cell {name} seed {seed}")
             out = study_cell(config=plan, run_dir=str(Path(run_dir) / "cells" / f"{name}-seed{seed}"))
             test_size = out["test_size"]
-            tables.append(pl.read_parquet(out["eval_table"]).select(
+            curves[f"{name}/seed{seed}"] = out["model_dir"]  # TensorBoard overlays the cells
+            tables.append(pl.read_parquet(out["eval_table"], glob=False).select(
                 pl.lit(name).alias("variant"), pl.lit(seed).alias("seed"), "id", "nll_sum", "n_tokens", "n_bytes",
                 pl.when(pl.col("generated")).then(pl.col("correct")).alias("correct")))
             runs.append({"variant": name, "seed": seed, **{k: out[k] for k in ("steps", "train_tokens", "kept")},
@@ -160,7 +161,7 @@ def study_flow(config, run_dir: str | None = None) -> dict:
     metrics = {"recipe": r.name, "study": written["rows"], "run_dir": run_dir,
                "results": str(Path(run_dir) / "results.md")}
     write_json(Path(run_dir) / "metrics.json", metrics)
-    publish_artifacts(r.name, {"run_dir": run_dir}, written["rows"])
+    publish_artifacts(r.name, {"run_dir": run_dir, "tensorboard": curves}, written["rows"])
     return metrics
 
 
