@@ -6,16 +6,12 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import polars as pl
 import pytest
 import torch
 import torch.nn.functional as F
 
 from pipeline.core.registry import ConfigError
 from pipeline.losses import get_loss
-
-PROMPTS = ["What is 2+2?", "Name a color.", "Say hi.", "Count to three."]
-RESPONSES = ["4", "Blue is a color I like.", "Hi there!", "One, two, three."]
 
 
 def asft_formula(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor, kl_coef: float,
@@ -84,22 +80,6 @@ def test_head_pass_kl_in_tiles():
     torch.testing.assert_close(got[1], weight.grad, rtol=1e-5, atol=1e-5)
 
 
-def make_trainer(tiny_model_dir, tmp_path, loss, lora: dict | None = None):
-    from pipeline.models.loading import load_model, load_tokenizer
-    from pipeline.training.train import build_dataset, lora_config, sft_config, train_settings
-    from pipeline.training.trainer import TokenLossSFTTrainer
-
-    tokenizer = load_tokenizer(tiny_model_dir)
-    model = load_model(tiny_model_dir, dtype=torch.float32).train()
-    cfg = train_settings({"loss": "asft", "max_steps": 2, "batch_size": 4})
-    args = sft_config(cfg, tmp_path / "asft", 0, loss)
-    args.shuffle_dataset = False
-    dataset = build_dataset(tokenizer, pl.DataFrame({"prompt": PROMPTS, "response": RESPONSES}), 64,
-                            weights=[1.0, 2.0, 0.5, 1.0])
-    return TokenLossSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, loss=loss,
-                               base_model=tiny_model_dir, peft_config=lora_config(lora))
-
-
 def trained_grads(model) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -135,10 +115,10 @@ def check_fused_against_formula(trainer, reference_logits_fn, kl_coef: float):
     return model
 
 
-def test_trainer_full_finetune_anchors_to_a_frozen_copy(tiny_model_dir, tmp_path):
+def test_trainer_full_finetune_anchors_to_a_frozen_copy(tiny_trainer, tiny_model_dir):
     from pipeline.models.loading import load_model
 
-    trainer = make_trainer(tiny_model_dir, tmp_path, get_loss("asft", kl_coef=0.5))
+    trainer = tiny_trainer(get_loss("asft", kl_coef=0.5), base_model=True)
     ref = trainer.reference_model
     assert ref is not None and ref is not trainer.model and not ref.training
     assert all(not p.requires_grad for p in ref.parameters())
@@ -155,8 +135,8 @@ def test_trainer_full_finetune_anchors_to_a_frozen_copy(tiny_model_dir, tmp_path
     assert seen == [True]
 
 
-def test_trainer_lora_anchors_to_the_base_with_the_adapter_disabled(tiny_model_dir, tmp_path):
-    trainer = make_trainer(tiny_model_dir, tmp_path, get_loss("asft"), lora={"r": 4, "alpha": 8})
+def test_trainer_lora_anchors_to_the_base_with_the_adapter_disabled(tiny_trainer):
+    trainer = tiny_trainer(get_loss("asft"), lora={"r": 4, "alpha": 8}, base_model=True)
     model = trainer.model
     assert trainer.reference_model is None  # no second copy: peft's disable_adapter
     g = torch.Generator().manual_seed(0)
@@ -188,14 +168,12 @@ def test_bad_value_in_a_recipe_is_one_error_line(capsys):
     assert code == 2 and len(err) == 1 and err[0].startswith("pipeline: error: train.loss_params.kl_coef")
 
 
-def test_asft_trains_from_a_recipe(tmp_path, tiny_model_dir, monkeypatch):
+def test_asft_trains_from_a_recipe(train_subset_run):
     """The real default path: the train stage builds asft (kl_coef 0.1), the trainer loads the frozen base and
     trains; KL is 0 at the first step (model == base) and positive once the model has moved."""
     import math
 
-    from tests.test_eaft import run_recipe
-
-    metrics, logs = run_recipe(tmp_path, tiny_model_dir, monkeypatch, "asft", "train.warmup_ratio=0",
+    metrics, logs = train_subset_run("asft", "train.warmup_ratio=0",
                                "train.learning_rate=1e-3")
     assert metrics["train"]["loss"] == "asft" and metrics["train"]["steps"] == 2
     assert math.isfinite(metrics["train"]["train_loss"]) and metrics["train"]["train_loss"] > 0

@@ -13,14 +13,6 @@ from pipeline.cli import main
 from pipeline.core.config import MAX_NEW_TOKENS, MAX_ROWS
 
 
-def _error(capsys, args: list[str]) -> str:
-    code = main(args)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2, err
-    assert err and err[-1].startswith("pipeline: error: ") and "Traceback" not in "\n".join(err)
-    return err[-1]
-
-
 @pytest.mark.parametrize("override,key,expect", [
     ("train.learning_rate=.inf", "train.learning_rate", "finite"),
     ("train.learning_rate=.nan", "train.learning_rate", "finite"),
@@ -48,17 +40,17 @@ def _error(capsys, args: list[str]) -> str:
     ("name=.hidden", "name", "must be one plain folder name"),
     ("name=a\\b", "name", "must be one plain folder name"),
 ])
-def test_every_key_is_bounded_before_anything_runs(tmp_path, capsys, override, key, expect):
-    line = _error(capsys, ["recipes", "--show", "sft-math", "--set", override])
+def test_every_key_is_bounded_before_anything_runs(tmp_path, override, key, expect, cli_error):
+    line = cli_error(["recipes", "--show", "sft-math", "--set", override])
     assert line.startswith(f"pipeline: error: {key}: ") and expect in line, line
     run_dir = tmp_path / "run"  # the same check ends `pipeline run` before a run folder exists
-    assert _error(capsys, ["run", "sft-math", "--run-dir", str(run_dir), "--set", override]) == line
+    assert cli_error(["run", "sft-math", "--run-dir", str(run_dir), "--set", override]) == line
     assert not run_dir.exists()
 
 
 @pytest.mark.parametrize("name", ["../../etc/x", "recipes/../../x", ".hidden"])
-def test_a_recipe_name_is_never_a_path_out_of_the_recipe_folders(capsys, name):
-    assert "no recipe file" in _error(capsys, ["recipes", "--show", name])
+def test_a_recipe_name_is_never_a_path_out_of_the_recipe_folders(name, cli_error):
+    assert "no recipe file" in cli_error(["recipes", "--show", name])
 
 
 def test_sane_values_still_pass(capsys):
@@ -92,7 +84,7 @@ def test_a_diverged_model_is_never_saved(tmp_path, poison, loss, expect):
     assert not math.isfinite(loss) or poison
 
 
-def test_training_with_a_huge_learning_rate_publishes_no_model(tmp_path, tiny_model_dir, capsys):
+def test_training_with_a_huge_learning_rate_publishes_no_model(tmp_path, tiny_model_dir, cli_error):
     """Through the CLI on the tiny model: lr=1e30 diverges within two steps; exit 2, no model in the run."""
     import polars as pl
 
@@ -100,7 +92,7 @@ def test_training_with_a_huge_learning_rate_publishes_no_model(tmp_path, tiny_mo
     pl.DataFrame({"id": [f"i{i}" for i in range(4)], "prompt": ["What is 2+2?"] * 4,
                   "response": [f"It is {i}." for i in range(4)]}).write_parquet(subset)
     run = tmp_path / "run"
-    line = _error(capsys, ["run", "train-subset", "--run-dir", str(run), "--set", f"model={tiny_model_dir}",
+    line = cli_error(["run", "train-subset", "--run-dir", str(run), "--set", f"model={tiny_model_dir}",
                            "--set", f"cache_dir={tmp_path / 'cache'}", "--set", f"data.subset={subset}",
                            "--set", "train.learning_rate=1e30", "--set", "train.max_steps=3",
                            "--set", "train.batch_size=2", "--set", "train.max_length=32"])

@@ -6,16 +6,12 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
-import polars as pl
 import pytest
 import torch
 import torch.nn.functional as F
 
 from pipeline.core.registry import ConfigError
 from pipeline.losses import get_loss
-
-PROMPTS = ["What is 2+2?", "Name a color.", "Say hi.", "Count to three."]
-RESPONSES = ["4", "Blue is a color I like.", "Hi there!", "One, two, three."]
 
 
 def eaft_formula(logits: torch.Tensor, labels: torch.Tensor, k: int, alpha: float, normalizer: float,
@@ -84,27 +80,12 @@ def test_head_pass_topk_entropy_in_tiles():
         hidden.grad = weight.grad = None
 
 
-def make_trainer(tiny_model_dir, tmp_path, loss):
-    from pipeline.models.loading import load_model, load_tokenizer
-    from pipeline.training.train import build_dataset, sft_config, train_settings
-    from pipeline.training.trainer import TokenLossSFTTrainer
-
-    tokenizer = load_tokenizer(tiny_model_dir)
-    model = load_model(tiny_model_dir, dtype=torch.float32).train()
-    cfg = train_settings({"loss": "eaft", "max_steps": 2, "batch_size": 4})
-    args = sft_config(cfg, tmp_path / "eaft", 0, loss)
-    args.shuffle_dataset = False
-    dataset = build_dataset(tokenizer, pl.DataFrame({"prompt": PROMPTS, "response": RESPONSES}), 64,
-                            weights=[1.0, 2.0, 0.5, 1.0])
-    return TokenLossSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, loss=loss)
-
-
-def test_trainer_fused_path_matches_formula(tiny_model_dir, tmp_path):
+def test_trainer_fused_path_matches_formula(tiny_trainer):
     """compute_loss (tiled head, no full logits, default k=20 on the 49k vocabulary) = the formula on full logits."""
     from pipeline.training import trainer as trainer_module
 
     loss = get_loss("eaft")
-    trainer = make_trainer(tiny_model_dir, tmp_path, loss)
+    trainer = tiny_trainer(loss)
     model = trainer.model
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
     n = int((batch["labels"][:, 1:] != -100).sum())
@@ -143,35 +124,9 @@ def test_bad_value_in_a_recipe_is_one_error_line(capsys):
     assert code == 2 and len(err) == 1 and err[0].startswith("pipeline: error: train.loss_params.alpha")
 
 
-def run_recipe(tmp_path, tiny_model_dir, monkeypatch, loss: str, *extra: str) -> tuple[dict, list[dict]]:
-    """`pipeline run train-subset --set train.loss=<loss>` on the tiny model: the run's metrics and the trainer's logs."""
-    import json
-
-    from pipeline.cli import main
-    from pipeline.training.trainer import TokenLossSFTTrainer
-
-    logs: list[dict] = []
-    log = TokenLossSFTTrainer.log
-
-    def spy(self, values, *args, **kwargs):
-        log(self, values, *args, **kwargs)
-        logs.append(dict(values))
-
-    monkeypatch.setattr(TokenLossSFTTrainer, "log", spy)
-    subset = tmp_path / "subset.parquet"
-    pl.DataFrame({"id": [f"r{i}" for i in range(4)], "prompt": PROMPTS, "response": RESPONSES}).write_parquet(subset)
-    args = ["run", "train-subset", "--run-dir", str(tmp_path / "run"), "--set", f"model={tiny_model_dir}",
-            "--set", f"data.subset={subset}", "--set", f"cache_dir={tmp_path / 'cache'}", "--set", f"train.loss={loss}",
-            "--set", "train.max_steps=2", "--set", "train.batch_size=2", "--set", "train.max_length=64"]
-    for setting in extra:
-        args += ["--set", setting]
-    assert main(args) == 0
-    return json.loads((tmp_path / "run" / "metrics.json").read_text()), logs
-
-
-def test_eaft_trains_from_a_recipe(tmp_path, tiny_model_dir, monkeypatch):
+def test_eaft_trains_from_a_recipe(train_subset_run):
     """The real default path: the train stage builds eaft (k=20, alpha=1) and trains; its gate is logged."""
-    metrics, logs = run_recipe(tmp_path, tiny_model_dir, monkeypatch, "eaft")
+    metrics, logs = train_subset_run("eaft")
     assert metrics["train"]["loss"] == "eaft" and metrics["train"]["steps"] == 2
     assert math.isfinite(metrics["train"]["train_loss"]) and metrics["train"]["train_loss"] > 0
     steps = [entry for entry in logs if "loss" in entry]

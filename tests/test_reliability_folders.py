@@ -19,15 +19,6 @@ from pipeline.core.runs import RUN_MARKER, new_run_dir, run_marker
 from pipeline.stages.base import publish
 
 
-def _error(capsys, args: list[str]) -> str:
-    """Run the CLI, expect exit 2 and one error line; return it."""
-    code = main(args)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2, err
-    assert err and err[-1].startswith("pipeline: error: ") and "Traceback" not in "\n".join(err)
-    return err[-1]
-
-
 def _card(folder: Path, config: dict | None = None) -> Path:
     """A small data card folder (card.json + subset.parquet) recording `config`."""
     folder.mkdir(parents=True)
@@ -61,9 +52,9 @@ def _snapshot(root: Path) -> dict[str, bytes]:
     ("other", "is a run of recipe 'curate-math', not 'curate'"),
     ("source", "is a file, not a folder"),
 ])
-def test_run_dir_takes_only_a_new_empty_or_same_recipe_run(world, tmp_path, capsys, target, expect):
+def test_run_dir_takes_only_a_new_empty_or_same_recipe_run(world, tmp_path, target, expect, cli_error):
     before = _snapshot(tmp_path)
-    line = _error(capsys, ["run", "curate", "--run-dir", str(world[target]),
+    line = cli_error(["run", "curate", "--run-dir", str(world[target]),
                            "--set", f"data.source={world['source']}", "--set", f"cache_dir={tmp_path / 'cache'}"])
     assert line.startswith(f"pipeline: error: --run-dir: {world[target]}") and expect in line, line
     assert _snapshot(tmp_path) == before  # nothing written, nothing replaced
@@ -110,7 +101,7 @@ def test_publish_replaces_nothing_outside_a_marked_run(world, tmp_path):
     ("export", "other/data/x.parquet", "is a run folder"),
     ("export", "project/data/train.jsonl", "file exists; pass --force"),
 ])
-def test_one_output_guard_for_every_command(world, tmp_path, capsys, command, target, expect):
+def test_one_output_guard_for_every_command(world, tmp_path, command, target, expect, cli_error):
     head, _, rest = target.partition("/")
     out = world[head] / rest if rest else world[head]
     before = _snapshot(tmp_path)
@@ -123,7 +114,7 @@ def test_one_output_guard_for_every_command(world, tmp_path, capsys, command, ta
         args, flag = ["regenerate", str(world["card"]), "--out", str(out)], "--out"
     else:
         args, flag = ["inspect", str(world["card"]), "--export", str(out)], "--export"
-    line = _error(capsys, args)
+    line = cli_error(args)
     assert line.startswith(f"pipeline: error: {flag} {out}: ") and expect in line, line
     assert _snapshot(tmp_path) == before
 

@@ -19,14 +19,6 @@ BOMB = "".join(f"{c}: &{c} [{', '.join(['*' + p] * 9 if p else ['x'] * 9)}]\n"
                for p, c in zip(["", "a", "b", "c", "d", "e", "f"], "abcdefg", strict=True))
 
 
-def _error(capsys, args: list[str]) -> str:
-    code = main(args)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2, err
-    assert err and err[-1].startswith("pipeline: error: ") and "Traceback" not in "\n".join(err)
-    return err[-1]
-
-
 def _card(folder: Path, config) -> Path:
     folder.mkdir(parents=True)
     (folder / "card.json").write_text(json.dumps({"name": folder.name, "run": {"config": config}}))
@@ -48,11 +40,11 @@ EVIL = "import pathlib\npathlib.Path('PWNED').write_text('ran')\nclass Part: pas
     ({"name": "c", "train": {"columns": {"ref_nll": "evil:Part"}}}, "train.columns.ref_nll"),
     ({"name": "c", "score": {"scorer": "not_an_installed_entry_point"}}, "score.scorer"),
 ])
-def test_regenerate_refuses_a_card_that_names_code(tmp_path, capsys, monkeypatch, config, key):
+def test_regenerate_refuses_a_card_that_names_code(tmp_path, monkeypatch, config, key, cli_error):
     card = _card(tmp_path / "card", config)
     (card / "evil.py").write_text(EVIL)
     monkeypatch.chdir(card)  # where a module:attr would be imported from
-    line = _error(capsys, ["regenerate", str(card), "--out", str(tmp_path / "regen")])
+    line = cli_error(["regenerate", str(card), "--out", str(tmp_path / "regen")])
     assert line.startswith(f"pipeline: error: {card / 'card.json'}: the recorded config names code ({key}: ")
     assert "--allow-code" in line and not (card / "PWNED").exists()
 
@@ -62,20 +54,20 @@ def test_regenerate_refuses_a_card_that_names_code(tmp_path, capsys, monkeypatch
     ({"name": "c", "cards_dir": "x", "data": {"n_train": 10**12}}, "run.config.data.n_train: input should be less"),
     ({"name": "c/../../d"}, "run.config.name"),
 ])
-def test_a_card_is_checked_like_a_recipe(tmp_path, capsys, config, expect):
+def test_a_card_is_checked_like_a_recipe(tmp_path, config, expect, cli_error):
     card = _card(tmp_path / "card", config)
-    line = _error(capsys, ["regenerate", str(card), "--out", str(tmp_path / "regen")])
+    line = cli_error(["regenerate", str(card), "--out", str(tmp_path / "regen")])
     assert line.startswith(f"pipeline: error: {card / 'card.json'}: ") and expect in line, line
     assert not (tmp_path / "regen" / "run").exists()
 
 
-def test_allow_code_is_the_only_way_past_the_code_check(tmp_path, capsys, monkeypatch):
+def test_allow_code_is_the_only_way_past_the_code_check(tmp_path, monkeypatch, cli_error):
     card = _card(tmp_path / "card", {"name": "../x", "score": {"scorer": "evil:Part"}})
     (card / "evil.py").write_text(EVIL)
     monkeypatch.chdir(card)
-    assert "names code" in _error(capsys, ["regenerate", str(card), "--out", str(tmp_path / "r")])
+    assert "names code" in cli_error(["regenerate", str(card), "--out", str(tmp_path / "r")])
     # with --allow-code the code check passes and the next check (the unsafe name) stops it, still before any import
-    line = _error(capsys, ["regenerate", str(card), "--out", str(tmp_path / "r"), "--allow-code"])
+    line = cli_error(["regenerate", str(card), "--out", str(tmp_path / "r"), "--allow-code"])
     assert "run.config.name" in line and not (card / "PWNED").exists()
 
 
@@ -86,10 +78,10 @@ def test_allow_code_is_the_only_way_past_the_code_check(tmp_path, capsys, monkey
     ('{"run": ' + DEEP_JSON + "}", "nested deeper than 100 levels"),
     ('{"run": ', "not readable JSON"),
 ])
-def test_a_broken_card_is_one_line_naming_it(tmp_path, capsys, content, expect):
+def test_a_broken_card_is_one_line_naming_it(tmp_path, content, expect, cli_error):
     card = _card(tmp_path / "card", {})
     (card / "card.json").write_text(content)
-    line = _error(capsys, ["regenerate", str(card), "--out", str(tmp_path / "regen")])
+    line = cli_error(["regenerate", str(card), "--out", str(tmp_path / "regen")])
     assert str(card / "card.json") in line and expect in line, line
 
 
@@ -101,12 +93,12 @@ def test_a_broken_card_is_one_line_naming_it(tmp_path, capsys, content, expect):
     ("{a: " * 500 + "1" + "}" * 500, "nested deeper than 100 levels"),
     ("[&a [x, x, x, x, x, x, x, x, x], " + ", ".join(["[*a, *a, *a, *a, *a, *a, *a, *a, *a]"] * 3) + "]", None),
 ])
-def test_a_set_value_is_bounded(capsys, value, expect):
+def test_a_set_value_is_bounded(value, expect, cli_error):
     args = ["recipes", "--show", "sft-math", "--set", f"select.keep={value}"]
     if expect is None:  # a small alias use is fine (it then fails the type check of keep, not the reader)
-        assert "not valid YAML" not in _error(capsys, args)
+        assert "not valid YAML" not in cli_error(args)
         return
-    line = _error(capsys, args)
+    line = cli_error(args)
     assert line.startswith("pipeline: error: select.keep: value ") and expect in line and len(line) < 400
 
 
@@ -115,16 +107,16 @@ def test_a_set_value_is_bounded(capsys, value, expect):
     ("name: x\ntrain: " + "{a: " * 500 + "1" + "}" * 500 + "\n", "nested deeper than 100 levels"),
     ("a: &a [*a]\n", "an alias refers to a node that contains it"),
 ])
-def test_a_recipe_file_is_bounded(tmp_path, capsys, text, expect):
+def test_a_recipe_file_is_bounded(tmp_path, text, expect, cli_error):
     recipe = tmp_path / "bomb.yaml"
     recipe.write_text(text)
     t0 = time.perf_counter()
-    line = _error(capsys, ["recipes", "--show", str(recipe)])
+    line = cli_error(["recipes", "--show", str(recipe)])
     assert line.startswith(f"pipeline: error: {recipe}") and expect in line, line
     assert time.perf_counter() - t0 < 10
 
 
-def test_a_bomb_in_a_run_folder_breaks_only_that_folder(tmp_path, capsys):
+def test_a_bomb_in_a_run_folder_breaks_only_that_folder(tmp_path, capsys, cli_error):
     runs = tmp_path / "runs"
     good = new_run_dir({"name": "curate", "output_dir": str(runs)})
     bad = new_run_dir({"name": "curate", "output_dir": str(runs)})
@@ -132,7 +124,7 @@ def test_a_bomb_in_a_run_folder_breaks_only_that_folder(tmp_path, capsys):
     assert main(["inspect", "--list", "--output-dir", str(runs), "--cards-dir", str(tmp_path / "c"), "--json"]) == 0
     rows = {r["path"]: r for r in json.loads(capsys.readouterr().out)["runs"]}
     assert "error" not in rows[str(good)] and "expands to more than" in rows[str(bad)]["error"]
-    line = _error(capsys, ["inspect", str(bad)])
+    line = cli_error(["inspect", str(bad)])
     assert str(bad / "config.yaml") in line and "expands to more than" in line
 
 
@@ -273,9 +265,9 @@ def test_an_incomplete_model_file_is_detected(tmp_path):
      "row 1, field prompt: 1 rows have no prompt (null)"),
     (pl.DataFrame({"id": ["a"], "prompt": [1], "response": ["r"]}), "column prompt holds Int64, not text"),
 ])
-def test_a_bad_subset_names_the_file_and_row(tmp_path, capsys, table, expect):
+def test_a_bad_subset_names_the_file_and_row(tmp_path, table, expect, cli_error):
     subset = tmp_path / "subset.parquet"
     table.write_parquet(subset)
-    line = _error(capsys, ["run", "train-subset", "--run-dir", str(tmp_path / "r"), "--set",
+    line = cli_error(["run", "train-subset", "--run-dir", str(tmp_path / "r"), "--set",
                            f"cache_dir={tmp_path / 'cache'}", "--set", f"data.subset={subset}"])
     assert line.startswith(f"pipeline: error: {subset}: ") and expect in line, line
