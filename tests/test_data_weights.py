@@ -264,3 +264,50 @@ def test_think_weight_without_any_span_warns_with_the_count(tiny_model_dir):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         provider.compute(spans.head(1), ctx)  # a span found: no warning
+
+
+def peer_chat(first: dict, second: dict, sharegpt: bool = False) -> dict:
+    """openai_chat's two replies with each reply's weight given under a peer's key (`first`, `second`)."""
+    turns = openai_chat()["messages"]
+    for turn, keys in ((turns[1], first), (turns[3], second)):
+        turn.pop("loss_weight")
+        turn.update(keys)
+    if not sharegpt:
+        return {"messages": turns}
+    return {"conversations": [{"from": {"user": "human", "assistant": "gpt"}[t.pop("role")], "value": t.pop("content"),
+                               **t} for t in turns]}
+
+
+@pytest.mark.parametrize("record", [
+    peer_chat({"loss_scale": 0}, {"loss_scale": 2.5}),                       # ms-swift's number
+    peer_chat({"loss": False}, {"loss_scale": 2.5}),                          # ms-swift's switch: false masks
+    peer_chat({"weight": 0}, {"weight": 2.5}, sharegpt=True),                # axolotl ShareGPT's per-turn weight
+    peer_chat({"weight": 0, "loss_weight": 0}, {"loss_weight": 2.5}, sharegpt=True),  # two keys that agree
+], ids=["loss_scale", "loss", "sharegpt-weight", "agreeing"])
+def test_peer_turn_weight_keys_are_read_as_loss_weight(tmp_path, tok, record):
+    """Peers' names for a turn's weight train exactly as `loss_weight` does: the same tokens at the same weights."""
+    from pipeline.training.train import build_dataset
+
+    examples, quarantine = ingest(write_jsonl(tmp_path / "peer.jsonl", [record]))
+    assert quarantine.height == 0, quarantine.to_dicts()
+    turns = json.loads(examples["messages"][0])
+    assert [t.get("loss_weight") for t in turns] == [None, 0.0, None, 2.5]
+    assert not any(k in t for t in turns for k in ("loss_scale", "weight", "loss"))  # one name downstream
+    reference, _ = ingest(write_jsonl(tmp_path / "ours.jsonl", [openai_chat()]))
+    got, want = build_dataset(tok, examples, 256)[0], build_dataset(tok, reference, 256)[0]
+    assert got["input_ids"] == want["input_ids"] and got["completion_mask"] == want["completion_mask"]
+    assert got["token_weight"] == want["token_weight"]
+
+
+def test_peer_turn_weight_keys_that_disagree_or_are_bad_are_quarantined(tmp_path):
+    bad = [peer_chat({"loss": True}, {"loss_scale": 2.5, "loss": True}),  # loss true = 1 but loss_scale 2.5
+           peer_chat({"weight": 1, "loss_weight": 0}, {}, sharegpt=True),
+           peer_chat({"loss": "no"}, {}),
+           peer_chat({"loss_scale": -2}, {})]
+    examples, quarantine = ingest(write_jsonl(tmp_path / "bad.jsonl", bad))
+    assert examples.height == 0 and quarantine.height == 4
+    reasons = quarantine.sort("line").get_column("reason").to_list()
+    assert reasons[0] == "bad_weight: turn 3 gives loss_scale=2.5, loss=1 that disagree"
+    assert reasons[1] == "bad_weight: turn 1 gives loss_weight=0, weight=1 that disagree"
+    assert reasons[2].startswith("bad_weight: turn 1 loss must be true or false") and "'no'" in reasons[2]
+    assert reasons[3] == "bad_weight: turn 1 loss_scale must be a finite number >= 0, got -2"

@@ -29,7 +29,7 @@ import polars as pl
 
 from pipeline.core.config import DEFAULT_MAX_CHARS
 from pipeline.core.io import MAX_DEPTH, nesting_depth
-from pipeline.data.weights import DATA_WEIGHT, chat_weight_problem, parse_weight
+from pipeline.data.weights import DATA_WEIGHT, canonical_turn, chat_weight_problem, parse_weight
 
 SCHEMA: dict[str, pl.DataType] = {
     "id": pl.String,
@@ -308,7 +308,10 @@ def _chat(messages: Any) -> list[dict] | str:
         if role != "system" and not m[content_key].strip():
             return f"empty_field: turn {i} ({role}) has empty content"
         extra = {k: v for k, v in m.items() if k not in (role_key, content_key)}
-        turns.append({"role": role, "content": m[content_key], **extra})
+        turn = canonical_turn({"role": role, "content": m[content_key], **extra}, i)  # peers' turn-weight keys
+        if isinstance(turn, str):
+            return turn
+        turns.append(turn)
     if not any(t["role"] == "assistant" for t in turns):
         return "missing_field: the chat has no assistant turn"
     if turns[-1]["role"] != "assistant":

@@ -1,7 +1,9 @@
 """Loss weights from the user's data: a chat turn's `loss_weight` and an example's `weight`.
 
 A chat message may carry `loss_weight` (a number >= 0, default 1): it scales the loss on that assistant
-turn's tokens, and 0 masks the turn (its tokens get no label, as a user turn's). A record may carry a
+turn's tokens, and 0 masks the turn (its tokens get no label, as a user turn's). Peers' names for it are
+read too and stored as `loss_weight`: ms-swift's `loss_scale` (a number) and `loss` (true/false), and
+axolotl's ShareGPT `weight` (0 or 1); two of them on one turn must agree. A record may carry a
 per-example `weight` (the field `data.fields.weight` names, else `weight`), kept in the example table's
 `data_weight` column (null = 1). At training both multiply with the rest: the example weight with the
 selection's weight (`example_weight`), the turn weight with `train.think_weight` (`token_weight`),
@@ -19,6 +21,7 @@ import polars as pl
 
 DATA_WEIGHT = "data_weight"  # the example table's column of per-example weights from the data
 TURN_WEIGHT = "loss_weight"  # a chat turn's key
+TURN_WEIGHT_ALIASES = ("loss_scale", "weight", "loss")  # ms-swift's number, axolotl ShareGPT's 0/1, ms-swift's bool
 
 
 def parse_weight(value: Any) -> float | str:
@@ -32,6 +35,25 @@ def parse_weight(value: Any) -> float | str:
     if not math.isfinite(number) or number < 0:
         return f"must be a finite number >= 0, got {value!r}"
     return number
+
+
+def canonical_turn(turn: dict, index: int = 0) -> dict | str:
+    """The turn with its loss weight under `loss_weight`, whichever key of `TURN_WEIGHT_ALIASES` gave it (the
+    alias removed), or why not: a bad value, ms-swift's `loss` not a bool, or two keys that disagree."""
+    given = {k: turn[k] for k in (TURN_WEIGHT, *TURN_WEIGHT_ALIASES) if turn.get(k) is not None}
+    if not given or set(given) == {TURN_WEIGHT}:
+        return turn
+    values: dict[str, float] = {}
+    for key, value in given.items():
+        if key == "loss" and not isinstance(value, bool):
+            return f"bad_weight: turn {index} loss must be true or false (ms-swift's switch), got {value!r}"
+        weight = float(value) if key == "loss" else parse_weight(value)
+        if isinstance(weight, str):
+            return f"bad_weight: turn {index} {key} {weight}"
+        values[key] = weight
+    if len(set(values.values())) > 1:
+        return f"bad_weight: turn {index} gives " + ", ".join(f"{k}={v:g}" for k, v in values.items()) + " that disagree"
+    return {**{k: v for k, v in turn.items() if k not in given}, TURN_WEIGHT: next(iter(values.values()))}
 
 
 def turn_weight(turn: dict, index: int = 0) -> float:
