@@ -105,3 +105,17 @@ def test_a_noisy_pool_study_counts_the_noise_each_rule_kept(tmp_path, tiny_model
     assert row["ppl-low"]["noise_kept_refusal"] + row["ppl-low"]["noise_kept_empty"] == row["ppl-low"]["noise_kept_all"]
     text = (tmp_path / "n" / "results.md").read_text()
     assert "## Noisy training rows kept" in text and "| variant | all | empty | refusal |" in text
+
+
+def test_a_variant_that_names_its_scorers_drops_the_baselines_scorer_params():
+    """`score.params` is keyed by scorer: a variant that changes `score.scorer` starts from its own params, so the
+    baseline's params for a scorer it does not run are not an error; a variant that keeps the scorers merges them."""
+    from pipeline.flows.recipe import resolve_recipe
+    from pipeline.flows.study import variant_plans
+
+    recipe = resolve_recipe("study-noisy")[0].recipe
+    plans = dict(variant_plans(recipe))
+    assert plans["baseline"].recipe.score.params["clear_confidence"] == {"k": 3, "max_new_tokens": 128}
+    assert plans["clean-oracle"].recipe.score.scorer == ["perplexity"]
+    assert plans["clean-oracle"].recipe.score.params == {}
+    assert plans["ppl-low"].recipe.score.params == plans["baseline"].recipe.score.params

@@ -5,7 +5,8 @@ random subset (`select: {rule: random, fraction: 0.5}`) trained with plain cross
 comparison every selection paper uses. Each variant is a `name` plus overrides of any of those
 sections (`{name: dft, train: {loss: dft}}`, `{name: ppl-low, select: {rule: fraction, ...}}`,
 `{name: other-source, data: {source: b.jsonl}}`); `select` is replaced whole, the other sections are
-merged key by key. A variant may change the data (a source, a mixture, sizes) but not the test split:
+merged key by key, except that a variant giving `score.scorer` also replaces `score.params` (they are keyed by
+the scorers, so the baseline's would name scorers the variant no longer runs). A variant may change the data (a source, a mixture, sizes) but not the test split:
 before any cell runs, every variant's test split is checked to be the baseline's. Every variant runs for every
 seed (selection and training seeds; all cells share one test split, `data_seed`), trains the same
 number of steps at the same batch size (compute keys cannot be overridden), and is evaluated on the
@@ -58,6 +59,8 @@ def variant_plans(recipe: Recipe, seed: int | None = None) -> list[tuple[str, Pl
                 over = variant[section]
                 cfg[section] = (copy.deepcopy(over) if section == "select" or not isinstance(over, dict)
                                 else merge(cfg[section], over))
+                if section == "score" and isinstance(over, dict) and "scorer" in over:
+                    cfg[section]["params"] = copy.deepcopy(over.get("params") or {})
         try:
             out.append((name, resolve(cfg)))
         except ConfigError as err:
