@@ -5,6 +5,11 @@ Run from the project root (not in CI: it takes hours on 2 cores):
     pip install mutmut==3.8.1
     python benchmarks/bench_mutation.py                       # every formula file ([tool.mutmut] in pyproject)
     python benchmarks/bench_mutation.py "pipeline.losses.dft*"  # mutants whose name matches (mutmut's globs)
+    python benchmarks/bench_mutation.py --sample 200 --seed 0   # a seeded uniform sample of all the mutants
+
+A full run needs hours on 2 cores; `--sample N` runs N mutants drawn uniformly (seeded) from every
+mutant of the formula files and prints the score with its 95% Wilson interval: an unbiased estimate
+of the full run's score, at a cost the machine can spend.
 
 mutmut copies the package into `mutants/`, mutates only `only_mutate` (losses/, the model scorers,
 sensitivity, dedup, decontaminate and CLEAR selectors), and runs for each mutant only the tests of
@@ -16,12 +21,16 @@ no test reaches counts as survived. The last line is `killed=K survived=S score=
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import random
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+
+from scipy.stats import binomtest
 
 DETECTED = {1: "killed", 3: "killed", 36: "timeout", 24: "timeout", -24: "timeout", 152: "timeout",
             255: "timeout", 37: "type check"}
@@ -36,13 +45,28 @@ def run_mutmut(patterns: list[str], children: int) -> int:
     return subprocess.run(cmd, env=env).returncode
 
 
-def tally(root: Path, prefix: str = "") -> tuple[Counter, list[str]]:
-    """Statuses of every mutant whose name starts with `prefix`, and the names of the undetected ones."""
+def all_mutants() -> list[str]:
+    """Generate the mutants (mutmut's own generation step, no test run) and return every mutant's name."""
+    code = ("import os; os.makedirs('mutants', exist_ok=True)\n"
+            "from mutmut.__main__ import (copy_also_copy_files, copy_src_dir, create_mutants, set_mutant_under_test,"
+            " setup_source_paths)\n"
+            "set_mutant_under_test('mutant_generation'); copy_src_dir(); copy_also_copy_files(); setup_source_paths();"
+            " create_mutants(1)")
+    subprocess.run([sys.executable, "-c", code], check=True, stdout=subprocess.DEVNULL)
+    return sorted(name for meta in Path("mutants").glob("**/*.py.meta")
+                  for name in json.loads(meta.read_text())["exit_code_by_key"])
+
+
+def tally(root: Path, prefix: str = "", names: set[str] | None = None) -> tuple[Counter, list[str]]:
+    """Statuses of every mutant whose name starts with `prefix` (or is in `names`), and the undetected ones."""
     counts: Counter = Counter()
     survivors: list[str] = []
     for meta in sorted(root.glob("mutants/**/*.py.meta")):
         for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
-            if not name.startswith(prefix) or code is None:
+            if not name.startswith(prefix) or (names is not None and name not in names):
+                continue
+            if code is None:
+                counts["not run"] += 1
                 continue
             if code in DETECTED:
                 counts["killed"] += 1
@@ -56,11 +80,22 @@ def tally(root: Path, prefix: str = "") -> tuple[Counter, list[str]]:
 
 
 def main() -> None:
-    patterns = sys.argv[1:]
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("patterns", nargs="*", help="mutmut name globs (default: every mutant)")
+    ap.add_argument("--sample", type=int, default=0, help="run N mutants drawn uniformly from all of them")
+    ap.add_argument("--seed", type=int, default=0)
+    opts = ap.parse_args()
     children = int(os.environ.get("MUTMUT_CHILDREN", max(1, (os.cpu_count() or 2) - 1)))
+    patterns, names, prefix = opts.patterns, None, ""
+    if opts.sample:
+        population = all_mutants()
+        patterns = random.Random(opts.seed).sample(population, min(opts.sample, len(population)))
+        names = set(patterns)
+        print(f"sample: {len(patterns)} of {len(population)} mutants, seed {opts.seed}")
+    elif len(patterns) == 1:
+        prefix = patterns[0].rstrip("*")
     run_mutmut(patterns, children)
-    prefix = patterns[0].rstrip("*") if len(patterns) == 1 else ""
-    counts, survivors = tally(Path.cwd(), prefix)
+    counts, survivors = tally(Path.cwd(), prefix, names)
     by_file: Counter = Counter(s.split(".x")[0] for s in survivors)
     print(f"machine: {os.cpu_count()} cores; timeouts counted as killed: {counts['timeout']}; "
           f"suspicious (not counted): {counts['suspicious']}")
@@ -69,6 +104,10 @@ def main() -> None:
     for name in survivors:
         print("survived:", name)
     k, s = counts["killed"], counts["survived"]
+    if names is not None and k + s:
+        ci = binomtest(k, k + s).proportion_ci(method="wilson")
+        print(f"not run: {counts['not run']}; score 95% Wilson interval [{ci.low:.3f}, {ci.high:.3f}] "
+              f"(a sample: the interval is where the full run's score lies)")
     print(f"killed={k} survived={s} score={k / max(k + s, 1):.3f}")
 
 
