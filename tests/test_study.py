@@ -45,6 +45,15 @@ def test_study_compares_variants_with_paired_intervals(tmp_path, tiny_model_dir)
     cells = sorted((run / "cells").iterdir())
     assert len(cells) == 6
     assert {r["steps"] for r in results.iter_rows(named=True)} == {2}
+    # compute by phase, each shared stage once: the sum is the sum of the recorded stage times
+    minutes = json.loads((run / "study.json").read_text())["compute_minutes"]
+    recorded = [json.loads(f.read_text())["seconds"] for f in (tmp_path / "cache").glob("*/*/stage_seconds.json")]
+    assert minutes["unrecorded"] == 0 and minutes["training"] > 0 and minutes["evaluation"] > 0
+    assert minutes["total"] == pytest.approx(sum(recorded) / 60, abs=0.2)
+    assert "**compute (minutes, each stage once, as timed when it ran)**: data" in text
+    # a re-run reuses every stage and still reports what the study cost
+    assert main(study_args(tmp_path, tiny_model_dir, "s")) == 0
+    assert json.loads((run / "study.json").read_text())["compute_minutes"] == minutes
 
 
 def test_inspect_reads_a_study_folder(tmp_path, tiny_model_dir, capsys):
@@ -119,3 +128,17 @@ def test_a_variant_that_names_its_scorers_drops_the_baselines_scorer_params():
     assert plans["clean-oracle"].recipe.score.scorer == ["perplexity"]
     assert plans["clean-oracle"].recipe.score.params == {}
     assert plans["ppl-low"].recipe.score.params == plans["baseline"].recipe.score.params
+
+
+def test_compute_minutes_counts_each_stage_folder_once_by_phase():
+    from pipeline.flows.study import compute_minutes
+
+    stages = [{"kind": "data", "folder": "d", "seconds": 6.0, "reused": False},
+              {"kind": "scores", "folder": "s", "seconds": 120.0, "reused": False},
+              {"kind": "scores", "folder": "s", "seconds": 120.0, "reused": True},  # a second cell reuses them
+              {"kind": "selection", "folder": "a", "seconds": 3.0, "reused": False},
+              {"kind": "train", "folder": "t1", "seconds": 90.0, "reused": False},
+              {"kind": "train", "folder": "t2", "seconds": 30.0, "reused": True},
+              {"kind": "eval", "folder": "e", "seconds": None, "reused": True}]  # written before times were kept
+    assert compute_minutes(stages) == {"data": 0.1, "scoring": 2.0, "selection": 0.1, "training": 2.0,
+                                       "evaluation": 0.0, "total": 4.2, "unrecorded": 1}

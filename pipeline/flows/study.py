@@ -33,9 +33,12 @@ from pipeline.core.registry import ConfigError
 from pipeline.flows.common import ensure_run_dir, publish_artifacts
 from pipeline.flows.recipe import merge, resolve
 from pipeline.stages import ModelRef, log, wiring
+from pipeline.stages.base import STAGE_LOG
 from pipeline.stages.plan import Plan
 
 BASELINE = "baseline"
+PHASES = {"data": "data", "subset": "data", "scores": "scoring", "selection": "selection", "train": "training",
+          "eval": "evaluation"}  # stage kind -> the phase its compute time counts in
 SECTIONS = ("data", "score", "select", "train", "eval")
 COMPUTE_KEYS = ("max_steps", "epochs", "batch_size", "grad_accum")  # equal compute: shared by every variant
 
@@ -140,6 +143,7 @@ def study_flow(config, run_dir: str | None = None) -> dict:
     seeds = r.seeds or [r.seed]
     t0 = time.perf_counter()
     tables, runs, test_size, names, curves = [], [], None, [], {}
+    first_stage = len(STAGE_LOG)
     check_same_test(variant_plans(r), r)
     for seed in seeds:
         cells = variant_plans(r, seed)
@@ -158,7 +162,8 @@ def study_flow(config, run_dir: str | None = None) -> dict:
     meta = {"recipe": r.name, "command": "pipeline " + " ".join(sys.argv[1:]), "seeds": seeds,
             "test_size": test_size, "variants": names, "train_steps": r.train.max_steps,
             "batch_size": r.train.batch_size, "model": r.model, "machine": _machine(),
-            "date": time.strftime("%Y-%m-%d %H:%M"), "wall_seconds_this_invocation": round(time.perf_counter() - t0, 1)}
+            "date": time.strftime("%Y-%m-%d %H:%M"), "wall_seconds_this_invocation": round(time.perf_counter() - t0, 1),
+            "compute_minutes": compute_minutes(STAGE_LOG[first_stage:])}
     written = write_results(Path(run_dir), pl.concat(tables), pl.DataFrame(runs), BASELINE, meta)
     write_json(Path(run_dir) / "study.json", meta)
     metrics = {"recipe": r.name, "study": written["rows"], "run_dir": run_dir,
@@ -166,6 +171,23 @@ def study_flow(config, run_dir: str | None = None) -> dict:
     write_json(Path(run_dir) / "metrics.json", metrics)
     publish_artifacts(r.name, {"run_dir": run_dir, "tensorboard": curves}, written["rows"])
     return metrics
+
+
+def compute_minutes(stages: list[dict]) -> dict[str, float | int]:
+    """Minutes of compute by phase (data, scoring, selection, training, evaluation) over the stages a study used,
+    each stage folder counted once (cells share their data and scores) with the time recorded when it ran, so a
+    resumed or fully cached study still reports what the whole study cost; `unrecorded`: stages run by code
+    that kept no time."""
+    seen: dict[str, dict] = {s["folder"]: s for s in stages}
+    out: dict[str, float | int] = {phase: 0.0 for phase in dict.fromkeys(PHASES.values())}
+    for stage in seen.values():
+        if stage["seconds"] is not None:
+            phase = PHASES.get(stage["kind"], stage["kind"])
+            out[phase] = out.get(phase, 0.0) + stage["seconds"] / 60
+    out = {k: round(v, 1) for k, v in out.items()}
+    out["total"] = round(sum(out.values()), 1)
+    out["unrecorded"] = sum(s["seconds"] is None for s in seen.values())
+    return out
 
 
 def _machine() -> str:

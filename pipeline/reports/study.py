@@ -89,9 +89,11 @@ def _markdown(rows: list[dict], baseline: str, level: float, n_boot: int, meta: 
               "seeds": meta.get("seeds", first.get("n_seeds")), "test size": meta.get("test_size", first.get("n_examples")),
               "generated (accuracy)": first.get("n_generated"),
               "date": meta.get("date") or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    extra = {k: v for k, v in meta.items() if k not in ("command", "machine", "seeds", "test_size", "date")}
+    extra = {k: v for k, v in meta.items()
+             if k not in ("command", "machine", "seeds", "test_size", "date", "compute_minutes")}
     lines = ["# Study results", "", *[f"- **{k}**: {json.dumps(v, default=str) if isinstance(v, (dict, list)) else v}"
                                       for k, v in {**header, **extra}.items() if v is not None],
+             *_compute_lines(meta.get("compute_minutes")),
              f"- **baseline**: `{baseline}`",
              f"- **intervals**: {pct} percentile bootstrap ({n_boot} replicates) over test examples and seeds; "
              "differences are paired (same resampled examples and seeds for variant and baseline)", "",
@@ -119,6 +121,17 @@ def _markdown(rows: list[dict], baseline: str, level: float, n_boot: int, meta: 
     lines += _noise_lines(rows)
     lines += ["", f"![differences from the baseline]({FIGURE})", ""]
     return "\n".join(lines)
+
+
+def _compute_lines(minutes: dict | None) -> list[str]:
+    """The study's compute by phase, one line (nothing when the study did not record it)."""
+    if not minutes:
+        return []
+    phases = [f"{k} {v:.1f}" for k, v in minutes.items() if k not in ("total", "unrecorded")]
+    missing = minutes.get("unrecorded") or 0
+    tail = f"; {missing} stage(s) ran before times were kept and are not counted" if missing else ""
+    return [f"- **compute (minutes, each stage once, as timed when it ran)**: {', '.join(phases)}; "
+            f"total {minutes.get('total', 0):.1f}{tail}"]
 
 
 def _noise_lines(rows: list[dict]) -> list[str]:

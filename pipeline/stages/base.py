@@ -18,6 +18,7 @@ files and a `result(folder)` that reads its typed output back. `run_stage(stage,
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,7 +27,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
 from pipeline.core.hashing import code_version, config_hash
-from pipeline.core.io import atomic_path, is_complete, locked, mark_complete
+from pipeline.core.io import atomic_path, is_complete, locked, mark_complete, read_json, write_json
 
 
 def log(msg: str) -> None:
@@ -161,13 +162,29 @@ class Stage(BaseModel):
 TASK_OPTIONS: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
 
 
+TIMING = "stage_seconds.json"  # beside a stage's output: how long its compute took when it ran
+STAGE_LOG: list[dict[str, Any]] = []  # every stage this process ran or reused: {kind, folder, seconds, reused}
+
+
+def stage_seconds(folder: Path) -> float | None:
+    """The compute seconds recorded in a complete stage folder (None for folders written before it was kept)."""
+    try:
+        return float(read_json(folder / TIMING)["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 @task(name="stage", **TASK_OPTIONS)
 def _run(stage: Stage, cache_root: str) -> Output:
     folder = stage.folder(cache_root)
     with locked(folder):
         reused = is_complete(folder)
         if not reused:
-            mark_complete(folder, stage.compute(folder))
+            t0 = time.perf_counter()
+            names = stage.compute(folder)
+            write_json(folder / TIMING, {"seconds": round(time.perf_counter() - t0, 2)})
+            mark_complete(folder, names)
+    STAGE_LOG.append({"kind": stage.kind, "folder": str(folder), "seconds": stage_seconds(folder), "reused": reused})
     out = stage.result(folder)
     broken = [p for p in out.paths() if not Path(p).exists()]
     if broken:
