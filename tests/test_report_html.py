@@ -272,8 +272,13 @@ def test_study_page_has_the_results_with_cis_forest_plot_and_noise(tmp_path):
                              "n_tokens": 10, "n_bytes": 40, "correct": (i + seed) % 2 == 0})
     runs = pl.DataFrame({"variant": ["baseline", "baseline", "dft", "dft"], "seed": [0, 1, 0, 1], "steps": [2] * 4,
                          "noise_kept_all": [3, 5, 1, 1], "noise_kept_swapped": [2, 2, 0, 1]})
-    written = write_results(tmp_path, pl.DataFrame(rows), runs, "baseline", {"recipe": "s", "seeds": [0, 1]}, n_boot=200)
+    minutes = {"data": 0.1, "scoring": 12.0, "selection": 0.2, "training": 30.5, "evaluation": 8.0, "total": 50.8,
+               "unrecorded": 0}
+    written = write_results(tmp_path, pl.DataFrame(rows), runs, "baseline",
+                            {"recipe": "s", "seeds": [0, 1], "compute_minutes": minutes}, n_boot=200)
     page = write_report(tmp_path).read_text()
+    assert "data 0.1, scoring 12.0, selection 0.2, training 30.5, evaluation 8.0; total 50.8" in page
+    assert "scoring 12.0, selection 0.2, training 30.5, evaluation 8.0; total 50.8" in (tmp_path / "results.md").read_text()
     dft = next(r for r in written["rows"] if r["variant"] == "dft")
     assert f"{dft['d_nll']:+.4f} [{dft['d_nll_lo']:+.4f}, {dft['d_nll_hi']:+.4f}]" in page
     assert "Forest plot" in page and page.count("<svg") == 1

@@ -732,6 +732,7 @@ def _study_page(page: Page) -> None:
                                  "seeds": meta.get("seeds"), "test examples": meta.get("test_size"),
                                  "train steps": meta.get("train_steps"), "batch size": meta.get("batch_size"),
                                  "command": meta.get("command"), "machine": meta.get("machine"),
+                                 "compute (minutes, each stage once)": _compute(meta.get("compute_minutes")),
                                  "date": meta.get("date"), "intervals": f"{level:.0%} paired bootstrap "
                                  f"({report.get('n_boot')} replicates) over test examples and seeds"}))
     rows = report["rows"]
@@ -752,6 +753,15 @@ def _study_page(page: Page) -> None:
     if (folder / "tensorboard").is_dir():
         page.add("Training curves", f"<p><code>tensorboard --logdir {ESC(str(folder / 'tensorboard'))}</code> "
                                     "overlays every cell (variant/seed).</p>")
+
+
+def _compute(minutes: dict | None) -> str | None:
+    """`scoring 12.0, training 30.5, ...; total 50.1` from a study's compute_minutes (None when not recorded)."""
+    if not minutes:
+        return None
+    phases = ", ".join(f"{k} {v:.1f}" for k, v in minutes.items() if k not in ("total", "unrecorded"))
+    missing = f" ({minutes['unrecorded']} stages not timed)" if minutes.get("unrecorded") else ""
+    return f"{phases}; total {minutes.get('total', 0):.1f}{missing}"
 
 
 # --- audit ----------------------------------------------------------------------------------------
