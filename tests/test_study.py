@@ -142,3 +142,30 @@ def test_compute_minutes_counts_each_stage_folder_once_by_phase():
               {"kind": "eval", "folder": "e", "seconds": None, "reused": True}]  # written before times were kept
     assert compute_minutes(stages) == {"data": 0.1, "scoring": 2.0, "selection": 0.1, "training": 2.0,
                                        "evaluation": 0.0, "total": 4.2, "unrecorded": 1}
+
+
+def test_results_so_far_are_written_after_every_seed(tmp_path, tiny_model_dir, monkeypatch):
+    """A study stopped in its second seed has results.md for the first, marked partial; the finished
+    re-run reuses every cell and writes the whole table without the mark."""
+    from pipeline.flows import study
+
+    cell = study.study_cell
+
+    def stop_in_seed_one(config, run_dir):
+        if run_dir.endswith("seed1"):
+            raise RuntimeError("stopped in seed 1")
+        return cell(config=config, run_dir=run_dir)
+
+    monkeypatch.setattr(study, "study_cell", stop_in_seed_one)
+    args = study_args(tmp_path, tiny_model_dir, "s", "variants=[{name: dft, train: {loss: dft}}]")
+    with pytest.raises(RuntimeError, match="stopped in seed 1"):
+        main(args)
+    run = tmp_path / "s"
+    text = (run / "results.md").read_text()
+    assert "**partial**: results of seeds [0] of [0, 1]" in text and "**seeds**: [0]" in text
+    assert pl.read_parquet(run / "per_example.parquet").get_column("seed").unique().to_list() == [0]
+    monkeypatch.setattr(study, "study_cell", cell)
+    assert main(args) == 0
+    text = (run / "results.md").read_text()
+    assert "partial" not in text and "**seeds**: [0, 1]" in text
+    assert sorted(pl.read_parquet(run / "per_example.parquet").get_column("seed").unique().to_list()) == [0, 1]

@@ -11,7 +11,9 @@ before any cell runs, every variant's test split is checked to be the baseline's
 seed (selection and training seeds; all cells share one test split, `data_seed`), trains the same
 number of steps at the same batch size (compute keys cannot be overridden), and is evaluated on the
 same test examples, so differences are paired. Each (variant, seed) cell is a Prefect subflow whose
-stages live in the shared content-addressed cache: a killed study re-run finishes the rest only.
+stages live in the shared content-addressed cache: a killed study re-run finishes the rest only. After every
+seed the results so far are written (marked `partial` until the last seed), so an hours-long study can be
+read while it runs.
 """
 
 from __future__ import annotations
@@ -145,7 +147,19 @@ def study_flow(config, run_dir: str | None = None) -> dict:
     tables, runs, test_size, names, curves = [], [], None, [], {}
     first_stage = len(STAGE_LOG)
     check_same_test(variant_plans(r), r)
-    for seed in seeds:
+
+    def meta(done: list[int]) -> dict:
+        out = {"recipe": r.name, "command": "pipeline " + " ".join(sys.argv[1:]), "seeds": done,
+               "test_size": test_size, "variants": names, "train_steps": r.train.max_steps,
+               "batch_size": r.train.batch_size, "model": r.model, "machine": _machine(),
+               "date": time.strftime("%Y-%m-%d %H:%M"), "wall_seconds_this_invocation": round(time.perf_counter() - t0, 1),
+               "compute_minutes": compute_minutes(STAGE_LOG[first_stage:])}
+        if done != seeds:
+            out["partial"] = (f"results of seeds {done} of {seeds}: the study is still running or was stopped "
+                              "(re-run the same command to finish the rest; finished cells are reused)")
+        return out
+
+    for i, seed in enumerate(seeds):
         cells = variant_plans(r, seed)
         names = [name for name, _ in cells]
         for name, plan in cells:
@@ -159,13 +173,9 @@ def study_flow(config, run_dir: str | None = None) -> dict:
             runs.append({"variant": name, "seed": seed, **{k: out[k] for k in ("steps", "train_tokens", "kept")},
                          "train_seconds": out["train_seconds"],
                          **{f"noise_kept_{kind}": n for kind, n in out["noise_kept"].items()}})
-    meta = {"recipe": r.name, "command": "pipeline " + " ".join(sys.argv[1:]), "seeds": seeds,
-            "test_size": test_size, "variants": names, "train_steps": r.train.max_steps,
-            "batch_size": r.train.batch_size, "model": r.model, "machine": _machine(),
-            "date": time.strftime("%Y-%m-%d %H:%M"), "wall_seconds_this_invocation": round(time.perf_counter() - t0, 1),
-            "compute_minutes": compute_minutes(STAGE_LOG[first_stage:])}
-    written = write_results(Path(run_dir), pl.concat(tables), pl.DataFrame(runs), BASELINE, meta)
-    write_json(Path(run_dir) / "study.json", meta)
+        done = meta(seeds[: i + 1])  # after every seed: a long study shows what it has so far
+        written = write_results(Path(run_dir), pl.concat(tables), pl.DataFrame(runs), BASELINE, done)
+        write_json(Path(run_dir) / "study.json", done)
     metrics = {"recipe": r.name, "study": written["rows"], "run_dir": run_dir,
                "results": str(Path(run_dir) / "results.md")}
     write_json(Path(run_dir) / "metrics.json", metrics)

@@ -727,6 +727,8 @@ def _study_page(page: Page) -> None:
     report = study_report(folder)
     meta = report.get("meta") or {}
     level = report.get("level") or 0.95
+    if meta.get("partial"):
+        page.missing.append(str(meta["partial"]))
     page.add("What ran", _facts({"recipe": meta.get("recipe"), "model": meta.get("model"),
                                  "baseline": report.get("baseline"), "variants": meta.get("variants"),
                                  "seeds": meta.get("seeds"), "test examples": meta.get("test_size"),
