@@ -326,3 +326,25 @@ def test_model_params_defaults_enter_the_key(ctx):
     parts = cache_key_parts(make_examples(2), "embedding", ctx, {})
     assert parts["models"] == {"embedder": model_revision(resolve_embedder(DEFAULT_EMBEDDER))}
     assert parts["model_revision"] is None  # uses_model = False
+
+
+def test_a_deterministic_scorer_is_cached_across_seeds_and_a_seeded_one_is_not(ctx, tmp_path):
+    """`seeded = False` (perplexity, IFD, embedding, learnability given its reference, ...) takes the seed out of
+    the key: a study's other seeds reuse the table; a scorer that samples or trains keeps one table per seed."""
+    import dataclasses
+
+    ex = make_examples(4)
+    other_seed = dataclasses.replace(ctx, seed=ctx.seed + 1)
+    CALLS.clear()
+    seeded = [score_cached(ex, "_test_length", c, tmp_path, {"scale": 1.0}) for c in (ctx, other_seed)]
+    assert seeded[0] != seeded[1] and len(CALLS) == 2
+    first = score_cached(ex, "perplexity", ctx, tmp_path)
+    assert score_cached(ex, "perplexity", other_seed, tmp_path) == first
+    assert read_meta(first)["key"]["seed"] is None
+    assert not get_scorer("perplexity").seeded and not get_scorer("ifd").seeded
+    assert get_scorer("clear_confidence").seeded and get_scorer("information_gain").seeded
+
+
+def test_seeded_must_be_a_bool():
+    with pytest.raises(TypeError, match="seeded must be a bool"):
+        type("BadSeeded", (Scorer,), {"seeded": "no", "score": lambda self, examples, ctx: None})

@@ -13,7 +13,8 @@ from pipeline.core.config import DEFAULT_MAX_LENGTH, DEFAULT_MODEL
 from pipeline.core.registry import Part
 
 ScoreResult = pl.DataFrame | tuple[pl.DataFrame, dict]
-DECLARED: dict[str, type] = {"version": str, "uses_model": bool, "shardable": bool, "model_params": tuple}
+DECLARED: dict[str, type] = {"version": str, "uses_model": bool, "shardable": bool, "model_params": tuple,
+                             "seeded": bool}
 PART_DECLARED = ("needs", "reference_param", "name")  # declared on every Part (pipeline.core.registry)
 FORMER = {"VERSION": "version", "key_models": "model_params",  # the old function attributes
           "trains_reference": "needs = {'reference_model'}"}
@@ -75,8 +76,10 @@ class Scorer(Part, ABC):
     Class attributes declare what the score cache must know (checked when a subclass is defined,
     so a misspelt or mistyped one fails there instead of silently doing nothing):
     `version` (bump when the numbers change), `uses_model` (the context's model enters the key),
-    `shardable` (False: needs the whole table at once) and `model_params` (parameters naming another
-    model folder or id, whose content revision enters the key, defaults included). Like every part it
+    `shardable` (False: needs the whole table at once), `model_params` (parameters naming another
+    model folder or id, whose content revision enters the key, defaults included) and `seeded` (False:
+    the scores do not depend on the run's seed, so runs and study cells at other seeds reuse them;
+    True, the safe default, for a scorer that samples or trains). Like every part it
     may declare `needs = {"reference_model"}`: the score stage then fine-tunes the base on the
     candidates and passes that folder as the parameter `reference_param` when the recipe gives none.
     """
@@ -85,6 +88,7 @@ class Scorer(Part, ABC):
     uses_model: ClassVar[bool] = True
     shardable: ClassVar[bool] = True
     model_params: ClassVar[tuple[str, ...]] = ()
+    seeded: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any):
         """Check the subclass's declarations as it is defined: names, types, and that model_params are parameters."""

@@ -103,7 +103,7 @@ def _key_parts(examples: pl.DataFrame, scorer: str, instance: Scorer, ctx: Score
         "params": _param_value(dict(params)),
         "code_version": f"{cls.version}:{code_version('scorers', [scorer])}",
         "max_length": ctx.max_length,
-        "seed": ctx.seed,
+        "seed": ctx.seed if cls.seeded else None,  # a deterministic scorer's table serves every seed
     }
 
 

@@ -177,6 +177,7 @@ class TokenConfidence(Scorer):
     """Cheap confidence: mean probability of the response's own tokens under the base model (one forward)."""
 
     version = "2"
+    seeded = False  # deterministic given its models
 
     def columns(self) -> list[str]:
         return ["token_confidence"]

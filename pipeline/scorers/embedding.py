@@ -31,6 +31,7 @@ class Embedding(Scorer):
     """Columns: id, embedding (list[float32], unit norm)."""
 
     version = "1"
+    seeded = False  # deterministic given its models
     uses_model = False
     model_params = ("embedder",)
 

@@ -63,6 +63,7 @@ class IFD(Scorer):
     """Columns: id, ifd (`ratio`: loss = L(A|Q) / L(A), ppl = PPL(A|Q) / PPL(A)), ppl_conditioned, ppl_answer."""
 
     version = "3"  # 2: chat rows score all assistant turns; 3: `ratio`, default the reference's loss ratio
+    seeded = False  # deterministic given its models
 
     def __init__(self, ratio: Literal["loss", "ppl"] = "loss"):
         self.ratio = ratio

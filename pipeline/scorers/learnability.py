@@ -43,6 +43,7 @@ class Learnability(Scorer):
     """Columns: id, loss_base, loss_ref, learnability (= 1 - loss_ref/loss_base), loss_diff (= base - ref)."""
 
     version = "2"
+    seeded = False  # deterministic given its models (the reference, trained at the seed, is one of them)
     model_params = ("reference",)
     needs = frozenset({"reference_model"})
 

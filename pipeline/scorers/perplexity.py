@@ -24,6 +24,7 @@ class Perplexity(Scorer):
     every token, not only the response: about twice the head work)."""
 
     version = "2"
+    seeded = False  # deterministic given its models
 
     def __init__(self, full_text: bool = False):
         self.full_text = full_text

@@ -22,6 +22,7 @@ class TokenLossTable(Scorer):
     """Per-token NLL of `model` (default: the context's model) on every example, with its response mask."""
 
     version = "1"
+    seeded = False  # deterministic given its models
     model_params = ("model",)
 
     def __init__(self, model: str | None = None):
