@@ -163,11 +163,12 @@ def write_jsonl(path, records: list) -> str:
 
 def test_sharegpt_is_detected_and_kept_whole(tmp_path):
     conv = [{"from": "system", "value": SYSTEM}, {"from": "human", "value": Q1}, {"from": "gpt", "value": A1},
-            {"from": "human", "value": Q2}, {"from": "gpt", "value": A2, "weight": 1}]
+            {"from": "human", "value": Q2}, {"from": "gpt", "value": A2, "weight": 1, "mood": "calm"}]
     examples, quarantine = ingest(write_jsonl(tmp_path / "sg.jsonl", [{"conversations": conv, "lang": "en"}]))
     assert quarantine.height == 0 and examples.height == 1
     row = examples.row(0, named=True)
-    assert json.loads(row["messages"]) == [*CHAT[:-1], {**CHAT[-1], "weight": 1}]
+    # other keys of a turn are kept; ShareGPT's per-turn `weight` is read as `loss_weight` (pipeline.data.weights)
+    assert json.loads(row["messages"]) == [*CHAT[:-1], {**CHAT[-1], "mood": "calm", "loss_weight": 1.0}]
     assert row["prompt"] == f"system: {SYSTEM}\nuser: {Q1}\nassistant: {A1}\nuser: {Q2}"
     assert row["response"] == A2
     assert json.loads(row["meta"]) == {"lang": "en"}  # the conversation is in messages, not repeated in meta
