@@ -48,7 +48,9 @@ def test_study_compares_variants_with_paired_intervals(tmp_path, tiny_model_dir)
     # compute by phase, each shared stage once: the sum is the sum of the recorded stage times
     minutes = json.loads((run / "study.json").read_text())["compute_minutes"]
     recorded = [json.loads(f.read_text())["seconds"] for f in (tmp_path / "cache").glob("*/*/stage_seconds.json")]
-    assert minutes["unrecorded"] == 0 and minutes["training"] > 0 and minutes["evaluation"] > 0
+    kinds = {f.parent.parent.name for f in (tmp_path / "cache").glob("*/*/stage_seconds.json")}
+    assert minutes["unrecorded"] == 0 and {"data", "scores", "selection", "train", "eval"} <= kinds
+    assert all(seconds > 0 for seconds in recorded)  # minutes are rounded: a tiny model's evaluation reads 0.0
     assert minutes["total"] == pytest.approx(sum(recorded) / 60, abs=0.2)
     assert "**compute (minutes, each stage once, as timed when it ran)**: data" in text
     # a re-run reuses every stage and still reports what the study cost
