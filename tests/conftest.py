@@ -84,6 +84,27 @@ def tiny_trainer(tiny_model_dir, tmp_path):
 
 
 @pytest.fixture
+def tiled_step(monkeypatch):
+    """One `compute_loss` of `trainer` on its first four rows with the fused head cut into several vocabulary
+    tiles (the last one ragged), backward included: returns (batch, loss, {parameter: gradient}) and leaves
+    the model's gradients zeroed for the reference formula."""
+
+    def step(trainer):
+        from pipeline.training import trainer as trainer_module
+
+        monkeypatch.setattr(trainer_module, "HEAD_VOCAB_CHUNK", 5000)
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+        n = int((batch["labels"][:, 1:] != -100).sum())
+        loss = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=n)
+        loss.backward()
+        grads = {name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.grad is not None}
+        trainer.model.zero_grad()
+        return batch, loss, grads
+
+    return step
+
+
+@pytest.fixture
 def train_subset_run(tiny_model_dir, tmp_path, monkeypatch):
     """`pipeline run train-subset --set train.loss=<loss> [--set extra...]` on the tiny model over the four rows:
     returns the run's metrics and every dict the trainer logged."""

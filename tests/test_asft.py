@@ -84,22 +84,10 @@ def trained_grads(model) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def check_fused_against_formula(trainer, reference_logits_fn, kl_coef: float):
+def check_fused_against_formula(trainer, tiled_step, reference_logits_fn, kl_coef: float):
     """compute_loss (tiled, both models) vs the formula on full logits: value and every trained gradient."""
-    from pipeline.training import trainer as trainer_module
-
     model = trainer.model
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
-    n = int((batch["labels"][:, 1:] != -100).sum())
-    old = trainer_module.HEAD_VOCAB_CHUNK
-    trainer_module.HEAD_VOCAB_CHUNK = 5000  # several vocabulary tiles, the last one ragged
-    try:
-        fused = trainer.compute_loss(model, dict(batch), num_items_in_batch=n)
-    finally:
-        trainer_module.HEAD_VOCAB_CHUNK = old
-    fused.backward()
-    got = trained_grads(model)
-    model.zero_grad()
+    batch, fused, got = tiled_step(trainer)
     with torch.no_grad():
         ref_logits = reference_logits_fn(batch)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -115,7 +103,7 @@ def check_fused_against_formula(trainer, reference_logits_fn, kl_coef: float):
     return model
 
 
-def test_trainer_full_finetune_anchors_to_a_frozen_copy(tiny_trainer, tiny_model_dir):
+def test_trainer_full_finetune_anchors_to_a_frozen_copy(tiny_trainer, tiled_step, tiny_model_dir):
     from pipeline.models.loading import load_model
 
     trainer = tiny_trainer(get_loss("asft", kl_coef=0.5), base_model=True)
@@ -131,11 +119,11 @@ def test_trainer_full_finetune_anchors_to_a_frozen_copy(tiny_trainer, tiny_model
             p.add_(torch.randn(p.shape, generator=g) * 0.05)
     base = load_model(tiny_model_dir, dtype=torch.float32)
     check_fused_against_formula(
-        trainer, lambda b: base(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, 0.5)
+        trainer, tiled_step, lambda b: base(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, 0.5)
     assert seen == [True]
 
 
-def test_trainer_lora_anchors_to_the_base_with_the_adapter_disabled(tiny_trainer):
+def test_trainer_lora_anchors_to_the_base_with_the_adapter_disabled(tiny_trainer, tiled_step):
     trainer = tiny_trainer(get_loss("asft"), lora={"r": 4, "alpha": 8}, base_model=True)
     model = trainer.model
     assert trainer.reference_model is None  # no second copy: peft's disable_adapter
@@ -149,7 +137,7 @@ def test_trainer_lora_anchors_to_the_base_with_the_adapter_disabled(tiny_trainer
         with model.disable_adapter():
             return model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
 
-    check_fused_against_formula(trainer, base_logits, 0.1)
+    check_fused_against_formula(trainer, tiled_step, base_logits, 0.1)
     assert model.training and all("lora" in n for n, p in model.named_parameters() if p.requires_grad)
 
 

@@ -80,24 +80,11 @@ def test_head_pass_topk_entropy_in_tiles():
         hidden.grad = weight.grad = None
 
 
-def test_trainer_fused_path_matches_formula(tiny_trainer):
+def test_trainer_fused_path_matches_formula(tiny_trainer, tiled_step):
     """compute_loss (tiled head, no full logits, default k=20 on the 49k vocabulary) = the formula on full logits."""
-    from pipeline.training import trainer as trainer_module
-
-    loss = get_loss("eaft")
-    trainer = tiny_trainer(loss)
+    trainer = tiny_trainer(get_loss("eaft"))
     model = trainer.model
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
-    n = int((batch["labels"][:, 1:] != -100).sum())
-    old = trainer_module.HEAD_VOCAB_CHUNK
-    trainer_module.HEAD_VOCAB_CHUNK = 5000  # several vocabulary tiles, the last one ragged
-    try:
-        fused = trainer.compute_loss(model, dict(batch), num_items_in_batch=n)
-    finally:
-        trainer_module.HEAD_VOCAB_CHUNK = old
-    fused.backward()
-    got = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad()
+    batch, fused, got = tiled_step(trainer)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     want = eaft_formula(logits, batch["labels"], 20, 1.0, math.log(20), batch["example_weight"])
     want.backward()
