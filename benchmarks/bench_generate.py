@@ -14,7 +14,9 @@ Tokens are real generated tokens (up to and including EOS, not the padding after
 the whole call (tokenization, prompt prefill and decode), so prefill counts against us.
 
 Last line: `tok_s=X limit_ratio=Y` (medians over rounds). `--levers` times the decode loop's
-levers one by one instead. CUDA: the synchronizations and device tensors are written for it but
+levers one by one instead; `--compile` times torch.compile of the decode step (transformers' static
+KV cache with its automatic compilation, switched on for the CPU) against the same path eager and
+against ours, with the compile time and whether greedy ids stay identical. CUDA: the synchronizations and device tensors are written for it but
 this script has not been run on a GPU (none was lent to these sessions).
 Run: `python benchmarks/bench_generate.py [--n 24] [--max-new-tokens 160] [--rounds 2]`.
 """
@@ -156,18 +158,61 @@ def levers(model, tok, texts, args, rows) -> None:
         print(f"{name:62s} {med:9.1f} {tokens[name] / med:7.1f} {base / med:8.2f}")
 
 
-def static_hf(model, tok, texts, max_new_tokens, batch_size):
-    """`_hf_generate` with `cache_implementation="static"` (the lever the issue names)."""
+def static_hf(model, tok, texts, max_new_tokens, batch_size, compile_mode: str | None = None):
+    """`_hf_generate` with `cache_implementation="static"` (the lever the issue names); with `compile_mode`,
+    transformers compiles the decode step (`CompileConfig`, which by default compiles only on GPUs: the
+    private `_compile_all_devices` switch turns it on for the CPU)."""
+    from transformers import CompileConfig
+
     original = model.generate
+    extra: dict = {"disable_compile": True}
+    if compile_mode:
+        config = CompileConfig(fullgraph=False, mode=compile_mode)
+        config._compile_all_devices = True
+        extra = {"compile_config": config}
 
     def patched(*a, **kw):
-        return original(*a, cache_implementation="static", **kw)
+        return original(*a, cache_implementation="static", **extra, **kw)
 
     model.generate = patched
     try:
         return _hf_generate(model, tok, texts, max_new_tokens, batch_size, False)
     finally:
         del model.generate
+
+
+def compile_levers(model, tok, prompts, texts, args, rows) -> None:
+    """torch.compile of the decode step (static KV cache) against the same path eager and ours, interleaved;
+    the first call of each compiled mode (compilation) is timed apart."""
+    n = args.max_new_tokens
+    variants = {
+        "ours (slot loop, eager)": lambda: generate_ids(model, tok, prompts, n, args.batch_size, progress=False),
+        "transformers generate + static cache, eager": lambda: static_hf(model, tok, texts, n, rows),
+    }
+    for mode in ("default", "max-autotune-no-cudagraphs"):
+        variants[f"transformers generate + static cache + compile ({mode})"] = (
+            lambda mode=mode: static_hf(model, tok, texts, n, rows, compile_mode=mode))
+    outputs: dict[str, list[list[int]]] = {}
+    for name, fn in variants.items():  # first calls: compilation for the compiled modes
+        torch._dynamo.reset()
+        outputs[name], seconds, _ = timed(fn)
+        print(f"  first call (compiles where compiled): {name}: {seconds:.1f}s", flush=True)
+        if "compile" in name:  # keep this mode's compiled graphs for the timed rounds: time it now
+            times = [timed(fn)[1] for _ in range(args.rounds)]
+            variants[name] = times
+    times: dict[str, list[float]] = {k: v for k, v in variants.items() if isinstance(v, list)}
+    for r in range(args.rounds):
+        for name, fn in variants.items():
+            if not isinstance(fn, list):
+                times.setdefault(name, []).append(timed(fn)[1])
+        print(f"  round {r} done, load {os.getloadavg()[0]:.1f}", flush=True)
+    ours = outputs["ours (slot loop, eager)"]
+    print(f"{'variant':62s} {'median_s':>9s} {'tok/s':>7s} {'vs ours':>8s} {'ids = ours':>10s}")
+    for name in outputs:
+        med = statistics.median(times[name])
+        same = sum(a == b for a, b in zip(outputs[name], ours, strict=True))
+        print(f"{name:62s} {med:9.1f} {count(outputs[name]) / med:7.1f} "
+              f"{statistics.median(times['ours (slot loop, eager)']) / med:8.2f} {same:>6d}/{len(ours)}")
 
 
 def main() -> None:
@@ -178,6 +223,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--no-before", action="store_true", help="skip the former path (slow under load)")
     ap.add_argument("--levers", action="store_true", help="time the decode loop's levers one by one")
+    ap.add_argument("--compile", action="store_true", help="time torch.compile of the decode step (static cache)")
     args = ap.parse_args()
 
     test = load_math("gsm_symbolic", 96, 16, 48, 0)["test"]
@@ -197,6 +243,9 @@ def main() -> None:
     generate_ids(model, tok, prompts[:2], 4, rows, progress=False)  # warm-up
     if args.levers:
         levers(model, tok, texts, args, rows)
+        return
+    if args.compile:
+        compile_levers(model, tok, prompts, texts, args, rows)
         return
 
     runs = {"ours": lambda: generate_ids(model, tok, prompts, args.max_new_tokens, args.batch_size, progress=False)}
