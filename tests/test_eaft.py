@@ -111,6 +111,18 @@ def test_bad_value_in_a_recipe_is_one_error_line(capsys):
     assert code == 2 and len(err) == 1 and err[0].startswith("pipeline: error: train.loss_params.alpha")
 
 
+@pytest.mark.parametrize("loss", ["eaft", "asft"])
+def test_head_pass_losses_refuse_several_processes_before_anything_runs(cli_error, loss):
+    """The tiled head pass runs outside the DDP/FSDP wrapper (ranks would not sync): one error, at resolve."""
+    line = cli_error(["recipes", "--show", "sft-math", "--set", f"train.loss={loss}", "--set",
+                      "train.launcher=torchrun", "--set", "train.num_processes=2"])
+    assert line.startswith("pipeline: error: train.launcher: ") and "one process" in line
+    from pipeline.flows.recipe import resolve_recipe  # one process, or another loss, stays allowed
+
+    resolve_recipe("sft-math", [f"train.loss={loss}", "train.launcher=torchrun", "train.num_processes=1"])
+    resolve_recipe("sft-math", ["train.loss=dft", "train.launcher=torchrun", "train.num_processes=2"])
+
+
 def test_eaft_trains_from_a_recipe(train_subset_run):
     """The real default path: the train stage builds eaft (k=20, alpha=1) and trains; its gate is logged."""
     metrics, logs = train_subset_run("eaft")

@@ -93,12 +93,28 @@ def build_plan(config: Recipe | dict) -> Plan:
     train = recipe.train
     loss = LOSSES.build(train.loss, train.loss_params, "train.loss_params", name_key="train.loss")
     providers = column_providers(loss, train.columns)
+    check_one_process(train, loss)
     if train.think_weight != 1.0:  # a per-token weight every loss applies (pipeline.losses.base.TOKEN_WEIGHT)
         open_, close = train.think_delimiters
         providers.append(COLUMNS.build("token_weight", {"think_weight": train.think_weight, "open": open_,
                                                         "close": close}, "train", name_key="train.think_weight"))
     return Plan(recipe=recipe, scorers=build_scorers(recipe.score), steps=build_steps(recipe.select), loss=loss,
                 providers=providers)
+
+
+def check_one_process(train, loss) -> None:
+    """A loss that reads the trainer's tiled LM-head pass (`head_stats`: EAFT, ASFT) trains in one process: the
+    pass runs the model's body itself, outside the DDP/FSDP wrapper's forward, so ranks would not sync gradients."""
+    stats = getattr(loss, "head_stats", None)
+    if not stats or train.launcher == "local":
+        return
+    import torch
+
+    n = train.num_processes or max(torch.cuda.device_count(), 1)
+    if n > 1:
+        raise ConfigError("train.launcher", f"loss {train.loss!r} reads {sorted(stats)} from the trainer's tiled "
+                                            f"head pass, which runs in one process, not {n}: set "
+                                            "train.launcher=local or train.num_processes=1")
 
 
 def check_score_columns(steps: list[Step], columns: list[str] | None) -> None:
