@@ -1,15 +1,16 @@
-"""CLEAR's k sampled answers per prompt: `transformers`' generate vs one prefill with k continuations (prototype).
+"""CLEAR's k sampled answers per prompt: the slot decoder (what the scorer uses) vs `transformers`' generate.
 
-CLEAR scoring (`pipeline.scorers.clear.sample_answers`) asks `generate` for `num_return_sequences=k`, which
-copies each prompt k times before the prefill and keeps finished rows in the batch until the longest one
-ends. The prototype here (`sampled_slots`, not yet used by the scorer) prefills each prompt once, repeats its
-KV cache k times, samples each continuation from the same distribution (softmax(logits / T), no top-k/top-p,
-as the scorer asks) and drops rows from the batch as soon as they end (EOS or the token budget).
+CLEAR scoring (`pipeline.scorers.clear.sample_answers`) samples its k answers per prompt with the slot
+decoder (`pipeline.models.generate.sample_ids`): each answer is a row of its own with its own seed, rows
+leave the batch as soon as they end (EOS or the token budget) and freed rows take the next answer, the
+chat template's shared prefix is prefilled once. The former path (`_hf_sample_answers`) asks `generate`
+for `num_return_sequences=k` on batches of prompts, which keeps finished rows in the batch until the
+longest one ends. Both sample from softmax(logits / T) with no top-k or top-p.
 
-Correctness check first: with argmax instead of sampling, every one of the k continuations must equal
+Correctness check first: at temperature 1e-4 every one of the k slot-decoder answers must equal
 `transformers`' greedy ids for its prompt (`identical=a/b`). Then both paths are timed in interleaved
-rounds on the same prompts (sampled tokens differ between the paths, their distribution does not); the
-ratio is taken in one run, so machine load hits both alike. Last line: `speedup=X tok_s=Y`.
+rounds on the same prompts (sampled tokens differ between the paths, their distribution does not), so
+machine load hits both alike; rates are generated tokens per second. Last line: `speedup=X tok_s=Y`.
 
 Run: `python benchmarks/bench_clear_sampling.py [--n 16] [--k 3] [--max-new-tokens 160] [--rounds 2]`.
 CUDA: device tensors are used throughout; not run (no GPU lent).
@@ -25,57 +26,9 @@ import time
 import torch
 
 from pipeline.data import load_math
-from pipeline.models.generate import cache_kwarg
+from pipeline.models.generate import sample_ids
 from pipeline.models.loading import load_model, load_tokenizer, prompt_text
-from pipeline.scorers.clear import sample_answers
-
-
-@torch.inference_mode()
-def sampled_slots(model, tok, texts: list[str], k: int, max_new_tokens: int, temperature: float, seed: int,
-                  greedy: bool = False) -> list[list[int]]:
-    """k continuations of each prompt (row i*k + j is prompt i's j-th): one prefill, cache repeated k times,
-    finished rows dropped at once. `greedy` takes the argmax (the correctness check)."""
-    from transformers import DynamicCache
-
-    dev = next(model.parameters()).device
-    prompts = tok(texts, add_special_tokens=False)["input_ids"]
-    rows, width = len(prompts), max(len(p) for p in prompts)
-    ids = torch.full((rows, width), tok.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((rows, width), dtype=torch.long)
-    for r, p in enumerate(prompts):
-        ids[r, width - len(p):] = torch.tensor(p)
-        mask[r, width - len(p):] = 1
-    positions = (mask.cumsum(1) - 1).clamp(min=0)
-    cache, name = DynamicCache(config=model.config), cache_kwarg(model)
-    out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=positions.to(dev), use_cache=True,
-                logits_to_keep=1, **{name: cache})
-    logits = out.logits[:, -1].repeat_interleave(k, 0)
-    cache.batch_repeat_interleave(k)
-    mask, last = mask.repeat_interleave(k, 0).to(dev), positions[:, -1].repeat_interleave(k, 0).to(dev)
-    alive = torch.arange(rows * k)
-    outs: list[list[int]] = [[] for _ in range(rows * k)]
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    for step in range(max_new_tokens):
-        if greedy:
-            nxt = logits.argmax(-1)
-        else:
-            probs = torch.softmax(logits.float() / temperature, dim=-1)
-            nxt = torch.multinomial(probs, 1, generator=gen)[:, 0]
-        for row, token in zip(alive.tolist(), nxt.tolist(), strict=True):
-            outs[row].append(token)
-        keep = nxt != tok.eos_token_id
-        if step == max_new_tokens - 1 or not keep.any():
-            break
-        if not keep.all():
-            idx = keep.nonzero()[:, 0]
-            cache.batch_select_indices(idx)
-            alive, nxt, mask, last = alive[idx.cpu()], nxt[idx], mask[idx], last[idx]
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        last = last + 1
-        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last[:, None], use_cache=True,
-                    **{name: cache})
-        logits = out.logits[:, -1]
-    return outs
+from pipeline.scorers.clear import _hf_sample_answers, sample_answers
 
 
 @torch.inference_mode()
@@ -107,20 +60,21 @@ def main() -> None:
     ids = rows.get_column("id").to_list()
 
     want = hf_greedy(model, tok, texts, opts.max_new_tokens)
-    got = sampled_slots(model, tok, texts, opts.k, opts.max_new_tokens, 1.0, 0, greedy=True)
+    got = sample_ids(model, tok, [t for t in texts for _ in range(opts.k)], list(range(len(texts) * opts.k)), 1e-4,
+                     opts.max_new_tokens, opts.batch_size * opts.k, 4096)
     same = sum(got[i * opts.k + j] == want[i] for i in range(len(texts)) for j in range(opts.k))
-    print(f"greedy check: identical={same}/{len(texts) * opts.k} continuations equal transformers' greedy ids")
+    print(f"greedy check: identical={same}/{len(texts) * opts.k} continuations at T=1e-4 equal transformers' greedy ids")
 
-    def before():
-        out = sample_answers(model, tok, prompts, ids, opts.k, 1.0, opts.max_new_tokens, 4096, opts.batch_size, 0)
+    def n_tokens(out: list[list[str]]) -> int:
         return sum(len(tok(a, add_special_tokens=False)["input_ids"]) for answers in out for a in answers)
 
+    def before():
+        return n_tokens(_hf_sample_answers(model, tok, texts, ids, opts.k, 1.0, opts.max_new_tokens, 4096,
+                                           opts.batch_size, 0))
+
     def after():
-        total = 0
-        for start in range(0, len(texts), opts.batch_size):
-            out = sampled_slots(model, tok, texts[start:start + opts.batch_size], opts.k, opts.max_new_tokens, 1.0, 0)
-            total += sum(len(o) for o in out)
-        return total
+        return n_tokens(sample_answers(model, tok, prompts, ids, opts.k, 1.0, opts.max_new_tokens, 4096,
+                                       opts.batch_size, 0))
 
     times: dict[str, list[float]] = {"before": [], "after": []}
     tokens: dict[str, int] = {}
@@ -134,7 +88,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     rate = {k: tokens[k] / med[k] for k in med}
     print(f"before (generate, num_return_sequences={opts.k}): {med['before']:.1f}s, {rate['before']:.0f} tok/s; "
-          f"after (one prefill, k continuations, rows dropped as they end): {med['after']:.1f}s, {rate['after']:.0f} tok/s")
+          f"after (slot decoder: a row per answer, rows leave as they end, freed rows refilled): {med['after']:.1f}s, {rate['after']:.0f} tok/s")
     print(f"speedup={rate['after'] / rate['before']:.2f} tok_s={rate['after']:.0f}")
 
 

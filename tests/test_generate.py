@@ -153,3 +153,39 @@ def test_model_loads_with_the_hardware_attention_and_dtype(tiny_model_dir):
         assert default_dtype() == torch.float32 and attention() is None
         assert model.dtype == torch.float32 and model.config._attn_implementation == "sdpa"
     assert attention(torch.float32) is None  # FlashAttention-2 needs half precision
+
+
+def test_sampling_depends_on_each_prompts_seed_not_on_its_batch(smollm2):
+    """Seeded sampling in the slot decoder: the same seeds give the same samples at any batch size (rows
+    refilled, dropped, prefilled together), other seeds give other samples, temperature -> 0 gives greedy."""
+    model, tok = smollm2
+    texts = [prompt_text(tok, p) for p in PROMPTS for _ in range(2)]
+    ids = tok(texts, add_special_tokens=False)["input_ids"]
+    seeds = list(range(100, 100 + len(ids)))
+    args = (model, ids, 10, 0, tok.eos_token_id, tok.pad_token_id)
+    one = _greedy_slots(*args[:3], 12, *args[4:], threads=1, temperature=1.0, seeds=seeds)
+    assert one == _greedy_slots(*args[:3], 3, *args[4:], threads=1, temperature=1.0, seeds=seeds)
+    assert one != _greedy_slots(*args[:3], 12, *args[4:], threads=1, temperature=1.0, seeds=[s + 1 for s in seeds])
+    assert one[0] != one[1] or one[2] != one[3]  # copies of a prompt with different seeds differ
+    greedy = _greedy_slots(*args[:3], 12, *args[4:], threads=1)
+    assert _greedy_slots(*args[:3], 12, *args[4:], threads=1, temperature=1e-4, seeds=seeds) == greedy
+
+
+def test_sampled_first_tokens_follow_softmax_of_logits_over_temperature(smollm2):
+    """The empirical distribution of 1,500 sampled first tokens matches softmax(logits / T) of the prompt."""
+    model, tok = smollm2
+    text = prompt_text(tok, "Name a color.")
+    ids = tok([text], add_special_tokens=False)["input_ids"][0]
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+    temperature, n = 0.7, 1500
+    probs = torch.softmax(logits / temperature, -1)
+    got = _greedy_slots(model, [ids] * n, 1, 500, tok.eos_token_id, tok.pad_token_id, threads=1,
+                        temperature=temperature, seeds=list(range(n)))
+    counts = torch.bincount(torch.tensor([t[0] for t in got]), minlength=probs.numel()).float()
+    top = probs.topk(4).indices
+    assert probs[top].sum() > 0.5  # the test reads the mass where it is
+    for token in top:
+        p = float(probs[token])
+        sigma = (p * (1 - p) / n) ** 0.5
+        assert abs(counts[token] / n - p) < 4 * sigma + 1e-3, (int(token), float(counts[token] / n), p)

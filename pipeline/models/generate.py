@@ -80,6 +80,24 @@ def generate_ids(model, tokenizer, prompts: list[str], max_new_tokens: int = 160
                          threads=threads, progress=progress)
 
 
+@torch.inference_mode()
+def sample_ids(model, tokenizer, texts: list[str], seeds: list[int], temperature: float, max_new_tokens: int,
+               batch_size: int, max_length: int | None = None) -> list[list[int]] | None:
+    """One sampled continuation per prompt text (already templated; left-truncated to `max_length` tokens),
+    from softmax(logits / temperature), each from its own seed, with the slot decoder (rows leave the batch
+    when they end, freed rows take the next prompt); None when the model needs `transformers`' generate."""
+    if not texts:
+        return []
+    if slots_unsupported_reason(model) is not None:
+        return None
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    if max_length:
+        ids = [x[-max_length:] for x in ids]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    return _greedy_slots(model, ids, max_new_tokens, batch_size, eos=tokenizer.eos_token_id, pad=pad,
+                         temperature=temperature, seeds=seeds)
+
+
 def cache_kwarg(model) -> str | None:
     """The name `model.forward` takes its KV cache under: `cache` since transformers 5.24, before
     that `past_key_values` (still accepted, with a deprecation warning, until 5.40); None if neither."""
@@ -383,8 +401,13 @@ def _prefill(model, suffixes: list[list[int]], prefix, n_prefix: int, pad: int, 
 def _greedy_slots(model, ids: list[list[int]], max_new_tokens: int, batch_size: int, eos: int | None, pad: int,
                   threads: int | str | None = None, progress: bool = False, refill: bool = True, compact: bool = True,
                   share_prefix: bool = True, prefill_tokens: int | None = None,
-                  stats: dict | None = None) -> list[list[int]]:
+                  stats: dict | None = None, temperature: float = 0.0,
+                  seeds: list[int] | None = None) -> list[list[int]]:
     """Greedy token ids (EOS included when produced) for each prompt in `ids`; see the module docstring.
+
+    `temperature` > 0 samples instead, from softmax(logits / temperature) (no top-k or top-p), each
+    prompt from its own generator seeded with `seeds[i]`, so a prompt's sample depends on its seed only,
+    not on the batch it shares or the thread count.
 
     `refill`, `compact` and `share_prefix` switch the three batching levers off for measurements
     (`refill=False` decodes fixed batches of `batch_size` prompts to the end, as `_hf_generate`).
@@ -396,6 +419,19 @@ def _greedy_slots(model, ids: list[list[int]], max_new_tokens: int, batch_size: 
 
     dev = next(model.parameters()).device
     cache_name = cache_kwarg(model)
+    gens = None
+    if temperature > 0:
+        if seeds is None or len(seeds) != len(ids):
+            raise ValueError("sampling needs one seed per prompt")
+        gens = [torch.Generator().manual_seed(int(x)) for x in seeds]
+
+    def pick(logits: torch.Tensor, prompts: list[int]) -> list[int]:
+        """The next token of each row (`prompts[j]` owns row j of `logits`): argmax, or a seeded sample."""
+        if gens is None:
+            return logits.float().argmax(-1).tolist()
+        probs = torch.softmax(logits.float().cpu() / temperature, dim=-1)
+        return [int(torch.multinomial(probs[j], 1, generator=gens[i])) for j, i in enumerate(prompts)]
+
     budget = prefill_tokens or (PREFILL_TOKENS_CPU if dev.type == "cpu" else default_max_tokens(dev))
     n = len(ids)
     order = sorted(range(n), key=lambda i: -len(ids[i]))  # stable: longest first, ties by position
@@ -464,7 +500,7 @@ def _greedy_slots(model, ids: list[list[int]], max_new_tokens: int, batch_size: 
                     rows_t = torch.tensor(rows_g, device=slots.mask.device)
                     slots.mask[rows_t, slots.end - width : slots.end] = mask.to(slots.mask.device)
                     slots.mask[rows_t, : slots.end - width] = 0
-                    first = logits.float().argmax(-1).tolist()
+                    first = pick(logits, members)
                     for r, i, tok in zip(rows_g, members, first, strict=True):
                         owner[r], starts[r] = i, slots.end - width
                         last[r] = tok
@@ -498,7 +534,11 @@ def _greedy_slots(model, ids: list[list[int]], max_new_tokens: int, batch_size: 
                            position_ids=pos[:, None].to(dev), use_cache=True, logits_to_keep=1,
                            **{cache_name: slots.cache}).logits[:, -1]
             slots.set_window(window, slots.end + 1)
-            nxt = logits.float().argmax(-1).cpu()
+            if gens is None:
+                nxt = logits.float().argmax(-1).cpu()
+            else:  # finished rows still in the batch get a placeholder token (never recorded)
+                nxt = torch.zeros(len(owner), dtype=torch.long)
+                nxt[live] = torch.tensor(pick(logits[live], [owner[r] for r in live]))
             thr.observe("decode", time.perf_counter() - t1)
             last, pos = nxt, pos + 1
             st["steps"] += 1

@@ -30,6 +30,7 @@ from pipeline.data import final_answer
 from pipeline.models.assets import DEFAULT_EMBEDDER
 from pipeline.models.embedder import embed_texts
 from pipeline.models.engine import response_mask, token_nll
+from pipeline.models.generate import sample_ids
 from pipeline.models.loading import encode_examples, generation_prompts, prompt_text
 from pipeline.scorers import register_scorer
 from pipeline.scorers.base import ScoreContext, Scorer
@@ -67,11 +68,26 @@ def _left_padded(tok, texts: list[str], max_length: int, dev: torch.device) -> d
 @torch.inference_mode()
 def sample_answers(model, tok, prompts: list[str | list[dict]], ids: list[str], k: int, temperature: float,
                    max_new_tokens: int, max_length: int, batch_size: int, seed: int) -> list[list[str]]:
-    """k sampled answers per prompt; each batch generates `batch_size * k` sequences in one call."""
+    """k sampled answers per prompt: the slot decoder on `batch_size * k` rows, each answer from its own seed
+    (example id, answer index, context seed), so it does not depend on batching; `transformers`' generate
+    (one seed per batch) for models the slot decoder does not support."""
+    texts = [prompt_text(tok, p) for p in prompts]
+    seeds = [_seed([i, str(j)], seed) for i in ids for j in range(k)]
+    sampled = sample_ids(model, tok, [t for t in texts for _ in range(k)], seeds, temperature, max_new_tokens,
+                         batch_size * k, max_length)
+    if sampled is not None:
+        answers = [tok.decode(x, skip_special_tokens=True) for x in sampled]
+        return [answers[i * k : (i + 1) * k] for i in range(len(prompts))]
+    return _hf_sample_answers(model, tok, texts, ids, k, temperature, max_new_tokens, max_length, batch_size, seed)
+
+
+def _hf_sample_answers(model, tok, texts: list[str], ids: list[str], k: int, temperature: float, max_new_tokens: int,
+                       max_length: int, batch_size: int, seed: int) -> list[list[str]]:
+    """k sampled answers per prompt with `transformers`' generate, `batch_size * k` sequences per call."""
     dev = next(model.parameters()).device
     out: list[list[str]] = []
-    for start in range(0, len(prompts), batch_size):
-        batch = [prompt_text(tok, p) for p in prompts[start : start + batch_size]]
+    for start in range(0, len(texts), batch_size):
+        batch = texts[start : start + batch_size]
         enc = _left_padded(tok, batch, max_length, dev)
         torch.manual_seed(_seed(ids[start : start + batch_size], seed))
         gen = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
@@ -132,7 +148,7 @@ def agreement(samples: list[list[str]], responses: list[str], is_math: list[bool
 class ClearConfidence(Scorer):
     """Columns: id, clear_confidence, observed_consistency, self_reflection, sample_agreement."""
 
-    version = "2"  # 2: a chat row samples answers to its own turns
+    version = "3"  # 2: a chat row samples answers to its own turns; 3: answers from the slot decoder, seeded per answer
     model_params = ("embedder",)
 
     def __init__(self, k: int = 5, alpha: float = 0.8, beta: float = 0.7, temperature: float = 1.0,
