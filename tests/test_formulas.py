@@ -82,3 +82,60 @@ def test_information_gain_is_positive_when_the_step_is_on_the_objective_itself(t
     assert measured == pytest.approx(before)
     assert gains[0] > 0 and gains[0] > gains[1]
     assert objective_loss(model, objective, 4096, tok.pad_token_id) == pytest.approx(before)  # model restored
+
+
+@pytest.mark.parametrize("z", [1.0, 2.0, 3.0])
+def test_sensitivity_distance_term_is_the_distance_to_the_power_z(z):
+    """s(e) = loss(center(e)) + lam * ||e - c(e)||^z (Axiotis et al.), for the z^2 default and any other z.
+    Planted bugs this kills: the non-default branch not taking the root of the squared distance, or raising."""
+    from pipeline.selectors.sensitivity import Clusters, sensitivities
+
+    dist = np.array([0.5, 2.0, 3.0, 0.0])
+    clusters = Clusters(centroids=np.zeros((2, 1), np.float32), assign=np.array([0, 0, 1, 1]),
+                        dist2=(dist**2).astype(np.float32), centers=np.array([3, 0]), center_of=np.array([1, 0]))
+    center_loss = np.array([1.5, 0.25])  # loss of example 3 (cluster 0's center), of example 0 (cluster 1's)
+    want = center_loss[[1, 1, 0, 0]] + 0.7 * dist**z
+    np.testing.assert_allclose(sensitivities(clusters, center_loss, 0.7, z), want, rtol=1e-6)
+
+
+def test_sensitivity_accepts_a_budget_of_one_and_refuses_zero():
+    """m is a number of draws: 1 is the smallest budget (boundary planted at `m <= 1` is caught)."""
+    get_selector("sensitivity", m=1)
+    with pytest.raises(ValueError, match="m"):
+        get_selector("sensitivity", m=0)
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.6])
+def test_rho1_keeps_at_least_one_token_of_a_one_token_row(ratio):
+    """keep_count: round(ratio * n), at least 1 when n > 0 (a one-token row trains on its token; 0 stays 0)."""
+    import torch
+
+    from pipeline.losses.rho1 import keep_count
+
+    n = torch.tensor([0, 1, 2, 10])
+    want = [0, 1, max(1, round(2 * ratio)), round(10 * ratio)]
+    assert keep_count(n, ratio).tolist() == want
+
+
+def test_token_log_probs_are_zero_where_no_label_and_log_softmax_elsewhere():
+    """What every loss (and a user's) reads: log p(label) from shifted labels, exactly 0 at ignored positions."""
+    import torch
+
+    from pipeline.losses.base import token_log_probs
+
+    logits = torch.randn(2, 5, 7, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([[-100, 3, 1, -100, 6], [-100, -100, 0, 2, 5]])
+    logp, mask = token_log_probs(logits, labels)
+    want = torch.log_softmax(logits[:, :-1], -1).gather(-1, labels[:, 1:].clamp(min=0)[..., None])[..., 0]
+    assert mask.tolist() == (labels[:, 1:] != -100).tolist()
+    torch.testing.assert_close(logp[mask], want[mask])
+    assert (logp[~mask] == 0).all()
+
+
+def test_ifd_mean_nll_is_nan_for_a_row_without_response_tokens():
+    """A row whose response was cut away (max_length) has no mean: NaN, which selectors drop with a reason."""
+    from pipeline.scorers.ifd import mean_nll
+
+    encoded = [{"completion_mask": [0, 0, 1, 1]}, {"completion_mask": [0, 0, 0, 0]}]
+    got = mean_nll(encoded, [np.array([9.0, 1.0, 3.0]), np.array([1.0, 2.0, 3.0])])
+    assert got[0] == pytest.approx(2.0) and np.isnan(got[1])

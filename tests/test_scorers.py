@@ -230,3 +230,25 @@ def test_token_columns_from_scored_tables(examples, ctx, tiny_model_dir, tiny_mo
         for t, (m, v) in enumerate(zip(enc["completion_mask"], lab, strict=True)):
             assert (v != 0) == bool(m and t > 0)  # labels only on response tokens
         assert rn[-1] == pytest.approx(refrow[-1])  # token t's reference NLL sits at index t
+
+
+def test_clear_samples_with_transformers_where_the_slot_decoder_does_not_apply(examples, ctx, tiny_model_dir):
+    """A model whose generation config processes logits (here a repetition penalty) samples through
+    `transformers`' generate: k answers per prompt, the same for the same seed, others for another."""
+    from pipeline.models.generate import slots_supported
+    from pipeline.models.loading import load_model, load_tokenizer
+    from pipeline.scorers.clear import sample_answers
+
+    model, tok = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
+    model.generation_config.repetition_penalty = 1.3
+    assert not slots_supported(model)
+    prompts, ids = examples.head(3).get_column("prompt").to_list(), examples.head(3).get_column("id").to_list()
+    one = sample_answers(model, tok, prompts, ids, 2, 1.0, 6, 128, 2, seed=0)
+    assert len(one) == 3 and all(len(answers) == 2 for answers in one)
+    assert one == sample_answers(model, tok, prompts, ids, 2, 1.0, 6, 128, 2, seed=0)
+    assert one != sample_answers(model, tok, prompts, ids, 2, 1.0, 6, 128, 2, seed=1)
+
+
+def test_clear_needs_at_least_one_sample():
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        get_scorer("clear_confidence", k=0)

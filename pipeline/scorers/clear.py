@@ -93,8 +93,8 @@ def _hf_sample_answers(model, tok, texts: list[str], ids: list[str], k: int, tem
         gen = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
                              num_return_sequences=k, max_new_tokens=max_new_tokens,
                              pad_token_id=tok.pad_token_id)
-        texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        out.extend(texts[i * k : (i + 1) * k] for i in range(len(batch)))
+        decoded = tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        out.extend(decoded[i * k : (i + 1) * k] for i in range(len(batch)))
     return out
 
 
@@ -156,6 +156,8 @@ class ClearConfidence(Scorer):
                  batch_size: int = 8):
         if mode not in ("auto", "math", "text"):
             raise ValueError(f"mode must be auto, math or text, got {mode!r}")
+        if k < 1:
+            raise ValueError(f"k must be >= 1 (CLEAR compares k sampled answers with the given one), got {k}")
         self.k, self.alpha, self.beta, self.temperature = k, alpha, beta, temperature
         self.max_new_tokens, self.mode, self.embedder, self.batch_size = max_new_tokens, mode, embedder, batch_size
 
@@ -184,7 +186,7 @@ class ClearConfidence(Scorer):
             "clear_confidence": combine(s, r, refl, alpha, beta),
             "observed_consistency": observed,
             "self_reflection": refl,
-            "sample_agreement": s.mean(-1) if k else np.zeros(len(ids)),
+            "sample_agreement": s.mean(-1),
         })
 
 
