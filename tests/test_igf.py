@@ -122,8 +122,10 @@ def test_default_path_on_the_tiny_model(tiny_model_dir, monkeypatch):
             for i in range(14)]
     ex = make_examples(rows)
     ctx = ScoreContext(model_name=tiny_model_dir, max_length=64, max_tokens=256, progress=False)
-    table, meta = get_scorer("information_gain", sample_size=6)(ex, ctx)
+    scorer = get_scorer("information_gain", sample_size=6)
+    table, meta = scorer(ex, ctx)
     info = meta["information_gain"]
+    assert table.columns == ["id", *scorer.columns()]  # the columns the scorer declares are the ones it writes
 
     assert calls == [3.0] * 6  # one clipped step per sampled example
     assert (table["information_gain"] == table["ig_predicted"]).all() and table["information_gain"].null_count() == 0
@@ -133,3 +135,16 @@ def test_default_path_on_the_tiny_model(tiny_model_dir, monkeypatch):
     assert (info["measure"], info["optimizer"], info["lr"], info["max_grad_norm"]) == ("ppl", "adamw", 5e-5, 3.0)
     assert info["objective_loss_before"] > 1.0  # a perplexity, not an NLL
     assert np.isfinite(table.filter(pl.col("ig_sampled"))["ig_raw"].to_numpy()).all()
+
+
+def test_clipping_norm_reaches_every_step_and_any_positive_value_is_allowed(tiny_model_dir, monkeypatch):
+    """A non-default `max_grad_norm` (below 1 too) is the one each sampled step clips at."""
+    calls = []
+    clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda p, n, *a, **k: calls.append(n) or clip(p, n, *a, **k))
+    ex = make_examples([(f"What is {i} plus 1?", f"{i + 1}.\n#### {i + 1}", str(i + 1)) for i in range(6)])
+    ctx = ScoreContext(model_name=tiny_model_dir, max_length=48, max_tokens=256, progress=False)
+    get_scorer("information_gain", sample_size=2, max_grad_norm=0.5)(ex, ctx)
+    assert calls == [0.5, 0.5]
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        get_scorer("information_gain", max_grad_norm=0.0)
