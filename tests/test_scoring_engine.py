@@ -214,7 +214,7 @@ def test_scorer_classes_declare_what_the_cache_needs():
         "token_loss": ("1", True, True, ("model",), False),
         "learnability": ("2", True, True, ("reference",), True),
         "information_gain": ("2", True, False, ("embedder",), False),
-        "clear_confidence": ("2", True, True, ("embedder",), False),
+        "clear_confidence": ("3", True, True, ("embedder",), False),
         "token_confidence": ("2", True, True, (), False),
         "embedding": ("1", False, True, ("embedder",), False),
     }
