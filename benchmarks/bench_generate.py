@@ -16,8 +16,9 @@ the whole call (tokenization, prompt prefill and decode), so prefill counts agai
 Last line: `tok_s=X limit_ratio=Y` (medians over rounds). `--levers` times the decode loop's
 levers one by one instead; `--compile` times torch.compile of the decode step (transformers' static
 KV cache with its automatic compilation, switched on for the CPU) against the same path eager and
-against ours, with the compile time and whether greedy ids stay identical. CUDA: the synchronizations and device tensors are written for it but
-this script has not been run on a GPU (none was lent to these sessions).
+against ours, with the compile time and whether greedy ids stay identical. CUDA: the
+synchronizations and device tensors are written for it but this script has not been run on a GPU
+(none was lent to these sessions).
 Run: `python benchmarks/bench_generate.py [--n 24] [--max-new-tokens 160] [--rounds 2]`.
 """
 
@@ -182,8 +183,9 @@ def static_hf(model, tok, texts, max_new_tokens, batch_size, compile_mode: str |
 
 
 def compile_levers(model, tok, prompts, texts, args, rows) -> None:
-    """torch.compile of the decode step (static KV cache) against the same path eager and ours, interleaved;
-    the first call of each compiled mode (compilation) is timed apart."""
+    """torch.compile of the decode step (static KV cache) against the same path eager and ours. Each variant
+    runs apart (a compiled mode keeps its graphs only until the next `torch._dynamo.reset`): a first call
+    (compilation, for the compiled modes) timed on its own, then `--rounds` timed calls."""
     n = args.max_new_tokens
     variants = {
         "ours (slot loop, eager)": lambda: generate_ids(model, tok, prompts, n, args.batch_size, progress=False),
@@ -193,26 +195,20 @@ def compile_levers(model, tok, prompts, texts, args, rows) -> None:
         variants[f"transformers generate + static cache + compile ({mode})"] = (
             lambda mode=mode: static_hf(model, tok, texts, n, rows, compile_mode=mode))
     outputs: dict[str, list[list[int]]] = {}
-    for name, fn in variants.items():  # first calls: compilation for the compiled modes
+    times: dict[str, list[float]] = {}
+    for name, fn in variants.items():
         torch._dynamo.reset()
-        outputs[name], seconds, _ = timed(fn)
-        print(f"  first call (compiles where compiled): {name}: {seconds:.1f}s", flush=True)
-        if "compile" in name:  # keep this mode's compiled graphs for the timed rounds: time it now
-            times = [timed(fn)[1] for _ in range(args.rounds)]
-            variants[name] = times
-    times: dict[str, list[float]] = {k: v for k, v in variants.items() if isinstance(v, list)}
-    for r in range(args.rounds):
-        for name, fn in variants.items():
-            if not isinstance(fn, list):
-                times.setdefault(name, []).append(timed(fn)[1])
-        print(f"  round {r} done, load {os.getloadavg()[0]:.1f}", flush=True)
+        outputs[name], first, _ = timed(fn)
+        times[name] = [timed(fn)[1] for _ in range(args.rounds)]
+        print(f"  {name}: first call {first:.1f}s, then {' '.join(f'{t:.1f}s' for t in times[name])}; "
+              f"load {os.getloadavg()[0]:.1f}", flush=True)
     ours = outputs["ours (slot loop, eager)"]
+    base = statistics.median(times["ours (slot loop, eager)"])
     print(f"{'variant':62s} {'median_s':>9s} {'tok/s':>7s} {'vs ours':>8s} {'ids = ours':>10s}")
-    for name in outputs:
+    for name, out in outputs.items():
         med = statistics.median(times[name])
-        same = sum(a == b for a, b in zip(outputs[name], ours, strict=True))
-        print(f"{name:62s} {med:9.1f} {count(outputs[name]) / med:7.1f} "
-              f"{statistics.median(times['ours (slot loop, eager)']) / med:8.2f} {same:>6d}/{len(ours)}")
+        same = sum(a == b for a, b in zip(out, ours, strict=True))
+        print(f"{name:62s} {med:9.1f} {count(out) / med:7.1f} {base / med:8.2f} {same:>6d}/{len(ours)}")
 
 
 def main() -> None:

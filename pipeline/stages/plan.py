@@ -108,9 +108,9 @@ def check_one_process(train, loss) -> None:
     stats = getattr(loss, "head_stats", None)
     if not stats or train.launcher == "local":
         return
-    import torch
+    from pipeline.training.launch import process_count
 
-    n = train.num_processes or max(torch.cuda.device_count(), 1)
+    n = process_count(train)
     if n > 1:
         raise ConfigError("train.launcher", f"loss {train.loss!r} reads {sorted(stats)} from the trainer's tiled "
                                             f"head pass, which runs in one process, not {n}: set "

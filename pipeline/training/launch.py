@@ -22,6 +22,11 @@ from pipeline.core.io import read_json, write_json, write_parquet
 FSDP_CONFIG = Path(__file__).parent / "accelerate_fsdp.yaml"
 
 
+def process_count(cfg: TrainSection) -> int:
+    """Processes a launched run starts: `train.num_processes`, by default the GPU count (1 on CPU)."""
+    return cfg.num_processes or max(torch.cuda.device_count(), 1)
+
+
 def launch_training(model: str, examples: pl.DataFrame, output_dir: str | Path, cfg: TrainSection | dict, seed: int,
                     weights: list[float] | None = None,
                     token_columns: dict[str, list[list]] | None = None, loss: Any = None) -> dict:
@@ -31,7 +36,7 @@ def launch_training(model: str, examples: pl.DataFrame, output_dir: str | Path, 
 
     cfg = train_settings(cfg)
     launcher = cfg.launcher
-    n = str(cfg.num_processes or max(torch.cuda.device_count(), 1))
+    n = str(process_count(cfg))
     accelerate_config = str(cfg.accelerate_config or FSDP_CONFIG)
     if launcher == "local":
         return train(model, examples, output_dir, cfg, seed=seed, weights=weights, token_columns=token_columns,
