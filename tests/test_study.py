@@ -171,3 +171,19 @@ def test_results_so_far_are_written_after_every_seed(tmp_path, tiny_model_dir, m
     text = (run / "results.md").read_text()
     assert "partial" not in text and "**seeds**: [0, 1]" in text
     assert sorted(pl.read_parquet(run / "per_example.parquet").get_column("seed").unique().to_list()) == [0, 1]
+
+
+def test_noise_kept_does_not_count_a_corrected_row_as_kept_noise(tmp_path):
+    """A corrupted row that a selector (CLEAR) replaced trains on the new response: it is counted under
+    `corrected`, not as kept noise; kept corrupted rows count by kind, dropped ones not at all."""
+    from pipeline.flows.study import noise_kept
+    train = pl.DataFrame({"id": ["a", "b", "c", "d", "e"], "noise": [None, "refusal", "refusal", "swapped", "swapped"]})
+    selection = pl.DataFrame({"id": ["a", "b", "c", "d", "e"], "kept": [True, True, True, False, True],
+                              "new_response": [None, "fixed", None, None, None]})
+    train.write_parquet(tmp_path / "t.parquet")
+    selection.write_parquet(tmp_path / "s.parquet")
+    assert noise_kept(str(tmp_path / "t.parquet"), str(tmp_path / "s.parquet")) == {
+        "all": 2, "refusal": 1, "swapped": 1, "corrected": 1}
+    selection.drop("new_response").write_parquet(tmp_path / "s.parquet")
+    assert noise_kept(str(tmp_path / "t.parquet"), str(tmp_path / "s.parquet")) == {
+        "all": 3, "refusal": 2, "swapped": 1}

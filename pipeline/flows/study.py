@@ -34,6 +34,7 @@ from pipeline.core.io import write_json
 from pipeline.core.registry import ConfigError
 from pipeline.flows.common import ensure_run_dir, publish_artifacts
 from pipeline.flows.recipe import merge, resolve
+from pipeline.selectors.base import CORRECTION
 from pipeline.stages import ModelRef, log, wiring
 from pipeline.stages.base import STAGE_LOG
 from pipeline.stages.plan import Plan
@@ -109,14 +110,23 @@ def _check_variant(variant: object, where: str, taken: set[str]) -> str:
 
 
 def noise_kept(train: str, selection: str) -> dict[str, int]:
-    """With `data.noise`: how many corrupted training rows of each kind the selection kept (else {})."""
+    """With `data.noise`: how many corrupted training rows of each kind the selection kept (else {}).
+
+    A row a selector corrected (CLEAR) trains on its new response, so it is not counted as kept
+    noise; `corrected` says how many corrupted rows were replaced that way.
+    """
     examples = pl.read_parquet(train, glob=False)
     if "noise" not in examples.columns:
         return {}
-    kept = examples.join(pl.read_parquet(selection, glob=False).select("id", "kept"), on="id", how="left")
-    noisy = kept.filter(pl.col("noise").is_not_null())
-    counts = noisy.group_by("noise").agg(pl.col("kept").sum()).sort("noise")
-    return {"all": int(noisy.get_column("kept").sum()), **dict(counts.iter_rows())}
+    selected = pl.read_parquet(selection, glob=False)
+    fixed = pl.col(CORRECTION).is_not_null() if CORRECTION in selected.columns else pl.lit(False)
+    selected = selected.select("id", "kept", fixed.alias("_fixed"))
+    noisy = examples.join(selected, on="id", how="left").filter(pl.col("noise").is_not_null())
+    still = noisy.with_columns((pl.col("kept").fill_null(False) & ~pl.col("_fixed").fill_null(False)).alias("bad"))
+    counts = still.group_by("noise").agg(pl.col("bad").sum()).sort("noise")
+    out = {"all": int(still.get_column("bad").sum()), **dict(counts.iter_rows())}
+    n_fixed = int(still.get_column("_fixed").fill_null(False).sum())
+    return {**out, "corrected": n_fixed} if n_fixed else out
 
 
 @flow(name="study-cell", validate_parameters=False)

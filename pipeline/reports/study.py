@@ -136,9 +136,12 @@ def _compute_lines(minutes: dict | None) -> list[str]:
 
 def _noise_lines(rows: list[dict]) -> list[str]:
     """With `data.noise`: the corrupted training rows each variant's selection kept, by kind (mean over seeds)."""
-    kinds = sorted({k.removeprefix("noise_kept_") for r in rows for k in r if k.startswith("noise_kept_")} - {"all"})
+    kinds = sorted({k.removeprefix("noise_kept_") for r in rows for k in r if k.startswith("noise_kept_")}
+                   - {"all", "corrected"})
     if not kinds:
         return []
+    if any(r.get("noise_kept_corrected") is not None for r in rows):
+        kinds.append("corrected")  # replaced by a selector's correction: trains on the new response, not counted
     lines = ["", "## Noisy training rows kept (mean over seeds)", "",
              "| variant | all | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 2) + "|"]
     for r in rows:
