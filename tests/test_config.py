@@ -72,6 +72,20 @@ def test_switching_the_rule_drops_the_old_rules_parameters():
         resolve_recipe("sft-math", ["select.rule=quantile", "select.fraction=0.3"])  # given, so checked
 
 
+def test_score_params_keyed_by_scorer_survive_a_narrower_scorer_list_and_typos_are_named():
+    """study-full keys `score.params` by scorer: `--set score.scorer=[less]` runs less with its defaults
+    (clear_confidence's entry is set aside, it does not run), while a key that names no scorer is an error."""
+    losses_only = "variants=[{name: dft, train: {loss: dft}}]"
+    plan, _ = resolve_recipe("study-full", ["score.scorer=[less]", losses_only])
+    assert [(s.name, s.params) for s in plan.scorers] == [("less", {})]
+    plan, _ = resolve_recipe("study-full", ["score.scorer=[less, clear_confidence]", losses_only])
+    assert dict((s.name, s.params) for s in plan.scorers)["clear_confidence"] == {"k": 3, "max_new_tokens": 160}
+    with pytest.raises(ConfigError, match="^score.params.clear_confidnce: no scorer 'clear_confidnce' runs"):
+        resolve_recipe("study-full", ["score.params.clear_confidnce={k: 2}", losses_only])
+    with pytest.raises(ConfigError, match="^score.params.less: expected the scorer's parameters as a mapping"):
+        resolve_recipe("study-full", ["score.params.less=3", losses_only])
+
+
 def test_apply_overrides_rejects_non_assignments():
     with pytest.raises(ConfigError, match="key=value"):
         apply_overrides({"a": 1}, ["a"])

@@ -70,11 +70,23 @@ class Plan:
 
 def scorer_list(score: Any) -> list[tuple[str, dict]]:
     """`score.scorer` names one scorer or a list; `score.params` holds one scorer's parameters, or a
-    mapping from scorer name to its parameters when several run."""
+    mapping from scorer name to its parameters (always so when several run).
+
+    In the mapping, an entry for a registered scorer the list does not run is set aside (a recipe's
+    params outlive `--set score.scorer=[...]`); any other key is an error, never a silent no-op.
+    """
     names = score.scorer if isinstance(score.scorer, list) else [score.scorer]
     params = score.params or {}
-    if len(names) == 1 and names[0] not in params:
+    known = set(SCORERS.names())
+    keyed = len(names) > 1 or names[0] in params or (params and set(params) <= known)
+    if not keyed:
         return [(names[0], params)]
+    for key, value in params.items():
+        if key not in names and key not in known:
+            raise ConfigError(f"score.params.{key}", f"no scorer {key!r} runs (score.scorer: {', '.join(names)}); "
+                                                     "with several scorers, score.params maps each to its parameters")
+        if key in names and not isinstance(value, dict):
+            raise ConfigError(f"score.params.{key}", f"expected the scorer's parameters as a mapping, got {value!r}")
     return [(name, params.get(name) or {}) for name in names]
 
 
