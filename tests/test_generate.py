@@ -171,6 +171,26 @@ def test_sampling_depends_on_each_prompts_seed_not_on_its_batch(smollm2):
     assert _greedy_slots(*args[:3], 12, *args[4:], threads=1, temperature=1e-4, seeds=seeds) == greedy
 
 
+def test_copies_of_a_prompt_are_prefilled_once_and_sample_as_if_alone(smollm2):
+    """k samples of one prompt (CLEAR) share one prefill: the prefill tokens count each distinct prompt
+    once, and every copy's sample is the one its seed gives with nothing shared (the copies' cache rows
+    are real copies, not views a later row's prefill could overwrite)."""
+    model, tok = smollm2
+    ids = tok([prompt_text(tok, p) for p in PROMPTS[:2]], add_special_tokens=False)["input_ids"]
+    batch = [ids[0]] * 3 + [ids[1]] * 3
+    seeds = [7, 8, 9, 10, 11, 12]
+    args = (model, batch, 8, 6, tok.eos_token_id, tok.pad_token_id)
+    shared, alone = {}, {}
+    got = _greedy_slots(*args, threads=1, temperature=1.0, seeds=seeds, share_prefix=False, stats=shared)
+    ref = _greedy_slots(*args, threads=1, temperature=1.0, seeds=seeds, share_prefix=False, share_prompts=False,
+                        stats=alone)
+    assert got == ref and len({tuple(x) for x in got[:3]}) > 1
+    assert shared["prefill_tokens"] == len(ids[0]) + len(ids[1])
+    assert alone["prefill_tokens"] == 3 * (len(ids[0]) + len(ids[1]))
+    assert got[0] == _greedy_slots(model, [ids[0]], 8, 1, tok.eos_token_id, tok.pad_token_id, threads=1,
+                                   temperature=1.0, seeds=[7])[0]
+
+
 def test_sampled_first_tokens_follow_softmax_of_logits_over_temperature(smollm2):
     """The empirical distribution of 1,500 sampled first tokens matches softmax(logits / T) of the prompt."""
     model, tok = smollm2

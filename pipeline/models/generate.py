@@ -10,6 +10,8 @@ loop written for throughput (numbers in benchmarks/RESULTS.md, "Generation"):
   dynamic cache concatenates, copying the whole cache at every step.
 - The token prefix all prompts share (the chat template's system turn) is run once, and its keys
   and values are copied to every row.
+- Identical prompts filled together (CLEAR's k samples of one question) are prefilled once and
+  their keys and values copied to each row.
 - Prompts are prefilled in forwards of similar length (`PREFILL_TOKENS_CPU` padded tokens on CPU),
   not padded to the batch's longest, and only the last position goes through the LM head.
 - On CPU the thread count is the process's own unless asked otherwise: `threads="auto"` measures 1
@@ -397,19 +399,31 @@ def _prefill(model, suffixes: list[list[int]], prefix, n_prefix: int, pad: int, 
     return out.logits[:, -1], cache, mask, n_prefix + width
 
 
+def _unique_prompts(suffixes: list[list[int]], share: bool) -> tuple[list[list[int]], torch.Tensor | None]:
+    """The distinct token lists in first-seen order and, when some repeat, each input's index among them."""
+    if not share:
+        return suffixes, None
+    first: dict[tuple[int, ...], int] = {}
+    which = [first.setdefault(tuple(s), len(first)) for s in suffixes]
+    if len(first) == len(suffixes):
+        return suffixes, None
+    return [list(u) for u in first], torch.tensor(which)
+
+
 @torch.inference_mode()
 def _greedy_slots(model, ids: list[list[int]], max_new_tokens: int, batch_size: int, eos: int | None, pad: int,
                   threads: int | str | None = None, progress: bool = False, refill: bool = True, compact: bool = True,
                   share_prefix: bool = True, prefill_tokens: int | None = None,
                   stats: dict | None = None, temperature: float = 0.0,
-                  seeds: list[int] | None = None) -> list[list[int]]:
+                  seeds: list[int] | None = None, share_prompts: bool = True) -> list[list[int]]:
     """Greedy token ids (EOS included when produced) for each prompt in `ids`; see the module docstring.
 
     `temperature` > 0 samples instead, from softmax(logits / temperature) (no top-k or top-p), each
     prompt from its own generator seeded with `seeds[i]`, so a prompt's sample depends on its seed only,
     not on the batch it shares or the thread count.
 
-    `refill`, `compact` and `share_prefix` switch the three batching levers off for measurements
+    `refill`, `compact`, `share_prefix` and `share_prompts` (identical prompts prefilled once, e.g. CLEAR's
+    k samples of one question) switch the batching levers off for measurements
     (`refill=False` decodes fixed batches of `batch_size` prompts to the end, as `_hf_generate`).
     `prefill_tokens`: padded tokens per prefill forward (prompts of similar length go together);
     None = `PREFILL_TOKENS_CPU` on CPU, the scoring engine's default elsewhere. `stats`, when given,
@@ -487,10 +501,15 @@ def _greedy_slots(model, ids: list[list[int]], max_new_tokens: int, batch_size: 
                     rows_g = [free[j] for j in chunk]
                     thr.tick(len(members))
                     t1 = time.perf_counter()
-                    logits, cache, mask, width = _prefill(model, [ids[i][n_prefix:] for i in members], prefix,
-                                                          n_prefix, pad, dev, cache_name)
-                    thr.observe("prefill", time.perf_counter() - t1, len(members) * (width - n_prefix))
-                    st["prefill_tokens"] += sum(suffix_lens[j] for j in chunk)
+                    unique, copies = _unique_prompts([ids[i][n_prefix:] for i in members], share_prompts)
+                    logits, cache, mask, width = _prefill(model, unique, prefix, n_prefix, pad, dev, cache_name)
+                    if copies is not None:  # one prefill per distinct prompt, its cache rows copied
+                        logits, mask = logits[copies.to(logits.device)], mask[copies]
+                        for layer in cache.layers:
+                            idx = copies.to(layer.keys.device)
+                            layer.keys, layer.values = layer.keys[idx], layer.values[idx]
+                    thr.observe("prefill", time.perf_counter() - t1, len(unique) * (width - n_prefix))
+                    st["prefill_tokens"] += sum(len(u) for u in unique)
                     if slots is None:  # the first chunk holds the longest prompt: every later one fits its width
                         slots = _SlotCache(model, cache, len(owner), width + max_new_tokens + 1)
                         slots.set_window(0, width)
