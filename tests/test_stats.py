@@ -75,6 +75,32 @@ def test_a_shifted_variant_is_detected_and_covered():
     assert r["d_accuracy"] is None and r["accuracy"] is None  # nothing generated
 
 
+def test_recovered_share_of_the_oracles_gain():
+    """A variant a third of the way from the baseline to the oracle recovers about 1/3 of its gain, recomputed
+    independently from the corpus NLLs, with a CI that covers it; the baseline recovers 0, the oracle 1; an
+    oracle no better than the baseline makes the share undefined (NaN), never a huge ratio."""
+    rng = np.random.default_rng(3)
+    tok = rng.integers(10, 80, 300)
+    base = 2 + rng.normal(0, 0.6, 300)[None, :] + rng.normal(0, 0.05, (3, 300))
+    oracle = base - 0.3 + rng.normal(0, 0.05, (3, 300))
+    third = base - 0.1 + rng.normal(0, 0.05, (3, 300))
+    out = compare(_frame({"base": base, "oracle": oracle, "third": third}, tok), "base", n_boot=800, oracle="oracle")
+
+    def corpus(x):  # token-weighted NLL per seed, mean over seeds
+        return float(np.mean((x * tok).sum(1) / tok.sum()))
+    want = (corpus(third) - corpus(base)) / (corpus(oracle) - corpus(base))
+    r = _row(out, "third")
+    assert r["recovered_nll"] == pytest.approx(want, rel=1e-9) and 0.25 < want < 0.42
+    assert r["recovered_nll_lo"] < want < r["recovered_nll_hi"] < 1
+    assert _row(out, "base")["recovered_nll"] == 0 and _row(out, "oracle")["recovered_nll"] == pytest.approx(1)
+    same = compare(_frame({"base": base, "oracle": base + rng.normal(0, 0.05, (3, 300)), "third": third}, tok),
+                   "base", n_boot=300, oracle="oracle")
+    assert math.isnan(_row(same, "third")["recovered_nll"])
+    assert "recovered_nll" not in compare(_frame({"base": base, "third": third}, tok), "base", n_boot=50).columns
+    with pytest.raises(ValueError, match="oracle variant 'clean' not in per_example"):
+        compare(_frame({"base": base, "third": third}, tok), "base", n_boot=50, oracle="clean")
+
+
 def test_ci_covers_the_true_difference_about_95_percent():
     """Examples and training seeds random, the effect varying per example: the truth is the population mean.
 
@@ -181,7 +207,7 @@ def test_compare_is_fast_at_study_scale():
     assert out.height == 10
 
 
-def _study(tmp_path):
+def _study(tmp_path, oracle=None):
     rng = np.random.default_rng(10)
     tok = rng.integers(10, 60, 20)
     base = 2 + rng.normal(0, 0.5, (2, 20))
@@ -193,7 +219,18 @@ def _study(tmp_path):
                          "selector": [v for v in nll for _ in range(2)]})
     meta = {"command": "pipeline run study recipe.yaml", "machine": "test-box", "seeds": [0, 1], "test_size": 20,
             "date": "2025-01-01"}
-    return write_results(tmp_path / "study", per_example, runs, "full", meta, n_boot=300), per_example
+    return write_results(tmp_path / "study", per_example, runs, "full", meta, n_boot=300, oracle=oracle), per_example
+
+
+def test_results_with_an_oracle_say_the_share_of_its_gain_each_variant_recovers(tmp_path):
+    res, _ = _study(tmp_path, oracle="ifd-top")
+    md = open(res["paths"]["markdown"], encoding="utf-8").read()
+    assert "## Share of the oracle's gain recovered (95% CI)" in md
+    row = _row(pl.read_parquet(res["paths"]["results"]), "random")
+    line = [x for x in md.splitlines() if x.startswith("| random |")][-1]  # the share table comes after
+    assert line.startswith(f"| random | {row['recovered_nll']:.2f} [{row['recovered_nll_lo']:.2f}, ")
+    assert line.endswith("| - |")  # accuracy: the oracle's own gain is not distinguishable from 0 here
+    assert study_report(tmp_path / "study")["oracle"] == "ifd-top"
 
 
 def test_write_results_writes_table_markdown_and_figure(tmp_path):

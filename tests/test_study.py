@@ -187,3 +187,13 @@ def test_noise_kept_does_not_count_a_corrected_row_as_kept_noise(tmp_path):
     selection.drop("new_response").write_parquet(tmp_path / "s.parquet")
     assert noise_kept(str(tmp_path / "t.parquet"), str(tmp_path / "s.parquet")) == {
         "all": 3, "refusal": 2, "swapped": 1}
+
+
+def test_the_oracle_must_name_a_variant():
+    """`oracle` names the variant whose gain is the room a rule has; a name no variant has is one error."""
+    from pipeline.core.registry import ConfigError
+    from pipeline.flows.recipe import resolve_recipe
+    plan, _ = resolve_recipe("study-noisy", [])
+    assert plan.recipe.oracle == "clean-oracle"
+    with pytest.raises(ConfigError, match="^oracle: no variant named 'clean'"):
+        resolve_recipe("study-noisy", ["oracle=clean"])

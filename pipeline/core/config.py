@@ -313,6 +313,9 @@ class Recipe(Section):
     # of any section; the shared sections above are the baseline: see pipeline/flows/study.py).
     seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] | None = Field(None, max_length=1000)
     variants: list[dict[str, Any]] | None = Field(None, max_length=1000)
+    # A variant whose gain over the baseline is the room a rule has (e.g. `data: {noise: null}`, the
+    # clean rows): results add each variant's recovered share of that gain, with its CI.
+    oracle: str | None = None
 
     @pydantic.field_validator("name")
     @classmethod

@@ -142,12 +142,20 @@ def _point(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 
 def compare(per_example: pl.DataFrame, baseline: str, n_boot: int = 2000, seed: int = 0,
-            level: float = 0.95) -> pl.DataFrame:
+            level: float = 0.95, oracle: str | None = None) -> pl.DataFrame:
     """Per variant: NLL, bits per byte, accuracy (mean over seeds) and their paired differences from
-    `baseline`, each with a percentile bootstrap CI over test examples and seeds."""
+    `baseline`, each with a percentile bootstrap CI over test examples and seeds.
+
+    With `oracle` (a variant, e.g. training on the clean rows only), also `recovered_<metric>`: the
+    share of the oracle's difference from the baseline that a variant reaches, (v - b) / (o - b), with
+    a CI from the same paired replicates; NaN when the oracle's own difference has a CI containing 0
+    (a share of a gain that may be none is not defined).
+    """
     if n_boot < 1 or not 0 < level < 1:
         raise ValueError(f"need n_boot >= 1 and 0 < level < 1, got n_boot={n_boot}, level={level}")
     variants, seeds, ids = _check(per_example, baseline)
+    if oracle is not None and oracle not in variants:
+        raise ValueError(f"oracle variant {oracle!r} not in per_example (variants: {variants})")
     nll = _cube(per_example, variants, seeds, ids, "nll_sum")
     tok = _cube(per_example, variants, seeds, ids, "n_tokens")
     byt = _cube(per_example, variants, seeds, ids, "n_bytes") * math.log(2)
@@ -181,9 +189,24 @@ def compare(per_example: pl.DataFrame, baseline: str, n_boot: int = 2000, seed: 
         d_lo, d_hi = np.quantile(boot[m] - boot[m][:, :1], q, axis=0)
         cols[m], cols[f"{m}_lo"], cols[f"{m}_hi"] = point[m], lo, hi
         cols[f"d_{m}"], cols[f"d_{m}_lo"], cols[f"d_{m}_hi"] = point[m] - point[m][0], d_lo, d_hi
+        if oracle is not None:
+            cols.update(_recovered(m, point[m], boot[m], variants.index(oracle), q))
     schema = {"variant": pl.String, "n_seeds": pl.Int64, "n_examples": pl.Int64, "n_generated": pl.Int64,
               **{c: pl.Float64 for c in cols if c not in ("variant", "n_seeds", "n_examples", "n_generated")}}
     return pl.DataFrame({c: list(v) for c, v in cols.items()}, schema=schema)
+
+
+def _recovered(metric: str, point: np.ndarray, boot: np.ndarray, oracle: int, q: list[float]) -> dict[str, Any]:
+    """`recovered_<metric>` with its CI: (v - b) / (o - b) per replicate, b the baseline (column 0)."""
+    gap, gaps = point[oracle] - point[0], boot[:, oracle] - boot[:, 0]
+    lo_hi = np.quantile(gaps, q)
+    name = f"recovered_{metric}"
+    if not np.isfinite(gap) or lo_hi[0] <= 0 <= lo_hi[1]:
+        nan = [float("nan")] * len(point)
+        return {name: nan, f"{name}_lo": nan, f"{name}_hi": nan}
+    shares = (boot - boot[:, :1]) / gaps[:, None]
+    lo, hi = np.quantile(shares, q, axis=0)
+    return {name: (point - point[0]) / gap, f"{name}_lo": lo, f"{name}_hi": hi}
 
 
 def paired_nll_difference(base_table: pl.DataFrame, tuned_table: pl.DataFrame, n_boot: int = 2000,

@@ -53,7 +53,7 @@ def variant_plans(recipe: Recipe, seed: int | None = None) -> list[tuple[str, Pl
         raise ConfigError("variants", "a study needs at least one variant, e.g. [{name: dft, train: {loss: dft}}]")
     if recipe.train.max_steps <= 0:
         raise ConfigError("train.max_steps", "a study trains every variant the same number of steps: set it > 0")
-    base = recipe.model_dump(exclude={"variants", "seeds"})
+    base = recipe.model_dump(exclude={"variants", "seeds", "oracle"})
     base.update(flow="sft_math", data_seed=recipe.split_seed, seed=recipe.seed if seed is None else seed)
     out = [(BASELINE, resolve({**base, "name": f"{recipe.name}-{BASELINE}"}))]
     for i, variant in enumerate(recipe.variants):
@@ -71,6 +71,9 @@ def variant_plans(recipe: Recipe, seed: int | None = None) -> list[tuple[str, Pl
             out.append((name, resolve(cfg)))
         except ConfigError as err:
             raise ConfigError(f"{where}.{err.key}", str(err).removeprefix(f"{err.key}: ")) from None
+    if recipe.oracle is not None and recipe.oracle not in {n for n, _ in out}:
+        raise ConfigError("oracle", f"no variant named {recipe.oracle!r} (variants: "
+                                    f"{', '.join(n for n, _ in out[1:])})")
     return out
 
 
@@ -184,7 +187,8 @@ def study_flow(config, run_dir: str | None = None) -> dict:
                          "train_seconds": out["train_seconds"],
                          **{f"noise_kept_{kind}": n for kind, n in out["noise_kept"].items()}})
         done = meta(seeds[: i + 1])  # after every seed: a long study shows what it has so far
-        written = write_results(Path(run_dir), pl.concat(tables), pl.DataFrame(runs), BASELINE, done)
+        written = write_results(Path(run_dir), pl.concat(tables), pl.DataFrame(runs), BASELINE, done,
+                                    oracle=r.oracle)
         write_json(Path(run_dir) / "study.json", done)
     metrics = {"recipe": r.name, "study": written["rows"], "run_dir": run_dir,
                "results": str(Path(run_dir) / "results.md")}

@@ -62,8 +62,8 @@ def _num(x: float | None, digits: int = 4, sign: bool = False, scale: float = 1.
 
 
 def _ci(row: dict, name: str, digits: int = 4, sign: bool = False, scale: float = 1.0, unit: str = "") -> str:
-    """`value [lo, hi]` of column `name` in `row`."""
-    if row.get(name) is None:
+    """`value [lo, hi]` of column `name` in `row` (`-` when it is missing or NaN)."""
+    if _num(row.get(name)) == "-":
         return "-"
     return (f"{_num(row[name], digits, sign, scale)}{unit} "
             f"[{_num(row[f'{name}_lo'], digits, sign, scale)}, {_num(row[f'{name}_hi'], digits, sign, scale)}]")
@@ -81,7 +81,7 @@ def _seconds(x: float | None) -> str:
     return f"{x / 3600:.1f} h" if x >= 3600 else f"{x / 60:.1f} min" if x >= 60 else f"{x:.0f} s"
 
 
-def _markdown(rows: list[dict], baseline: str, level: float, n_boot: int, meta: dict) -> str:
+def _markdown(rows: list[dict], baseline: str, level: float, n_boot: int, meta: dict, oracle: str | None = None) -> str:
     """The results table, a verdict per variant and a header with how the numbers were made."""
     pct = f"{level:.0%}"
     first = rows[0] if rows else {}
@@ -118,6 +118,7 @@ def _markdown(rows: list[dict], baseline: str, level: float, n_boot: int, meta: 
                  "indistinguishable": "is indistinguishable from the baseline", "not measured": "was not measured"}
         lines.append(f"- `{r['variant']}`: on NLL it {words[nll]} (ΔNLL {_ci(r, 'd_nll', sign=True)}); "
                      f"on accuracy it {words[acc]} (Δ {_ci(r, 'd_accuracy', 1, sign=True, scale=100)} pts).")
+    lines += _recovered_lines(rows, baseline, oracle, pct)
     lines += _noise_lines(rows)
     lines += ["", f"![differences from the baseline]({FIGURE})", ""]
     return "\n".join(lines)
@@ -132,6 +133,23 @@ def _compute_lines(minutes: dict | None) -> list[str]:
     tail = f"; {missing} stage(s) ran before times were kept and are not counted" if missing else ""
     return [f"- **compute (minutes, each stage once, as timed when it ran)**: {', '.join(phases)}; "
             f"total {minutes.get('total', 0):.1f}{tail}"]
+
+
+def _recovered_lines(rows: list[dict], baseline: str, oracle: str | None, pct: str) -> list[str]:
+    """With an oracle variant: the share of its gain over the baseline each other variant recovers."""
+    if oracle is None:
+        return []
+    best = next((r for r in rows if r["variant"] == oracle), {})
+    lines = ["", f"## Share of the oracle's gain recovered ({pct} CI)", "",
+             f"(variant - `{baseline}`) / (`{oracle}` - `{baseline}`), per bootstrap replicate: 1 = as good as "
+             f"the oracle, 0 = no better than the baseline, below 0 = worse. The oracle's own gain: ΔNLL "
+             f"{_ci(best, 'd_nll', sign=True)}, Δaccuracy {_ci(best, 'd_accuracy', 1, sign=True, scale=100)} pts; "
+             "`-` where its interval contains 0 (no gain to share).", "",
+             "| variant | share of ΔNLL | share of Δaccuracy |", "|---|---|---|"]
+    for r in rows:
+        if r["variant"] not in (baseline, oracle):
+            lines.append(f"| {r['variant']} | {_ci(r, 'recovered_nll', 2)} | {_ci(r, 'recovered_accuracy', 2)} |")
+    return lines
 
 
 def _noise_lines(rows: list[dict]) -> list[str]:
@@ -183,21 +201,23 @@ def _figure(path: Path, rows: list[dict], baseline: str, level: float) -> Path:
 
 
 def write_results(folder: str | Path, per_example: pl.DataFrame, runs: pl.DataFrame, baseline: str,
-                  meta: dict[str, Any], *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict[str, Any]:
+                  meta: dict[str, Any], *, n_boot: int = 2000, seed: int = 0, level: float = 0.95,
+                  oracle: str | None = None) -> dict[str, Any]:
     """Compare the variants with `baseline` and write results.parquet, per_example.parquet, results.md and
-    results.png into `folder`; return their paths and the results rows."""
+    results.png into `folder`; return their paths and the results rows. With `oracle`, the share of its
+    gain each variant recovers (`recovered_<metric>`)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    table = compare(per_example, baseline, n_boot=n_boot, seed=seed, level=level)
+    table = compare(per_example, baseline, n_boot=n_boot, seed=seed, level=level, oracle=oracle)
     table = table.join(_cost(runs), on="variant", how="left", maintain_order="left")
     rows = table.to_dicts()
-    stored = {"baseline": baseline, "level": level, "n_boot": n_boot, "seed": seed, "meta": meta}
+    stored = {"baseline": baseline, "oracle": oracle, "level": level, "n_boot": n_boot, "seed": seed, "meta": meta}
     paths = {"results": folder / RESULTS, "per_example": folder / PER_EXAMPLE,
              "markdown": folder / MARKDOWN, "figure": folder / FIGURE}
     with atomic_path(paths["results"]) as tmp:
         table.write_parquet(tmp, metadata={META_KEY: json.dumps(stored, default=str)})
     write_parquet(paths["per_example"], per_example)
-    write_text(paths["markdown"], _markdown(rows, baseline, level, n_boot, meta))
+    write_text(paths["markdown"], _markdown(rows, baseline, level, n_boot, meta, oracle))
     _figure(paths["figure"], rows, baseline, level)
     return {"paths": {k: str(v) for k, v in paths.items()}, "rows": rows}
 
@@ -214,5 +234,6 @@ def study_report(folder: str | Path) -> dict[str, Any]:
     if (folder / "study.json").exists():
         study = read_json(folder / "study.json")
         meta.update(study if isinstance(study, dict) else {"study": study})
-    return {"folder": str(folder), "baseline": stored.get("baseline"), "level": stored.get("level"),
+    return {"folder": str(folder), "baseline": stored.get("baseline"), "oracle": stored.get("oracle"),
+            "level": stored.get("level"),
             "n_boot": stored.get("n_boot"), "meta": meta, "rows": pl.read_parquet(path, glob=False).to_dicts()}
