@@ -275,7 +275,7 @@ def test_study_page_has_the_results_with_cis_forest_plot_and_noise(tmp_path):
     minutes = {"data": 0.1, "scoring": 12.0, "selection": 0.2, "training": 30.5, "evaluation": 8.0, "total": 50.8,
                "unrecorded": 0}
     written = write_results(tmp_path, pl.DataFrame(rows), runs, "baseline",
-                            {"recipe": "s", "seeds": [0, 1], "compute_minutes": minutes}, n_boot=200)
+                            {"recipe": "s", "seeds": [0, 1], "compute_minutes": minutes}, n_boot=200, oracle="dft")
     page = write_report(tmp_path).read_text()
     assert "data 0.1, scoring 12.0, selection 0.2, training 30.5, evaluation 8.0; total 50.8" in page
     assert "scoring 12.0, selection 0.2, training 30.5, evaluation 8.0; total 50.8" in (tmp_path / "results.md").read_text()
@@ -284,6 +284,8 @@ def test_study_page_has_the_results_with_cis_forest_plot_and_noise(tmp_path):
     assert "Forest plot" in page and page.count("<svg") == 1
     assert "Noisy training rows kept" in page and "<td>swapped</td>" not in page and ">swapped<" in page
     assert "<td>0.5</td>" in page  # dft kept half a swapped row per seed on average
+    assert "share of dft&#x27;s ΔNLL" in page or "share of dft's ΔNLL" in page
+    assert "<td>1.00 [1.00, 1.00]</td>" in page  # the oracle recovers all of its own gain
 
 
 def test_audit_page_has_a_heat_map(tmp_path):

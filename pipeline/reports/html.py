@@ -704,11 +704,11 @@ def _card_page(page: Page) -> None:
 # --- study ----------------------------------------------------------------------------------------
 
 
-def _ci(row: dict[str, Any], name: str, scale: float = 1.0, sign: bool = False) -> str:
+def _ci(row: dict[str, Any], name: str, scale: float = 1.0, sign: bool = False, digits: int = 4) -> str:
     v, lo, hi = row.get(name), row.get(f"{name}_lo"), row.get(f"{name}_hi")
-    if not isinstance(v, (int, float)):
+    if not isinstance(v, (int, float)) or math.isnan(v):
         return ""
-    f = "+.4f" if sign else ".4f"
+    f = f"+.{digits}f" if sign else f".{digits}f"
     inner = f" [{lo * scale:{f}}, {hi * scale:{f}}]" if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) else ""
     return f"{v * scale:{f}}{inner}"
 
@@ -743,6 +743,11 @@ def _study_page(page: Page) -> None:
               "accuracy %": _ci(r, "accuracy", 100), "Δaccuracy pts": _ci(r, "d_accuracy", 100, sign=True),
               "steps": r.get("steps"), "train tokens": r.get("train_tokens"), "kept": r.get("kept")}
              for r in rows]
+    oracle = report.get("oracle")
+    if oracle:  # the share of the oracle's gain each variant recovers, beside its differences
+        for entry, r in zip(table, rows, strict=True):
+            entry[f"share of {oracle}'s ΔNLL"] = _ci(r, "recovered_nll", digits=2)
+            entry[f"share of {oracle}'s Δacc"] = _ci(r, "recovered_accuracy", digits=2)
     page.add("Results", f"<p class=\"dim\">{level:.0%} CIs in brackets; Δ = variant − {ESC(str(report.get('baseline')))}"
                         "</p>" + _table(table, cls="results"), "results")
     page.part("Forest plot", lambda: f'<figure class="plot">{forest_svg(rows, str(report.get("baseline")), level)}'
