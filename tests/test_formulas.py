@@ -139,3 +139,44 @@ def test_ifd_mean_nll_is_nan_for_a_row_without_response_tokens():
     encoded = [{"completion_mask": [0, 0, 1, 1]}, {"completion_mask": [0, 0, 0, 0]}]
     got = mean_nll(encoded, [np.array([9.0, 1.0, 3.0]), np.array([1.0, 2.0, 3.0])])
     assert got[0] == pytest.approx(2.0) and np.isnan(got[1])
+
+
+def test_estimate_lambda_is_the_least_squares_slope_at_any_scale():
+    """Loss gaps exactly 3 x dist^2 give lambda = 3 whether distances are large or tiny (planted bug: a
+    `denom > 1` guard returns 0 once the summed dist^4 falls below 1)."""
+    from pipeline.selectors.sensitivity import cluster, estimate_lambda
+
+    rng = np.random.default_rng(0)
+    for scale in (1.0, 1e-2):
+        x = (rng.normal(size=(300, 4)) * scale).astype(np.float32)
+        cl = cluster(x, 6, seed=0)
+        center_loss = np.zeros(cl.centers.size)
+        gaps = 3.0 * cl.dist2.astype(np.float64)
+        lam = estimate_lambda(x, lambda idx, gaps=gaps: gaps[np.asarray(idx)], k=6, n_pilot=100, clusters=cl,
+                              center_loss=center_loss)
+        assert lam == pytest.approx(3.0, rel=1e-4)
+
+
+def test_learnability_response_loss_is_nan_for_a_row_without_response_tokens(tiny_model_dir):
+    """A row whose response was cut away has no mean response loss: NaN (then dropped with a reason)."""
+    from pipeline.models.loading import load_model, load_tokenizer
+    from pipeline.scorers.base import ScoreContext
+    from pipeline.scorers.learnability import response_losses
+
+    model, tok = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
+    ids = tok("a b c d", add_special_tokens=False)["input_ids"]
+    encoded = [{"input_ids": ids, "completion_mask": [0, 0] + [1] * (len(ids) - 2)},
+               {"input_ids": ids, "completion_mask": [0] * len(ids)}]
+    got = response_losses(model, tok, encoded, ScoreContext(), "test")
+    assert np.isfinite(got[0]) and np.isnan(got[1])
+
+
+def test_a_text_shorter_than_the_shingle_hashes_its_own_words_only():
+    """MinHash shingles: a text of fewer words than the shingle size gives one shingle of its own words, the
+    same whatever row follows it (planted bug: the window runs on into the next row's words)."""
+    from pipeline.selectors.dedup import shingle_hashes
+
+    h, row = shingle_hashes(pl.Series(["yes indeed", "one two three four five six", "yes indeed",
+                                       "seven eight nine ten eleven twelve"]), 5)
+    assert h[row == 0].tolist() == h[row == 2].tolist() and (row == 0).sum() == 1
+    assert set(h[row == 1].tolist()).isdisjoint(h[row == 3].tolist())

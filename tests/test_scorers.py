@@ -85,6 +85,7 @@ def test_perplexity_matches_hf_loss(examples, ctx, tiny_model_dir):
         enc = encode_example(tok, p, r, ctx.max_length)
         assert row["ppl"] == pytest.approx(math.exp(hf_loss(model, enc)), rel=1e-4)
         assert row["ppl_full"] == pytest.approx(math.exp(hf_loss(model, enc, response_only=False)), rel=1e-4)
+        assert row["nll_full"] == pytest.approx(hf_loss(model, enc, response_only=False), rel=1e-4)
         assert row["n_tokens"] == sum(enc["completion_mask"][1:])
     assert table.get_column("id").to_list() == examples.get_column("id").to_list()
 
