@@ -205,3 +205,17 @@ def test_empty_table_and_empty_eval_set(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     assert run(training_rows(), against=str(empty))["kept"].all()
+
+
+def test_embedding_method_with_an_empty_eval_set_or_pool_keeps_everything(tmp_path):
+    """Nothing to compare against (no records) or nothing to check (no rows): no match, no error."""
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    scores = pl.DataFrame({"id": ["a", "b"], "embedding": [[1.0, 0.0], [0.0, 1.0]]})
+    never = SelectContext(extras={"embed_fn": lambda texts: pytest.fail("nothing to embed")})
+    sel = run_selector(get_selector("decontaminate", against=str(empty), method="embedding"), scores, context=never)
+    assert sel["kept"].to_list() == [True, True]
+    path = write_eval(tmp_path)
+    sel = run_selector(get_selector("decontaminate", against=str(path), method="embedding"), scores.head(0),
+                       context=never)
+    assert sel.height == 0
