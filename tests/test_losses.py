@@ -265,6 +265,20 @@ def test_example_weights_scale_the_loss(name):
     torch.testing.assert_close(per_example.sum(), base)
 
 
+def test_a_per_token_example_weight_multiplies_each_token():
+    """`example_weight` may also be [B, T] (one weight per token, aligned with the labels like every per-token
+    column): it then scales token by token, exactly as `token_weight` does, never broadcast across examples."""
+    logits, labels, cols = make_batch(11)
+    loss = get_loss("ce")
+    w = torch.rand(labels.shape, generator=torch.Generator().manual_seed(0))
+    by_example = call(loss, logits, labels, batch={**cols, "example_weight": w})
+    by_token = call(loss, logits, labels, batch={**cols, "token_weight": w})
+    torch.testing.assert_close(by_example, by_token)
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], reduction="none",
+                                            ignore_index=-100)
+    torch.testing.assert_close(by_example, (nll * w[:, 1:]).sum() / (labels[:, 1:] != -100).sum())
+
+
 @pytest.mark.parametrize("name", ["ce", "dft", "forgetting", "token_cleaning"])
 def test_gradient_accumulation_equals_one_batch(name):
     """Two micro-batches normalized by the window's counts give the loss and gradients of the whole batch."""
