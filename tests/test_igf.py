@@ -54,6 +54,9 @@ def test_top_k_is_not_biased_toward_the_sampled_rows(seed):
     # same spread for sampled and unsampled predictions (cross-fitted vs the full-sample learner)
     ratio = stats["predicted_std_sampled"] / stats["predicted_std_unsampled"]
     assert 0.6 < ratio < 1.6
+    predicted, in_sample_rows = table["ig_predicted"].to_numpy(), table["ig_sampled"].to_numpy()
+    assert stats["predicted_std_sampled"] == pytest.approx(predicted[in_sample_rows].std())
+    assert stats["predicted_std_unsampled"] == pytest.approx(predicted[~in_sample_rows].std())
 
     # the test has power: the old mixed column fails it, and plain in-sample predictions keep about
     # 2.5 times the spread of the others (the learner over-fits its 64 rows in 384 dimensions)
