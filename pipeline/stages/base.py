@@ -182,7 +182,7 @@ def _run(stage: Stage, cache_root: str) -> Output:
         if not reused:
             t0 = time.perf_counter()
             names = stage.compute(folder)
-            write_json(folder / TIMING, {"seconds": round(time.perf_counter() - t0, 2)})
+            write_json(folder / TIMING, {"seconds": round(time.perf_counter() - t0, 4)})
             mark_complete(folder, names)
     STAGE_LOG.append({"kind": stage.kind, "folder": str(folder), "seconds": stage_seconds(folder), "reused": reused})
     out = stage.result(folder)
