@@ -53,6 +53,9 @@ def test_mistakes_name_the_key(override, key):
     (["flow=nope"], "flow: unknown flow 'nope'"),
     (["flow=os:system"], "flow: unknown flow 'os:system'"),
     (["select.column=pll"], "select.column: no score column 'pll' (the scorers write: nll, ppl, n_tokens)"),
+    (["oracle=clean"], "oracle: only a study reads it (flow: study); the sft_math flow would ignore it"),
+    (["seeds=[0,1]"], "seeds: only a study reads it"),
+    (["variants=[{name: dft, train: {loss: dft}}]"], "variants: only a study reads it"),
 ])
 def test_part_parameters_are_checked_before_anything_runs(overrides, key):
     with pytest.raises(ConfigError) as err:

@@ -38,6 +38,7 @@ class FlowSpec:
     evaluates: bool = False  # evaluates on the test split: with `data.source`, `data.test` is required
     scores_reach_training: bool = False  # the score table reaches training (`train.igf_filter` is allowed)
     check: str | None = None  # module:attr of a flow's own check of a plan (e.g. a study's variants)
+    repeats: bool = False  # runs the recipe's `variants` over its `seeds` (with an `oracle`); other flows refuse those keys
 
 
 # Only these flows can be named by a recipe's `flow:` (the flow itself is never a user's module). A recipe
@@ -50,7 +51,7 @@ FLOWS = {
     "evaluate": FlowSpec("pipeline.flows.evaluate:evaluate_flow", evaluates=True),
     "audit": FlowSpec("pipeline.flows.audit:audit_flow", curates=True, check="pipeline.flows.audit:check_audit"),
     "study": FlowSpec("pipeline.flows.study:study_flow", evaluates=True,  # its cells are sft_math recipes
-                      check="pipeline.flows.study:check_study"),
+                      check="pipeline.flows.study:check_study", repeats=True),
 }
 
 

@@ -62,6 +62,10 @@ def check_flow(plan: Plan) -> None:
     for key in (*r.required, *spec.requires):
         if _value(r, key) in (None, "", [], {}):
             raise ConfigError(key, f"recipe {r.name} needs it: --set {key}=...")
+    if not spec.repeats:
+        for key in ("variants", "seeds", "oracle"):
+            if getattr(r, key) is not None:
+                raise ConfigError(key, f"only a study reads it (flow: study); the {r.flow} flow would ignore it")
     if spec.curates:
         check_score_columns(plan.steps, plan.score_columns())
     if r.data.noise:
