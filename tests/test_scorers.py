@@ -21,6 +21,7 @@ from pipeline.scorers.token_table import (
     forgetting_labels,
     from_arrays,
     influence,
+    influence_labels,
     token_columns,
 )
 
@@ -213,6 +214,14 @@ def test_token_labels_and_alignment():
     assert clean["token_label"].to_list() == [[0, 1, 1, 0], [0, 1, 0]]
     assert align_to_input_ids([7, 8, 9], [False, True, True]) == [0, 0, 8, 9]
     assert aligned_column(clean, "token_label", ["b", "a"]) == [[0, 0, 1, 0], [0, 0, 1, 1, 0]]
+    # Prompt positions take `fill` (the first input token has no prediction, the masked ones are the prompt).
+    assert aligned_column(infl, "influence", ["a"], fill=-100, mask_from=base) == [[-100, -100, 2, 1, 0.5]]
+    # The methods' defaults (Pang et al.: keep 0.6; forgetting tokens: rho 0.7) are the labellers' own.
+    assert influence_labels(infl, "token_cleaning").equals(clean)
+    assert influence_labels(infl, "forgetting").equals(forget)
+    assert influence_labels(infl, "token_cleaning", 1.0)["token_label"].to_list() == [[0, 1, 1, 1], [0, 1, 1]]
+    with pytest.raises(ValueError, match="unknown token method"):
+        influence_labels(infl, "cleaning")
 
 
 def test_token_columns_from_scored_tables(examples, ctx, tiny_model_dir, tiny_model_dir_seed1, tmp_path):

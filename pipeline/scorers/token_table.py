@@ -86,6 +86,15 @@ def cleaning_labels(infl: pl.DataFrame, keep: float = 0.6) -> pl.DataFrame:
     return _top_labels(infl, keep, below=0)
 
 
+def influence_labels(infl: pl.DataFrame, method: str, fraction: float | None = None) -> pl.DataFrame:
+    """`forgetting` or `token_cleaning` labels of an influence table; `fraction` None = the method's default."""
+    labelers = {"forgetting": (forgetting_labels, "rho"), "token_cleaning": (cleaning_labels, "keep")}
+    if method not in labelers:
+        raise ValueError(f"unknown token method {method!r}: forgetting, token_cleaning or rho1")
+    fn, key = labelers[method]
+    return fn(infl) if fraction is None else fn(infl, **{key: fraction})
+
+
 def align_to_input_ids(values: Sequence[float] | np.ndarray, mask: Sequence[bool] | np.ndarray | None = None,
                        fill: float = 0) -> list:
     """Shift a table row (position j = token j+1) onto input_ids (index t = token t); `fill` at prompt positions."""
@@ -125,11 +134,4 @@ def token_columns(base_path: str | Path, ref_path: str | Path, method: str, ids:
     base, ref = pl.read_parquet(base_path, glob=False), pl.read_parquet(ref_path, glob=False)
     if method == "rho1":
         return {"ref_nll": aligned_column(ref, NLL, ids, mask_from=base)}
-    infl = influence(base, ref)
-    if method == "forgetting":
-        labels = forgetting_labels(infl, 0.7 if fraction is None else fraction)
-    elif method == "token_cleaning":
-        labels = cleaning_labels(infl, 0.6 if fraction is None else fraction)
-    else:
-        raise ValueError(f"unknown token method {method!r}: forgetting, token_cleaning or rho1")
-    return {"token_label": aligned_column(labels, "token_label", ids)}
+    return {"token_label": aligned_column(influence_labels(influence(base, ref), method, fraction), "token_label", ids)}

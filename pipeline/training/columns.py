@@ -30,9 +30,8 @@ from pipeline.scorers.cache import score_cached
 from pipeline.scorers.token_table import (
     NLL,
     aligned_column,
-    cleaning_labels,
-    forgetting_labels,
     influence,
+    influence_labels,
 )
 
 ColumnRows = list[list[float]] | list[float]
@@ -115,10 +114,7 @@ class InfluenceLabels(ColumnProvider):
         fraction = self.fraction if fraction is None else fraction
         base, ref = ctx.heldout_tables(examples)
         infl = influence(pl.read_parquet(base, glob=False), pl.read_parquet(ref, glob=False))
-        if method == "forgetting":
-            labels = forgetting_labels(infl, 0.7 if fraction is None else fraction)
-        else:
-            labels = cleaning_labels(infl, 0.6 if fraction is None else fraction)
+        labels = influence_labels(infl, method, fraction)
         return {"token_label": aligned_column(labels, "token_label", examples.get_column("id").to_list())}
 
 
