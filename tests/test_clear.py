@@ -205,3 +205,15 @@ def test_correction_of_a_chat_row_continues_its_own_turns(tiny_model_dir, tmp_pa
     sel = run_selector(Clear(column="token_confidence", correct=True), scores, context=ctx)
     assert seen == [chat[:4]]
     assert sel.filter(pl.col("id") == "b")["kept"].item()
+
+
+def test_auto_judge_needs_no_model_when_every_row_it_corrects_has_a_gold_answer():
+    """`judge=auto` asks for a model judge only for dropped rows without a gold answer: kept rows without
+    one (here the confident half) must not make it demand `model_name` (a mutant checking `~kept | valid` did)."""
+    scores, examples = math_rows(8)
+    examples = examples.with_columns(pl.Series("answer", [None] * 4 + examples["answer"][4:].to_list()))
+    ctx = SelectContext(examples=examples, train_fn=lambda rows, seed: "unused-model",
+                        generate_fn=lambda model, prompts: [f"#### {2 * int(p.split()[2])}" for p in prompts])
+    sel = run_selector(get_selector("clear", column="token_confidence", correct=True, judge="auto"), scores, context=ctx)
+    assert sel.get_column("kept").all()
+    assert all("judge=gold" in r for r in sel.filter(pl.col("id").is_in(["m4", "m5", "m6", "m7"]))["reason"])
