@@ -162,6 +162,10 @@ def test_missing_target_is_one_config_error(tmp_path):
 
     with pytest.raises(ConfigError, match="target: .*no such file"):
         get_scorer("less", target=str(tmp_path / "nope.jsonl"))
+    for key, value in (("dim", 0), ("checkpoints", 0), ("warmup_epochs", 0), ("warmup_fraction", 0.0)):
+        with pytest.raises(ConfigError, match=f"^score.params.{key}: must be"):
+            get_scorer("less", **{key: value})
+    assert get_scorer("less", dim=1, checkpoints=1, warmup_epochs=1, warmup_fraction=1.0).dim == 1  # the edges are valid
 
     class Spec:
         scorer, where = get_scorer("less"), "score.params"
