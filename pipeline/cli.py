@@ -252,6 +252,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    """Join the seeds of one study run in parts into one results folder and print its results.md path."""
+    from pipeline.reports.study import MARKDOWN, merge_studies
+
+    merge_studies(args.out, args.studies, force=args.force)
+    print(Path(args.out) / MARKDOWN)
+    return 0
+
+
 def cmd_regenerate(args: argparse.Namespace) -> int:
     """Recompute a data card's subset from the config it recorded; exit 1 unless it is identical."""
     from pipeline.flows.regenerate import regenerate
@@ -336,6 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("path", help="a run, data card, study or audit folder")
     h.add_argument("--out", help="the HTML file to write (default: PATH/report.html)")
     h.set_defaults(fn=cmd_report)
+
+    m = sub.add_parser("merge", help="join the seeds of one study run in parts (other machines or sessions) into "
+                                     "one results folder, compared as if one study ran every seed")
+    m.add_argument("out", help="the folder to write (results.md, results.parquet, per_example.parquet, ...)")
+    m.add_argument("studies", nargs="+", help="study run folders of one recipe, each with other seeds")
+    m.add_argument("--force", action="store_true", help="overwrite the results of an existing OUT")
+    m.set_defaults(fn=cmd_merge)
 
     g = sub.add_parser("regenerate", help="recompute a data card's subset and check it is identical")
     g.add_argument("card_dir", help="a data card directory (with card.json and subset.parquet)")

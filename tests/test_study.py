@@ -197,3 +197,36 @@ def test_the_oracle_must_name_a_variant():
     assert plan.recipe.oracle == "clean-oracle"
     with pytest.raises(ConfigError, match="^oracle: no variant named 'clean'"):
         resolve_recipe("study-noisy", ["oracle=clean"])
+
+
+def test_seeds_run_apart_merge_into_the_study_that_ran_them_together(tmp_path, tiny_model_dir, capsys):
+    """`pipeline merge` of a seed-0 and a seed-1 study gives the table of the study that ran both (same cells,
+    same paired bootstrap), and refuses parts that are not one study."""
+    variants = "variants=[{name: dft, train: {loss: dft}}]"
+    assert main(study_args(tmp_path, tiny_model_dir, "both", variants)) == 0
+    assert main(study_args(tmp_path, tiny_model_dir, "s0", variants, "seeds=[0]")) == 0  # cells reused
+    assert main(study_args(tmp_path, tiny_model_dir, "s1", variants, "seeds=[1]")) == 0
+    (tmp_path / "s1" / "runs.parquet").unlink()  # a study written before runs.parquet: its per-variant means
+    capsys.readouterr()
+    assert main(["merge", str(tmp_path / "m"), str(tmp_path / "s1"), str(tmp_path / "s0")]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "m" / "results.md")
+    both, merged = (pl.read_parquet(tmp_path / d / "results.parquet") for d in ("both", "m"))
+    assert merged.columns == both.columns and merged.height == 2
+    for a, b in zip(both.iter_rows(named=True), merged.iter_rows(named=True), strict=True):
+        for key, value in a.items():
+            assert b[key] == (pytest.approx(value, nan_ok=True) if isinstance(value, float) else value), key
+    study = json.loads((tmp_path / "m" / "study.json").read_text())
+    assert study["seeds"] == [0, 1] and sorted(study["merged_from"].values()) == [[0], [1]]
+    assert "**seeds**: [0, 1]" in (tmp_path / "m" / "results.md").read_text()
+    # not one study: a seed twice, other variants, an existing output
+    assert main(study_args(tmp_path, tiny_model_dir, "other", "seeds=[1]")) == 0
+    for args, message in (
+        ([str(tmp_path / "m2"), str(tmp_path / "s0"), str(tmp_path / "both")], "seed 0 is in both"),
+        ([str(tmp_path / "m3"), str(tmp_path / "s0"), str(tmp_path / "other")], "variants is ['baseline', 'dft', 'ppl-low']"),
+        ([str(tmp_path / "m"), str(tmp_path / "s0"), str(tmp_path / "s1")], "results.parquet exists"),
+        ([str(tmp_path / "m4"), str(tmp_path / "s0"), str(tmp_path / "nope")], "nope/results.parquet not found"),
+    ):
+        capsys.readouterr()
+        assert main(["merge", *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("pipeline: error:") and message in err and "Traceback" not in err, err

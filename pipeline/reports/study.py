@@ -2,9 +2,10 @@
 
 `write_results` turns the per-example evaluation of every tuned model into the files a reader needs:
 `results.parquet` (the `pipeline.evaluation.stats.compare` table with per-variant training cost),
-`per_example.parquet` (its input, so every number can be recomputed), `results.md` (a paper-ready
-table with 95% CIs and a verdict per variant) and `results.png` (differences from the baseline with
-their CIs). `study_report` reads them back for `pipeline inspect`.
+`per_example.parquet` (its input, so every number can be recomputed), `runs.parquet` (one row per
+cell: steps, tokens, time, noise kept), `results.md` (a paper-ready table with 95% CIs and a verdict per
+variant) and `results.png` (differences from the baseline with their CIs). `study_report` reads them
+back for `pipeline inspect`; `merge_studies` joins the seeds of one study run in parts (`pipeline merge`).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.core.io import atomic_path, read_json, write_parquet, write_text
+from pipeline.core.io import atomic_path, read_json, write_json, write_parquet, write_text
 from pipeline.evaluation.stats import METRICS, compare
 
 RESULTS = "results.parquet"
 PER_EXAMPLE = "per_example.parquet"
+RUNS = "runs.parquet"
 MARKDOWN = "results.md"
 FIGURE = "results.png"
 META_KEY = "pipeline.study"  # parquet key-value metadata holding baseline, level and meta
@@ -217,6 +219,7 @@ def write_results(folder: str | Path, per_example: pl.DataFrame, runs: pl.DataFr
     with atomic_path(paths["results"]) as tmp:
         table.write_parquet(tmp, metadata={META_KEY: json.dumps(stored, default=str)})
     write_parquet(paths["per_example"], per_example)
+    write_parquet(folder / RUNS, runs)
     write_text(paths["markdown"], _markdown(rows, baseline, level, n_boot, meta, oracle))
     _figure(paths["figure"], rows, baseline, level)
     return {"paths": {k: str(v) for k, v in paths.items()}, "rows": rows}
@@ -237,3 +240,76 @@ def study_report(folder: str | Path) -> dict[str, Any]:
     return {"folder": str(folder), "baseline": stored.get("baseline"), "oracle": stored.get("oracle"),
             "level": stored.get("level"),
             "n_boot": stored.get("n_boot"), "meta": meta, "rows": pl.read_parquet(path, glob=False).to_dicts()}
+
+
+# The meta keys that must agree for parts to be seeds of one study.
+SAME = ("recipe", "variants", "test_size", "train_steps", "batch_size", "model")
+
+
+def merge_studies(out: str | Path, folders: list[str | Path], *, force: bool = False) -> dict[str, Any]:
+    """One results folder from studies of one recipe that ran different seeds (other machines or sessions):
+    the per-example tables and cells joined, then compared as if one study had run every seed. Refuses parts
+    that disagree on baseline, oracle, variants, test examples or compute, and a seed that two parts ran."""
+    if len(folders) < 2:
+        raise ValueError("merge needs at least two study folders")
+    out = Path(out)
+    if (out / RESULTS).exists() and not force:
+        raise ValueError(f"{out / RESULTS} exists: give another folder or --force")
+    parts = [_study_part(Path(f)) for f in folders]
+    first = parts[0]
+    for part in parts[1:]:
+        for key in ("baseline", "oracle", "level", "n_boot", "seed"):
+            if part["stored"].get(key) != first["stored"].get(key):
+                raise ValueError(f"{part['folder']}: {key} is {part['stored'].get(key)!r}, "
+                                 f"{first['folder']} has {first['stored'].get(key)!r}")
+        for key in SAME:
+            if part["meta"].get(key) != first["meta"].get(key):
+                raise ValueError(f"{part['folder']}: {key} is {part['meta'].get(key)!r}, "
+                                 f"{first['folder']} has {first['meta'].get(key)!r}: not parts of one study")
+        if part["ids"] != first["ids"]:
+            raise ValueError(f"{part['folder']}: its test examples differ from {first['folder']}'s "
+                             f"({len(part['ids'] ^ first['ids'])} ids in one only): not one test split")
+    seen: dict[Any, Path] = {}
+    for part in parts:
+        for s in part["seeds"]:
+            if s in seen:
+                raise ValueError(f"seed {s} is in both {seen[s]} and {part['folder']}: merge parts with other seeds")
+            seen[s] = part["folder"]
+    parts.sort(key=lambda p: min(p["seeds"]))
+    minutes: dict[str, float] = {}
+    for part in parts:
+        for k, v in (part["meta"].get("compute_minutes") or {}).items():
+            minutes[k] = round(minutes.get(k, 0) + v, 2)
+    meta = {**{k: first["meta"].get(k) for k in SAME}, "seeds": sorted(seen),
+            "command": "pipeline merge " + " ".join(str(f) for f in [out, *folders]),
+            "machine": "; ".join(dict.fromkeys(str(p["meta"].get("machine")) for p in parts)),
+            "merged_from": {str(p["folder"]): p["seeds"] for p in parts}, "compute_minutes": minutes or None}
+    stored = first["stored"]
+    written = write_results(out, pl.concat([p["per_example"] for p in parts], how="vertical_relaxed"),
+                            pl.concat([p["runs"] for p in parts], how="diagonal_relaxed"), stored["baseline"], meta,
+                            n_boot=stored["n_boot"], seed=stored["seed"], level=stored["level"],
+                            oracle=stored.get("oracle"))
+    write_json(out / "study.json", meta)
+    return written
+
+
+def _study_part(folder: Path) -> dict[str, Any]:
+    """One part of a merge: stored settings, meta, per-example table, cells and seeds of a study folder."""
+    for name in (RESULTS, PER_EXAMPLE):
+        if not (folder / name).exists():
+            raise FileNotFoundError(f"{folder / name} not found: not a finished study folder")
+    report = study_report(folder)
+    stored = json.loads(pl.read_parquet_metadata(folder / RESULTS).get(META_KEY) or "{}")
+    if report["meta"].get("partial"):
+        raise ValueError(f"{folder}: {report['meta']['partial']}")
+    per_example = pl.read_parquet(folder / PER_EXAMPLE, glob=False)
+    if (folder / RUNS).exists():
+        runs = pl.read_parquet(folder / RUNS, glob=False)
+    else:  # written before runs.parquet: the per-variant means, one row per run (means are unchanged)
+        results = pl.read_parquet(folder / RESULTS, glob=False)
+        keep = [c for c in results.columns if c in (*COST, "kept") or c.startswith("noise_kept_")]
+        rows = [i for i, n in enumerate(results.get_column("n_runs").to_list()) for _ in range(int(n))]
+        runs = results.select("variant", *keep)[rows]
+    return {"folder": folder, "stored": stored, "meta": report["meta"], "per_example": per_example, "runs": runs,
+            "seeds": sorted(per_example.get_column("seed").unique().to_list()),
+            "ids": set(per_example.get_column("id").unique().to_list())}
