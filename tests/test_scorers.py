@@ -257,6 +257,10 @@ def test_clear_samples_with_transformers_where_the_slot_decoder_does_not_apply(e
     assert len(one) == 3 and all(len(answers) == 2 for answers in one)
     assert one == sample_answers(model, tok, prompts, ids, 2, 1.0, 6, 128, 2, seed=0)
     assert one != sample_answers(model, tok, prompts, ids, 2, 1.0, 6, 128, 2, seed=1)
+    # An answer that ends in EOS (forced at the last step here) is read as text, without the special token.
+    model.generation_config.forced_eos_token_id = tok.eos_token_id
+    ended = sample_answers(model, tok, prompts, ids, 2, 1.0, 6, 128, 2, seed=0)
+    assert all(a and tok.eos_token not in a for answers in ended for a in answers)
 
 
 def test_clear_needs_at_least_one_sample():
