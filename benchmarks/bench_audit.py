@@ -22,13 +22,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=400)
     parser.add_argument("--share", type=float, default=0.1)
+    parser.add_argument("--dataset", default=None,
+                        help="data.dataset of the pool (default: the audit recipe's gsm_symbolic); shorter rows, "
+                             "e.g. 'rg:chain_sum;max_terms=3;max_digits=3', make a 10,000-row run affordable")
     args = parser.parse_args()
 
     from pipeline.flows.audit import audit_flow
     from pipeline.flows.recipe import resolve_recipe
     from pipeline.stages import ModelRef, Score, run_stage, wiring
 
-    base = [f"data.n_train={args.rows}", "score.scorer=perplexity", f"audit.share={args.share}"]
+    base = [f"data.n_train={args.rows}", "score.scorer=perplexity", f"audit.share={args.share}",
+            *([f"data.dataset={args.dataset}"] if args.dataset else [])]
     with tempfile.TemporaryDirectory() as tmp:
         plan, _ = resolve_recipe("audit", [*base, f"cache_dir={tmp}/score"])
         data = wiring.load_data(plan)  # generating the data is not timed
@@ -43,6 +47,7 @@ def main() -> None:
         audit_flow(config=plan, run_dir=str(Path(tmp) / "run"))
         audit_s = time.perf_counter() - t0
     print(f"machine: {platform.machine()} {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
+    print(f"dataset: {plan.recipe.data.dataset}")
     print(f"rows={args.rows} score_s={score_s:.1f} audit_s={audit_s:.1f} ratio={audit_s / score_s:.2f}")
 
 
