@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -156,7 +157,7 @@ def test_clear_agreement_math_and_text():
     assert r[1].tolist() == [0, 0, 0]
 
 
-def test_clear_confidence_in_unit_interval(examples, ctx):
+def test_clear_confidence_in_unit_interval(examples, ctx, capsys):
     ex = examples.head(4)  # two math rows, two free-text rows
     table = get_scorer("clear_confidence", k=2, max_new_tokens=6, batch_size=2)(ex, ctx)
     for col in ("clear_confidence", "observed_consistency", "self_reflection", "sample_agreement"):
@@ -164,8 +165,10 @@ def test_clear_confidence_in_unit_interval(examples, ctx):
         assert np.all((values >= 0) & (values <= 1)), col
     recombined = 0.7 * table["observed_consistency"] + 0.3 * table["self_reflection"]
     assert np.allclose(table["clear_confidence"].to_numpy(), recombined.to_numpy())
-    again = get_scorer("clear_confidence", k=2, max_new_tokens=6, batch_size=2)(ex, ctx)
+    capsys.readouterr()
+    again = get_scorer("clear_confidence", k=2, max_new_tokens=6, batch_size=2)(ex, dataclasses.replace(ctx, progress=True))
     assert again.equals(table)  # seeded sampling
+    assert "[clear samples] 8/8 prompts" in capsys.readouterr().err  # a long sampling stage says how far it is
 
 
 def test_token_confidence_is_mean_token_probability(examples, ctx, tiny_model_dir):

@@ -84,10 +84,11 @@ def generate_ids(model, tokenizer, prompts: list[str], max_new_tokens: int = 160
 
 @torch.inference_mode()
 def sample_ids(model, tokenizer, texts: list[str], seeds: list[int], temperature: float, max_new_tokens: int,
-               batch_size: int, max_length: int | None = None) -> list[list[int]] | None:
+               batch_size: int, max_length: int | None = None, progress: bool | str = False) -> list[list[int]] | None:
     """One sampled continuation per prompt text (already templated; left-truncated to `max_length` tokens),
     from softmax(logits / temperature), each from its own seed, with the slot decoder (rows leave the batch
-    when they end, freed rows take the next prompt); None when the model needs `transformers`' generate."""
+    when they end, freed rows take the next prompt); None when the model needs `transformers`' generate.
+    `progress`: a count of finished texts on stderr, under that label when it is a string."""
     if not texts:
         return []
     if slots_unsupported_reason(model) is not None:
@@ -97,7 +98,7 @@ def sample_ids(model, tokenizer, texts: list[str], seeds: list[int], temperature
         ids = [x[-max_length:] for x in ids]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     return _greedy_slots(model, ids, max_new_tokens, batch_size, eos=tokenizer.eos_token_id, pad=pad,
-                         temperature=temperature, seeds=seeds)
+                         temperature=temperature, seeds=seeds, progress=progress)
 
 
 def cache_kwarg(model) -> str | None:
@@ -412,7 +413,7 @@ def _unique_prompts(suffixes: list[list[int]], share: bool) -> tuple[list[list[i
 
 @torch.inference_mode()
 def _greedy_slots(model, ids: list[list[int]], max_new_tokens: int, batch_size: int, eos: int | None, pad: int,
-                  threads: int | str | None = None, progress: bool = False, refill: bool = True, compact: bool = True,
+                  threads: int | str | None = None, progress: bool | str = False, refill: bool = True, compact: bool = True,
                   share_prefix: bool = True, prefill_tokens: int | None = None,
                   stats: dict | None = None, temperature: float = 0.0,
                   seeds: list[int] | None = None, share_prompts: bool = True) -> list[list[int]]:
@@ -481,7 +482,8 @@ def _greedy_slots(model, ids: list[list[int]], max_new_tokens: int, batch_size: 
             owner[r] = -1
             done += 1
             if progress:
-                print(f"\r[generate] {done}/{n} prompts", end="", file=sys.stderr, flush=True)
+                label = progress if isinstance(progress, str) else "generate"
+                print(f"\r[{label}] {done}/{n} prompts", end="", file=sys.stderr, flush=True)
 
         def record(r: int, token: int) -> None:
             i = owner[r]

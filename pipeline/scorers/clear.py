@@ -67,14 +67,15 @@ def _left_padded(tok, texts: list[str], max_length: int, dev: torch.device) -> d
 
 @torch.inference_mode()
 def sample_answers(model, tok, prompts: list[str | list[dict]], ids: list[str], k: int, temperature: float,
-                   max_new_tokens: int, max_length: int, batch_size: int, seed: int) -> list[list[str]]:
+                   max_new_tokens: int, max_length: int, batch_size: int, seed: int,
+                   progress: bool = False) -> list[list[str]]:
     """k sampled answers per prompt: the slot decoder on `batch_size * k` rows, each answer from its own seed
     (example id, answer index, context seed), so it does not depend on batching; `transformers`' generate
     (one seed per batch) for models the slot decoder does not support."""
     texts = [prompt_text(tok, p) for p in prompts]
     seeds = [_seed([i, str(j)], seed) for i in ids for j in range(k)]
     sampled = sample_ids(model, tok, [t for t in texts for _ in range(k)], seeds, temperature, max_new_tokens,
-                         batch_size * k, max_length)
+                         batch_size * k, max_length, progress="clear samples" if progress else False)
     if sampled is not None:
         answers = [tok.decode(x, skip_special_tokens=True) for x in sampled]
         return [answers[i * k : (i + 1) * k] for i in range(len(prompts))]
@@ -173,7 +174,7 @@ class ClearConfidence(Scorer):
         answers = examples.get_column("answer").to_list() if "answer" in examples.columns else [None] * len(ids)
         is_math = [self.mode == "math" or (self.mode == "auto" and a is not None) for a in answers]
         samples = sample_answers(model, tok, generation_prompts(examples), ids, k, self.temperature, self.max_new_tokens,
-                                 ctx.max_length, batch_size, ctx.seed)
+                                 ctx.max_length, batch_size, ctx.seed, progress=ctx.progress)
 
         def embed(texts: list[str]) -> np.ndarray:
             return embed_texts(texts, *ctx.embedder(self.embedder))
