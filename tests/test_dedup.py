@@ -302,3 +302,32 @@ def test_empty_and_single_row_tables(method):
     rows = near_copies()
     assert run(rows.head(0), method=method).height == 0
     assert run(rows.head(1), method=method)["kept"].to_list() == [True]
+
+
+def test_signatures_do_not_depend_on_the_chunk_size(monkeypatch):
+    """Rows are hashed in chunks; a pool longer than a chunk gets the signatures of one pass."""
+    import pipeline.selectors.dedup as dedup
+
+    texts = pl.Series([STORY, RESPONSE, "", "one two three", STORY.upper(), "a b c d e f g", RESPONSE + " end"])
+    whole = minhash_signatures(texts, seed=2)
+    monkeypatch.setattr(dedup, "_CHUNK_ROWS", 3)
+    assert np.array_equal(minhash_signatures(texts, seed=2), whole)
+
+
+def test_embedding_pair_found_only_from_the_later_row():
+    """Row 0's one searched neighbour is row 1, yet row 2 (cosine 0.958 with row 0, 0.952 with row 1)
+    still joins row 0: a pair counts from either side, neighbour 0 included."""
+    from pipeline.selectors.dedup import embedding_duplicates
+
+    v = np.array([[math.cos(t), math.sin(t)] for t in (0.0, 0.02, -0.29)], dtype=np.float32)
+    dup_of, _ = embedding_duplicates(v, threshold=0.955, k=1)
+    assert dup_of.tolist()[1:] == [0, 0]
+
+
+def test_parameter_edges_are_accepted():
+    assert get_selector("dedup", num_perm=2).num_perm == 2
+    assert get_selector("dedup", threshold=1.0).threshold == 1.0
+    with pytest.raises(ConfigError, match="select.num_perm"):
+        get_selector("dedup", num_perm=1)
+    with pytest.raises(ConfigError, match="select.shingle"):
+        get_selector("dedup", shingle=0)

@@ -130,3 +130,8 @@ def test_eaft_trains_from_a_recipe(train_subset_run):
     assert math.isfinite(metrics["train"]["train_loss"]) and metrics["train"]["train_loss"] > 0
     steps = [entry for entry in logs if "loss" in entry]
     assert len(steps) == 2 and all(0 < entry["eaft_gate"] <= 1 and math.isfinite(entry["loss"]) for entry in steps)
+
+
+def test_edge_values_are_accepted():
+    """k = 2 is the smallest top-k with an entropy; alpha = 0 is plain cross-entropy."""
+    assert get_loss("eaft", k=2, alpha=0.0).normalizer == pytest.approx(math.log(2))

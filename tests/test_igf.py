@@ -151,3 +151,18 @@ def test_clipping_norm_reaches_every_step_and_any_positive_value_is_allowed(tiny
     assert calls == [0.5, 0.5]
     with pytest.raises(ValueError, match="max_grad_norm"):
         get_scorer("information_gain", max_grad_norm=0.0)
+
+
+def test_heldout_fit_needs_three_rows_and_reads_the_signal():
+    """The held-out R^2 is reported from 3 held-out rows up (with >= 2 left to fit) and is high on a
+    linear signal; with 2 held-out rows it is None rather than a number from too few rows."""
+    from pipeline.scorers.information_gain import fit_learner
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 3))
+    y = x @ np.array([1.0, -2.0, 0.5]) + 0.01 * rng.normal(size=12)
+    _, stats = fit_learner(x, y, "ridge", holdout=0.25, seed=0)
+    assert stats["n_heldout"] == 3 and stats["n_train"] == 9
+    assert stats["r2_heldout"] > 0.8 and stats["spearman_heldout"] > 0.4
+    _, few = fit_learner(x[:8], y[:8], "ridge", holdout=0.25, seed=0)
+    assert few["n_heldout"] == 2 and few["r2_heldout"] is None and few["spearman_heldout"] is None

@@ -204,3 +204,19 @@ def test_fraction_on_less_reaches_training(tmp_path, tiny_model_dir, monkeypatch
     warm = json.loads((reference / "reference.json").read_text())
     assert warm["rows"] == 1 and warm["train"]["lora"]["r"] == 8  # ceil(5% of 16) rows, LoRA
     assert len(trained_on) == 2 and trained_on[0] == warm["ids"] and set(trained_on[1]) == kept
+
+
+def test_checkpoint_weight_is_the_mean_learning_rate_of_its_epoch(tmp_path):
+    """The paper weighs each checkpoint by its epoch's mean learning rate, read from trainer_state.json."""
+    from pipeline.scorers.less import checkpoint_weight
+
+    history = [{"epoch": 0.5, "learning_rate": 4e-4}, {"epoch": 1.0, "learning_rate": 3e-4},
+               {"epoch": 1.5, "learning_rate": 2e-4}, {"epoch": 2.0, "learning_rate": 1e-4},
+               {"epoch": 2.0, "train_loss": 1.0}]
+    for epoch, expected in ((1.0, 3.5e-4), (2.0, 1.5e-4)):
+        ckpt = tmp_path / f"checkpoint-{int(epoch)}"
+        ckpt.mkdir()
+        (ckpt / "trainer_state.json").write_text(json.dumps({"epoch": epoch, "log_history": history}))
+        assert checkpoint_weight(ckpt) == pytest.approx(expected)
+    (tmp_path / "none").mkdir()
+    assert checkpoint_weight(tmp_path / "none") == 1.0  # nothing logged: equal weights

@@ -401,3 +401,13 @@ def test_docs_custom_loss_example_runs():
     finally:
         sys.modules.pop(module.__name__, None)
         LOSSES._items.pop("focal", None)
+
+
+def test_masked_thought_bounds_are_inclusive():
+    """Rates and the ramp share are fractions: 0 and 1 are allowed, anything outside is refused."""
+    for params in ({"p": 1.0, "cap": 1.0}, {"p": 0.0, "cap": 0.0}, {"ramp_ratio": 1.0}, {"ramp_ratio": 0.0}):
+        MaskedThought(**params)
+    assert MaskedThought(cap=0.4, ramp_ratio=1.0).rate(101, 100) == pytest.approx(0.4)
+    for params in ({"p": 1.01}, {"cap": -0.1}, {"ramp_ratio": 1.01}, {"ramp_ratio": -0.01}, {"ramp_steps": 0}):
+        with pytest.raises(ValueError, match="masked_thought"):
+            MaskedThought(**params)

@@ -101,7 +101,11 @@ def test_learnability_matches_direct_formula(examples, ctx, tiny_model_dir, tiny
         lb, lr = hf_loss(base, enc), hf_loss(ref, enc)
         assert row["learnability"] == pytest.approx(1 - lr / lb, rel=1e-4, abs=1e-5)
         assert row["loss_diff"] == pytest.approx(lb - lr, rel=1e-4, abs=1e-5)
+        assert row["loss_ref"] == pytest.approx(lr, rel=1e-4)
     assert table.get_column("learnability").std() > 0
+    # the declared columns are the table's: the score stage caches and joins by them
+    assert table.columns == ["id", *get_scorer("learnability").columns()]
+    assert table.get_column("id").to_list() == examples.get_column("id").to_list()
 
 
 def test_information_gain_positive_on_the_objective_itself(ctx, examples, tiny_model_dir):
@@ -133,6 +137,8 @@ def test_information_gain_scorer_learner_and_metadata(ctx):
     assert info["n_heldout"] == 2 and len(info["objective_ids"]) == 3
     assert set(info["objective_ids"]).isdisjoint(set(table.filter(pl.col("ig_sampled")).get_column("id")))
     assert {"r2_heldout", "spearman_heldout"} <= set(info)
+    raw = table.filter(pl.col("ig_sampled")).get_column("ig_raw").to_numpy()
+    assert info["ig_raw_mean"] == pytest.approx(raw.mean()) and info["ig_raw_std"] == pytest.approx(raw.std())
 
 
 def test_clear_combination_formula():
@@ -169,6 +175,26 @@ def test_clear_confidence_in_unit_interval(examples, ctx, capsys):
     again = get_scorer("clear_confidence", k=2, max_new_tokens=6, batch_size=2)(ex, dataclasses.replace(ctx, progress=True))
     assert again.equals(table)  # seeded sampling
     assert "[clear samples] 8/8 prompts" in capsys.readouterr().err  # a long sampling stage says how far it is
+
+
+def test_clear_auto_mode_judges_answers_on_math_rows_and_embeddings_on_free_text(examples, ctx):
+    """`mode: auto` is `math` where a row has an answer and `text` where it has none; with alpha = 1 the
+    observed consistency is the semantic agreement alone, and the confidence mixes it with beta."""
+    ex = examples.head(4)  # two math rows, two free-text rows
+    kw = {"k": 2, "max_new_tokens": 6, "batch_size": 2, "alpha": 1.0, "beta": 0.4}
+    auto, math_, text = (get_scorer("clear_confidence", mode=m, **kw)(ex, ctx) for m in ("auto", "math", "text"))
+    has_answer = ex.get_column("answer").is_not_null().to_numpy()
+    assert has_answer.any() and not has_answer.all()
+
+    def agreement_of(table):
+        return table.get_column("sample_agreement").to_numpy()
+
+    assert not np.allclose(agreement_of(math_)[~has_answer], agreement_of(text)[~has_answer])  # judges differ
+    np.testing.assert_allclose(agreement_of(auto)[has_answer], agreement_of(math_)[has_answer])
+    np.testing.assert_allclose(agreement_of(auto)[~has_answer], agreement_of(text)[~has_answer], rtol=1e-5)  # float32 embeddings of other batches
+    np.testing.assert_allclose(auto.get_column("observed_consistency").to_numpy(), agreement_of(auto))
+    mixed = 0.4 * auto["observed_consistency"] + 0.6 * auto["self_reflection"]
+    np.testing.assert_allclose(auto.get_column("clear_confidence").to_numpy(), mixed.to_numpy())
 
 
 def test_token_confidence_is_mean_token_probability(examples, ctx, tiny_model_dir):

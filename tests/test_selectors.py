@@ -134,6 +134,20 @@ def test_sensitivity_sampling_is_unbiased():
     assert abs(est.mean() / loss.mean() - 1) < 0.01
 
 
+def test_sensitivity_draws_uniformly_when_every_sensitivity_is_zero():
+    """Zero loss at every center and lam = 0: no point is more important, so p is uniform and the weights are
+    the plain `draws / (m / n)` of simple random sampling."""
+    from pipeline.selectors.sensitivity import draw
+
+    x = blobs(60, 4, 3, seed=2)
+    clusters = cluster(x, 3, seed=0)
+    idx, counts, p = draw(clusters, np.zeros(3), m=20, lam=0.0, seed=1)
+    np.testing.assert_allclose(p, np.full(60, 1 / 60))
+    assert counts.sum() == 20 and np.all(np.diff(idx) > 0)
+    _, w = sensitivity_sampling(x, lambda i: np.zeros(len(i)), m=20, k=3, lam=0.0, seed=1, clusters=clusters)
+    np.testing.assert_allclose(w, counts * 60 / 20)
+
+
 def test_sensitivity_calls_loss_once_with_the_centers():
     x = blobs(1500, 16, 5, seed=1)
     calls = []
