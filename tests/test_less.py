@@ -220,3 +220,14 @@ def test_checkpoint_weight_is_the_mean_learning_rate_of_its_epoch(tmp_path):
         assert checkpoint_weight(ckpt) == pytest.approx(expected)
     (tmp_path / "none").mkdir()
     assert checkpoint_weight(tmp_path / "none") == 1.0  # nothing logged: equal weights
+
+
+def test_feature_cache_is_keyed_by_max_length(tmp_path, tiny_model_dir, warmup):
+    """Features are cached next to the warm-up; scoring again with a shorter `max_length` (other tokens, other
+    gradients) must compute new features, not read the longer run's."""
+    scorer = get_scorer("less", target=str(_target_file(tmp_path)), warmup=warmup, dim=64, seed=3)
+    pool = rows(TEXT[:3])
+    full, _ = scorer.score(pool, _ctx(tiny_model_dir))
+    short, _ = scorer.score(pool, ScoreContext(model_name=tiny_model_dir, max_length=40, progress=False))
+    assert np.isfinite(short["less"].to_numpy()).all()
+    assert not np.allclose(full["less"].to_numpy(), short["less"].to_numpy())
