@@ -56,7 +56,7 @@ PAIRWISE = (
 ANSWER_PREFIX = "Answer: ("
 
 
-def default_generate_fn(max_new_tokens: int = 160, batch_size: int = 16) -> Callable[[Any, list[str]], list[str]]:
+def default_generate_fn(max_new_tokens: int, batch_size: int = 16) -> Callable[[Any, list[str]], list[str]]:
     """Greedy completions from a model folder (or name) with `pipeline.models.generate.generate`."""
 
     def generate_fn(model: Any, prompts: list[str | list[dict]]) -> list[str]:

@@ -368,8 +368,8 @@ def minhash_signatures(texts: pl.Series, shingle: int = 5, num_perm: int = 128, 
     return out
 
 
-def minhash_duplicates(texts: pl.Series, threshold: float = 0.8, shingle: int = 5, num_perm: int = 128,
-                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def minhash_duplicates(texts: pl.Series, threshold: float, shingle: int, num_perm: int,
+                       seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(duplicate_of, estimated Jaccard) per row from MinHash + banded LSH."""
     sig = minhash_signatures(texts, shingle, num_perm, seed)
     bands, rows = lsh_params(threshold, num_perm)
@@ -381,7 +381,7 @@ def minhash_duplicates(texts: pl.Series, threshold: float = 0.8, shingle: int = 
     return resolve(texts.len(), a, b, jaccard, threshold)
 
 
-def embedding_duplicates(vectors: np.ndarray, threshold: float = 0.95, k: int = KNN,
+def embedding_duplicates(vectors: np.ndarray, threshold: float, k: int = KNN,
                          batch: int = 16_384) -> tuple[np.ndarray, np.ndarray]:
     """(duplicate_of, cosine) per row: faiss inner product on L2-normalized vectors, k nearest neighbours."""
     import faiss
