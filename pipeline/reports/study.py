@@ -238,8 +238,8 @@ def study_report(folder: str | Path) -> dict[str, Any]:
         study = read_json(folder / "study.json")
         meta.update(study if isinstance(study, dict) else {"study": study})
     return {"folder": str(folder), "baseline": stored.get("baseline"), "oracle": stored.get("oracle"),
-            "level": stored.get("level"),
-            "n_boot": stored.get("n_boot"), "meta": meta, "rows": pl.read_parquet(path, glob=False).to_dicts()}
+            "level": stored.get("level"), "n_boot": stored.get("n_boot"), "seed": stored.get("seed"), "meta": meta,
+            "rows": pl.read_parquet(path, glob=False).to_dicts()}
 
 
 # The meta keys that must agree for parts to be seeds of one study.
@@ -299,7 +299,6 @@ def _study_part(folder: Path) -> dict[str, Any]:
         if not (folder / name).exists():
             raise FileNotFoundError(f"{folder / name} not found: not a finished study folder")
     report = study_report(folder)
-    stored = json.loads(pl.read_parquet_metadata(folder / RESULTS).get(META_KEY) or "{}")
     if report["meta"].get("partial"):
         raise ValueError(f"{folder}: {report['meta']['partial']}")
     per_example = pl.read_parquet(folder / PER_EXAMPLE, glob=False)
@@ -310,6 +309,7 @@ def _study_part(folder: Path) -> dict[str, Any]:
         keep = [c for c in results.columns if c in (*COST, "kept") or c.startswith("noise_kept_")]
         rows = [i for i, n in enumerate(results.get_column("n_runs").to_list()) for _ in range(int(n))]
         runs = results.select("variant", *keep)[rows]
+    stored = {key: report[key] for key in ("baseline", "oracle", "level", "n_boot", "seed")}
     return {"folder": folder, "stored": stored, "meta": report["meta"], "per_example": per_example, "runs": runs,
             "seeds": sorted(per_example.get_column("seed").unique().to_list()),
             "ids": set(per_example.get_column("id").unique().to_list())}
