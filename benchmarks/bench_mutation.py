@@ -6,6 +6,7 @@ Run from the project root (not in CI: it takes hours on 2 cores):
     python benchmarks/bench_mutation.py                       # every formula file ([tool.mutmut] in pyproject)
     python benchmarks/bench_mutation.py "pipeline.losses.dft*"  # mutants whose name matches (mutmut's globs)
     python benchmarks/bench_mutation.py --sample 200 --seed 0   # a seeded uniform sample of all the mutants
+    python benchmarks/bench_mutation.py --sample 150 --seed 3 --survivors benchmarks/mutation-seed3.diff
 
 A full run needs hours on 2 cores; `--sample N` runs N mutants drawn uniformly (seeded) from every
 mutant of the formula files and prints the score with its 95% Wilson interval: an unbiased estimate
@@ -84,6 +85,8 @@ def main() -> None:
     ap.add_argument("patterns", nargs="*", help="mutmut name globs (default: every mutant)")
     ap.add_argument("--sample", type=int, default=0, help="run N mutants drawn uniformly from all of them")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--survivors", type=Path, help="write each survivor's diff (`mutmut show`) to this file, so a "
+                    "read of them outlives the machine's mutants/ folder")
     opts = ap.parse_args()
     children = int(os.environ.get("MUTMUT_CHILDREN", max(1, (os.cpu_count() or 2) - 1)))
     patterns, names, prefix = opts.patterns, None, ""
@@ -103,6 +106,11 @@ def main() -> None:
         print(f"survivors in {module}: {n}")
     for name in survivors:
         print("survived:", name)
+    if opts.survivors:
+        diffs = [subprocess.run(["mutmut", "show", name.split()[0]], capture_output=True, text=True).stdout
+                 for name in survivors]
+        opts.survivors.write_text("".join(f"# {name}\n{diff}\n" for name, diff in zip(survivors, diffs, strict=True)))
+        print(f"survivor diffs: {opts.survivors}")
     k, s = counts["killed"], counts["survived"]
     if names is not None and k + s:
         ci = binomtest(k, k + s).proportion_ci(method="wilson")
