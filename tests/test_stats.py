@@ -75,6 +75,26 @@ def test_a_shifted_variant_is_detected_and_covered():
     assert r["d_accuracy"] is None and r["accuracy"] is None  # nothing generated
 
 
+def test_recovered_accuracy_share_when_some_replicates_have_no_oracle_gain():
+    """Accuracy is a count: the oracle (4 more problems right) gains exactly 0 in some replicates, yet its CI
+    excludes 0; the share of a variant that gets 2 of those 4 right stays a number in [0, 1], not `-`."""
+    n = 160
+    tok = np.full(n, 20)
+    nll = {v: np.full((1, n), 1.0) for v in ("base", "oracle", "half")}
+    base = np.zeros((1, n), dtype=bool)
+    base[0, :60] = True
+    oracle, half = base.copy(), base.copy()
+    oracle[0, 60:64] = True
+    half[0, 60:62] = True
+    out = compare(_frame(nll, tok, n_gen=n, correct={"base": base, "oracle": oracle, "half": half}), "base",
+                  n_boot=2000, oracle="oracle")
+    gap = _row(out, "oracle")
+    assert gap["d_accuracy_lo"] > 0
+    r = _row(out, "half")
+    assert r["recovered_accuracy"] == pytest.approx(0.5)
+    assert 0 <= r["recovered_accuracy_lo"] < 0.5 < r["recovered_accuracy_hi"] <= 1
+
+
 def test_recovered_share_of_the_oracles_gain():
     """A variant a third of the way from the baseline to the oracle recovers about 1/3 of its gain, recomputed
     independently from the corpus NLLs, with a CI that covers it; the baseline recovers 0, the oracle 1; an

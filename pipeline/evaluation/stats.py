@@ -197,14 +197,18 @@ def compare(per_example: pl.DataFrame, baseline: str, n_boot: int = 2000, seed: 
 
 
 def _recovered(metric: str, point: np.ndarray, boot: np.ndarray, oracle: int, q: list[float]) -> dict[str, Any]:
-    """`recovered_<metric>` with its CI: (v - b) / (o - b) per replicate, b the baseline (column 0)."""
+    """`recovered_<metric>` with its CI: (v - b) / (o - b) per replicate, b the baseline (column 0).
+
+    A replicate where the oracle's gap is exactly 0 (accuracy is a count, so this happens) has no share and
+    is left out; there are fewer of them than the interval's tail, since the gap's own CI excludes 0."""
     gap, gaps = point[oracle] - point[0], boot[:, oracle] - boot[:, 0]
     lo_hi = np.quantile(gaps, q)
     name = f"recovered_{metric}"
     if not np.isfinite(gap) or lo_hi[0] <= 0 <= lo_hi[1]:
         nan = [float("nan")] * len(point)
         return {name: nan, f"{name}_lo": nan, f"{name}_hi": nan}
-    shares = (boot - boot[:, :1]) / gaps[:, None]
+    defined = gaps != 0
+    shares = (boot[defined] - boot[defined, :1]) / gaps[defined, None]
     lo, hi = np.quantile(shares, q, axis=0)
     return {name: (point - point[0]) / gap, f"{name}_lo": lo, f"{name}_hi": hi}
 
