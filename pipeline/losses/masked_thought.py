@@ -10,7 +10,9 @@ run's optimizer steps, then stays at `cap`:
 `rate = p + (cap - p) * min(step / (ramp_ratio * max_steps + 1), 1)`, which with `p=0` is the
 reference's `cap * step / (0.66 * max_steps + 1)`. `ramp_steps` replaces that length by an absolute
 number of steps; `ramp_ratio=0` (or an unknown run length) gives the constant rate `cap`.
-`enabled` turns the transform on or off independently of the starting rate `p`.
+`enabled` turns the transform on or off independently of the starting rate `p`. Defaults and bounds
+are those of the recipe's `train.masked_thought` section (one place for each), except that a
+transform built by hand is enabled.
 
 The random draw is seeded from `(seed, process rank, global step, micro-batch index)`, never from a
 worker's RNG: a run is reproducible, two dataloader workers never repeat a pattern, and the ranks
@@ -24,6 +26,10 @@ from dataclasses import dataclass
 
 import torch
 
+from pipeline.core.config import MaskedThoughtSection, check_section
+
+_SECTION = MaskedThoughtSection.model_fields
+
 
 def process_rank() -> int:
     """This process's rank in the initialized `torch.distributed` group, else 0."""
@@ -35,26 +41,20 @@ def process_rank() -> int:
 class MaskedThought:
     """The input transform; call `masked_inputs(input_ids, labels, step, micro, max_steps)` once per micro-batch."""
 
-    p: float = 0.0
-    cap: float = 0.4
-    ramp_ratio: float = 0.66
-    ramp_steps: int | None = None
+    p: float = _SECTION["p"].default
+    cap: float = _SECTION["cap"].default
+    ramp_ratio: float = _SECTION["ramp_ratio"].default
+    ramp_steps: int | None = _SECTION["ramp_steps"].default
     enabled: bool = True
-    replace: str = "random"
+    replace: str = _SECTION["replace"].default
     seed: int = 0
     vocab_size: int | None = None
     mask_token_id: int | None = None
     rank: int | None = None  # None: torch.distributed's rank when initialized, else 0
 
     def __post_init__(self) -> None:
-        if self.replace not in ("random", "mask"):
-            raise ValueError(f"masked_thought.replace must be 'random' or 'mask', got {self.replace!r}")
-        if not 0 <= self.p <= 1 or not 0 <= self.cap <= 1:
-            raise ValueError("masked_thought p and cap must lie in [0, 1]")
-        if not 0 <= self.ramp_ratio <= 1:
-            raise ValueError("masked_thought.ramp_ratio must lie in [0, 1]")
-        if self.ramp_steps is not None and self.ramp_steps <= 0:
-            raise ValueError("masked_thought.ramp_steps must be positive (or None for ramp_ratio)")
+        check_section(MaskedThoughtSection, {"enabled": True, "p": self.p, "cap": self.cap, "ramp_ratio": self.ramp_ratio,
+                                             "ramp_steps": self.ramp_steps, "replace": self.replace}, "masked_thought")
 
     def ramp_length(self, max_steps: int = 0) -> float | None:
         """Steps until the rate reaches `cap`: `ramp_steps`, else `ramp_ratio * max_steps + 1`; None = no ramp."""
