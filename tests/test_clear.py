@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 import polars as pl
+import pytest
 import yaml
 
 from pipeline.cli import main
@@ -217,3 +218,15 @@ def test_auto_judge_needs_no_model_when_every_row_it_corrects_has_a_gold_answer(
     sel = run_selector(get_selector("clear", column="token_confidence", correct=True, judge="auto"), scores, context=ctx)
     assert sel.get_column("kept").all()
     assert all("judge=gold" in r for r in sel.filter(pl.col("id").is_in(["m4", "m5", "m6", "m7"]))["reason"])
+
+
+@pytest.mark.parametrize("judge", ["pairwise", "likelihood"])
+def test_model_judge_without_a_model_fails_before_any_fine_tuning(judge):
+    """A model judge with no `model_name` is refused before the first round's fine-tune, not after it."""
+    scores, examples = math_rows(8)
+    trained: list = []
+    ctx = SelectContext(examples=examples, train_fn=lambda rows, seed: trained.append(rows.height) or "unused",
+                        generate_fn=lambda model, prompts: ["#### 0" for _ in prompts])
+    with pytest.raises(ValueError, match=f"judge={judge!r} needs context.model_name"):
+        run_selector(get_selector("clear", column="token_confidence", correct=True, judge=judge), scores, context=ctx)
+    assert trained == []

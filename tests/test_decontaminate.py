@@ -155,10 +155,21 @@ def test_bad_lines_and_chat_rows_with_content_parts(tmp_path):
     assert sel["reason"][0].endswith(f"matches {path}:2 (field (line))")
 
 
+def test_a_line_that_is_not_utf8_is_still_matched(tmp_path):
+    """An evaluation line with a Latin-1 byte is decoded with replacement and its fields are matched, not skipped."""
+    path = tmp_path / "eval.jsonl"
+    line = json.dumps({"question": QUESTION + " caf\xe9"}, ensure_ascii=False).encode("latin-1")  # b"caf\xe9"
+    path.write_bytes(b'{"question": "ok"}\n' + line + b"\n")
+    sel = run(table([" ".join(QUESTION.split()[:13]), "How do I bake bread?"], ["x", "y"]), against=str(path))
+    assert sel["kept"].to_list() == [False, True]
+    assert sel["reason"][0].endswith(f"matches {path}:2 (field question)")
+
+
 def test_parameters_are_checked(tmp_path):
     path = str(write_eval(tmp_path))
     assert SELECTORS.get("decontaminate") is Decontaminate
     assert get_selector("decontaminate", against=path).against == [path]
+    assert get_selector("decontaminate", against=path, min_words=1, n=1).min_words == 1  # the edges are valid
     for key, value in (("n", 0), ("min_words", 0), ("threshold", 1.5), ("method", "fuzzy")):
         with pytest.raises(ConfigError, match=f"select.{key}"):
             get_selector("decontaminate", against=path, **{key: value})

@@ -132,6 +132,20 @@ def test_message_contents_that_are_lists_of_parts():
     assert texts == ["user: Name a prime.\nassistant: Seven."] * 2
 
 
+def test_python_fallback_gives_the_text_polars_gives():
+    """A list-of-parts row sends the table through the Python decoder; a turn with no role must read the same
+    there (`: text`) as on the polars path, or the same chat would hash differently by what sits beside it."""
+    no_role = json.dumps([{"content": "Name a prime."}, {"role": "assistant", "content": "Seven."}])
+    parts = json.dumps([{"role": "user", "content": [{"type": "text", "text": "Name a prime."}]}])
+
+    def texts(rows: pl.DataFrame) -> list[str]:
+        return conversation_text(text_table(rows.select("id"), SelectContext(examples=rows))).to_list()
+
+    alone = texts(table(["x"], ["y"], [no_role]))
+    assert alone == [": Name a prime.\nassistant: Seven."]
+    assert texts(table(["x", "x"], ["y", "y"], [no_role, parts]))[0] == alone[0]
+
+
 def shingles(text: str, k: int = 5) -> set[tuple[str, ...]]:
     """The exact shingle set the minhash method estimates the Jaccard of (normalized words, k-grams)."""
     norm = pl.DataFrame({"t": [text]}).select(

@@ -17,8 +17,9 @@ def test_ifd_matches_direct_loss_and_perplexity_ratios(tiny_model_dir, ratio):
     """`loss` (default): L(A|Q) / L(A), as Cherry LLM's data_by_IFD.py ranks; `ppl`: PPL(A|Q) / PPL(A)."""
     examples = load_math("gsm_symbolic", n_train=4, n_val=1, n_test=1, seed=0)["train"]
     ctx = ScoreContext(model_name=tiny_model_dir, max_length=256, progress=False)
-    table = get_scorer("ifd", **({} if ratio == "loss" else {"ratio": ratio}))(examples, ctx)
-    assert table.columns == ["id", "ifd", "ppl_conditioned", "ppl_answer"]
+    scorer = get_scorer("ifd", **({} if ratio == "loss" else {"ratio": ratio}))
+    table = scorer(examples, ctx)
+    assert table.columns == ["id", "ifd", "ppl_conditioned", "ppl_answer"] == ["id", *scorer.columns()]
     tok, model = load_tokenizer(tiny_model_dir), load_model(tiny_model_dir, dtype=torch.float32)
     for row, enc, response in zip(table.iter_rows(named=True), encode_examples(tok, examples, 256),
                                   examples.get_column("response").to_list(), strict=True):

@@ -88,6 +88,23 @@ def test_projection_is_a_seeded_block_rademacher_map():
     assert torch.allclose(proj @ proj.T, unit @ unit.T, atol=0.12)
 
 
+def test_target_file_reads_jsonl_and_parquet_alike(tmp_path):
+    """A JSONL target (any source `pipeline ingest` reads) gives the rows and ids of the same parquet target."""
+    from pipeline.scorers.less import load_target
+
+    jsonl = tmp_path / "target.jsonl"
+    jsonl.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in TARGET))
+    from_jsonl, from_parquet = load_target(str(jsonl)), load_target(str(_target_file(tmp_path)))
+    assert from_jsonl.select("id", "prompt", "response").equals(from_parquet.select("id", "prompt", "response"))
+
+
+def test_projection_of_low_precision_gradients_runs_in_float32():
+    """bf16 gradients (a GPU run's dtype) are projected in float32: the same features as their float32 copy."""
+    grads = torch.randn(3, BLOCK + 7, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+    low = project(grads, 64, seed=0)
+    assert low.dtype == torch.float32 and torch.equal(low, project(grads.float(), 64, seed=0))
+
+
 def _independent_features(model, tok, ckpt, prompt: str, response: str, adam: bool) -> torch.Tensor:
     """The LESS feature of one example from scratch: the loss averaged from log-softmax over the response
     tokens, the gradient of the adapter's LoRA weights, the optimizer moments read from optimizer.pt by position."""
@@ -166,6 +183,8 @@ def test_missing_target_is_one_config_error(tmp_path):
         with pytest.raises(ConfigError, match=f"^score.params.{key}: must be"):
             get_scorer("less", **{key: value})
     assert get_scorer("less", dim=1, checkpoints=1, warmup_epochs=1, warmup_fraction=1.0).dim == 1  # the edges are valid
+    with pytest.raises(ConfigError, match="^score.params.lora.r: "):  # at construction, not after the warm-up
+        get_scorer("less", lora={"r": 0})
 
     class Spec:
         scorer, where = get_scorer("less"), "score.params"

@@ -78,9 +78,11 @@ def hf_loss(model, enc: dict, response_only: bool = True) -> float:
 
 
 def test_perplexity_matches_hf_loss(examples, ctx, tiny_model_dir):
-    table = get_scorer("perplexity", full_text=True)(examples, ctx)
-    response_only = get_scorer("perplexity")(examples, ctx)  # projects only response tokens
+    full, plain = get_scorer("perplexity", full_text=True), get_scorer("perplexity")
+    table, response_only = full(examples, ctx), plain(examples, ctx)  # the second projects only response tokens
     assert "ppl_full" not in response_only.columns
+    # the declared columns are the written ones (the stage cache refuses a scorer whose output differs)
+    assert table.columns == ["id", *full.columns()] and response_only.columns == ["id", *plain.columns()]
     assert response_only["ppl"].to_list() == pytest.approx(table["ppl"].to_list(), rel=1e-5)
     model, tok = load_model(tiny_model_dir, dtype=torch.float32), load_tokenizer(tiny_model_dir)
     for row, (p, r) in zip(table.iter_rows(named=True), examples.select("prompt", "response").rows(), strict=True):

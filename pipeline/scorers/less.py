@@ -249,7 +249,7 @@ class Less(Scorer):
         if target != "validation" and not Path(target).exists():
             raise ConfigError("target", f"{target}: no such file (give `validation` for the run's validation split, "
                               "or a JSONL/parquet file of prompt/response rows)")
-        check_section(LoraSection, {**DEFAULT_LORA, **(lora or {})}, "score.params.lora")
+        check_section(LoraSection, {**DEFAULT_LORA, **(lora or {})}, "lora")
         self.target, self.warmup, self.warmup_fraction = target, warmup, warmup_fraction
         self.warmup_epochs, self.warmup_train, self.lora = warmup_epochs, warmup_train, lora
         self.dim, self.seed, self.checkpoints, self.task_column = dim, seed, checkpoints, task_column
