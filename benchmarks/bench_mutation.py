@@ -7,6 +7,7 @@ Run from the project root (not in CI: it takes hours on 2 cores):
     python benchmarks/bench_mutation.py "pipeline.losses.dft*"  # mutants whose name matches (mutmut's globs)
     python benchmarks/bench_mutation.py --sample 200 --seed 0   # a seeded uniform sample of all the mutants
     python benchmarks/bench_mutation.py --sample 150 --seed 3 --survivors benchmarks/mutation-seed3.diff
+    python benchmarks/bench_mutation.py --sample 150 --seed 4 --equivalent benchmarks/mutation-equivalent.txt
 
 A full run needs hours on 2 cores; `--sample N` runs N mutants drawn uniformly (seeded) from every
 mutant of the formula files and prints the score with its 95% Wilson interval: an unbiased estimate
@@ -80,6 +81,23 @@ def tally(root: Path, prefix: str = "", names: set[str] | None = None) -> tuple[
     return counts, survivors
 
 
+def read_equivalent(path: Path) -> dict[tuple[str, str], str]:
+    """(file, mutated line) -> why the mutation changes no value, from `path | line | why` rows (# comments)."""
+    table = {}
+    for row in path.read_text().splitlines():
+        if row.strip() and not row.lstrip().startswith("#"):
+            file, line, why = (x.strip() for x in row.split(" | ", 2))
+            table[(file, line)] = why
+    return table
+
+
+def equivalent_reason(diff: str, table: dict[tuple[str, str], str]) -> str | None:
+    """Why a survivor's diff (`mutmut show`) is value-preserving, when its file and added line are in `table`."""
+    file = next((ln[4:].strip() for ln in diff.splitlines() if ln.startswith("+++ ")), "")
+    added = [ln[1:].strip() for ln in diff.splitlines() if ln.startswith("+") and not ln.startswith("+++")]
+    return next((table[(file, a)] for a in added if (file, a) in table), None)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("patterns", nargs="*", help="mutmut name globs (default: every mutant)")
@@ -87,6 +105,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--survivors", type=Path, help="write each survivor's diff (`mutmut show`) to this file, so a "
                     "read of them outlives the machine's mutants/ folder")
+    ap.add_argument("--equivalent", type=Path, help="`path | mutated line | why` rows of value-preserving mutations: "
+                    "survivors matching one are counted apart (score on value-changing mutants)")
     opts = ap.parse_args()
     children = int(os.environ.get("MUTMUT_CHILDREN", max(1, (os.cpu_count() or 2) - 1)))
     patterns, names, prefix = opts.patterns, None, ""
@@ -106,9 +126,9 @@ def main() -> None:
         print(f"survivors in {module}: {n}")
     for name in survivors:
         print("survived:", name)
+    diffs = [subprocess.run(["mutmut", "show", name.split()[0]], capture_output=True, text=True).stdout
+             for name in survivors] if opts.survivors or opts.equivalent else []
     if opts.survivors:
-        diffs = [subprocess.run(["mutmut", "show", name.split()[0]], capture_output=True, text=True).stdout
-                 for name in survivors]
         opts.survivors.write_text("".join(f"# {name}\n{diff}\n" for name, diff in zip(survivors, diffs, strict=True)))
         print(f"survivor diffs: {opts.survivors}")
     k, s = counts["killed"], counts["survived"]
@@ -116,6 +136,16 @@ def main() -> None:
         ci = binomtest(k, k + s).proportion_ci(method="wilson")
         print(f"not run: {counts['not run']}; score 95% Wilson interval [{ci.low:.3f}, {ci.high:.3f}] "
               f"(a sample: the interval is where the full run's score lies)")
+    if opts.equivalent:
+        table = read_equivalent(opts.equivalent)
+        reasons = [equivalent_reason(diff, table) for diff in diffs]
+        for name, why in zip(survivors, reasons, strict=True):
+            print(f"{'value-preserving' if why else 'value-changing'}: {name}" + (f"  ({why})" if why else ""))
+        changing = s - sum(r is not None for r in reasons)
+        ci = binomtest(k, k + changing).proportion_ci(method="wilson") if k + changing else None
+        low, high = (ci.low, ci.high) if ci else (0.0, 0.0)
+        print(f"value-changing mutants: killed={k} survived={changing} score={k / max(k + changing, 1):.3f} "
+              f"[{low:.3f}, {high:.3f}] ({s - changing} survivors listed in {opts.equivalent} as value-preserving)")
     print(f"killed={k} survived={s} score={k / max(k + s, 1):.3f}")
 
 
