@@ -100,6 +100,25 @@ def test_rounds_retrain_on_corrections_and_retry_the_rest(tiny_model_dir, tmp_pa
     assert sel.filter(pl.col("id") == "m5").get_column("old_response").to_list() == [examples["response"][5]]
 
 
+def test_pairwise_preference_is_the_letters_softmax_of_each_row_alone(tiny_model_dir):
+    """P(B) of a batch equals softmax over the letters A, B of the next-token logits of each row run alone."""
+    import torch
+
+    from pipeline.models.loading import load_model, load_tokenizer, prompt_text
+    from pipeline.selectors.clear import ANSWER_PREFIX, PAIRWISE, pairwise_preference
+
+    tok, model = load_tokenizer(tiny_model_dir), load_model(tiny_model_dir, dtype=torch.float32)
+    prompts, a, b = ["What is 2 + 3?", "Name a colour of the sky at noon."], ["5", "Blue."], ["6", "Trains."]
+    batched = pairwise_preference(model, tok, prompts, a, b)
+    letters = [tok.encode(c, add_special_tokens=False)[0] for c in "AB"]
+    for i in range(2):
+        text = prompt_text(tok, PAIRWISE.format(question=prompts[i], a=a[i], b=b[i])) + ANSWER_PREFIX
+        ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, -1, letters].double()
+        assert batched[i] == pytest.approx(float(torch.softmax(logits, dim=0)[1]), abs=1e-5)
+
+
 def test_pairwise_judge_is_a_probability_symmetric_under_swapping(tiny_model_dir):
     judge = pairwise_judge_fn(tiny_model_dir)
     prompts = ["What is 2 + 3?", "Name a colour."]
@@ -230,3 +249,16 @@ def test_model_judge_without_a_model_fails_before_any_fine_tuning(judge):
     with pytest.raises(ValueError, match=f"judge={judge!r} needs context.model_name"):
         run_selector(get_selector("clear", column="token_confidence", correct=True, judge=judge), scores, context=ctx)
     assert trained == []
+
+
+def test_gold_judge_says_when_a_row_has_no_gold_answer():
+    """`judge=gold` never asks a model: a dropped row without an answer keeps its response, and says why."""
+    scores, examples = math_rows(8)
+    examples = examples.with_columns(pl.Series("answer", examples["answer"][:6].to_list() + [None, None]))
+    ctx = SelectContext(examples=examples, train_fn=lambda rows, seed: "unused-model",
+                        generate_fn=lambda model, prompts: [f"#### {2 * int(p.split()[2])}" for p in prompts])
+    sel = run_selector(get_selector("clear", column="token_confidence", correct=True, judge="gold"), scores, context=ctx)
+    no_gold = sel.filter(pl.col("id").is_in(["m6", "m7"]))
+    assert not no_gold["kept"].any()
+    assert no_gold["reason"].str.contains("judge=gold: the example has no gold answer").all()
+    assert sel.filter(pl.col("id").is_in(["m4", "m5"]))["kept"].all()  # right answers with gold: accepted

@@ -170,7 +170,7 @@ def test_parameters_are_checked(tmp_path):
     assert SELECTORS.get("decontaminate") is Decontaminate
     assert get_selector("decontaminate", against=path).against == [path]
     assert get_selector("decontaminate", against=path, min_words=1, n=1).min_words == 1  # the edges are valid
-    for key, value in (("n", 0), ("min_words", 0), ("threshold", 1.5), ("method", "fuzzy")):
+    for key, value in (("n", 0), ("min_words", 0), ("threshold", 1.5), ("threshold", 0.0), ("method", "fuzzy")):
         with pytest.raises(ConfigError, match=f"select.{key}"):
             get_selector("decontaminate", against=path, **{key: value})
 

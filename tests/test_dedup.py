@@ -253,6 +253,39 @@ def test_resolve_keeps_the_first_row_of_a_component():
     assert score[1] == pytest.approx(0.9)
 
 
+def test_resolve_counts_a_similarity_equal_to_the_threshold_as_a_duplicate():
+    """`similarity >= threshold` is a duplicate, at the first confirmation and against the component's root."""
+    sim = np.array([[1, .8, 0], [.8, 1, .8], [0, .8, 1]])
+    dup_of, score = resolve(3, np.array([1, 2]), np.array([0, 1]), lambda i, j: sim[i, j], 0.8)
+    assert dup_of.tolist() == [-1, 0, -1] and score[1] == pytest.approx(0.8)  # row 2 is 0.8 from 1, 0 from kept 0
+
+
+def test_fmix64_is_murmurhash3s_finalizer():
+    """Checked against MurmurHash3's fmix64 written with Python integers (mod 2**64)."""
+    from pipeline.selectors.dedup import fmix64
+
+    def reference(h: int) -> int:
+        mask = 2**64 - 1
+        h ^= h >> 33
+        h = (h * 0xFF51AFD7ED558CCD) & mask
+        h ^= h >> 33
+        h = (h * 0xC4CEB9FE1A85EC53) & mask
+        return h ^ (h >> 33)
+
+    values = [0, 1, 2**33 + 5, 0xDEADBEEFCAFEBABE, 2**64 - 1]
+    assert fmix64(np.array(values, dtype=np.uint64)).tolist() == [reference(v) for v in values]
+
+
+def test_ngram_hashes_of_segments_shorter_than_n_are_empty_unless_short():
+    from pipeline.selectors.dedup import ngram_hashes
+
+    words = np.arange(1, 4, dtype=np.uint64)  # one segment of 3 words
+    h, seg, start = ngram_hashes(words, np.array([3]), 5)
+    assert h.size == seg.size == start.size == 0
+    h, seg, start = ngram_hashes(words, np.array([3]), 5, short=True)
+    assert h.size == seg.size == start.size == 1 and seg.tolist() == [0] and start.tolist() == [0]
+
+
 def test_every_id_exactly_once_and_large_clusters():
     """2,000 copies of one text and 500 distinct rows: one copy kept, every id accounted for."""
     rng = np.random.default_rng(0)

@@ -94,6 +94,46 @@ def test_objective_size_is_capped_with_a_reason():
     assert objective_count(3, 100, 64)[0] == 1
 
 
+def test_one_adamw_step_is_lr_times_the_sign_without_weight_decay(tiny_model_dir):
+    """A fresh AdamW's first step (the default optimizer) moves each weight by lr * g / (|g| + eps), with the
+    gradient clipped first and no weight decay (igf.py), recomputed from the gradient independently."""
+    tok = load_tokenizer(tiny_model_dir)
+    enc = encode_examples(tok, make_examples(), 64)[0]
+    model = load_model(tiny_model_dir, dtype=torch.float32)
+    ids = torch.tensor([enc["input_ids"]])
+    labels = ids.masked_fill(torch.tensor([enc["completion_mask"]]) == 0, -100)
+    model(input_ids=ids, labels=labels).loss.backward()
+    grads = [p.grad.detach().clone() for p in model.parameters()]
+    norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
+    grads = [g * min(1.0, 3.0 / (norm + 1e-6)) for g in grads]
+    before = [p.detach().clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    lr = 1e-2
+    one_step(model, enc, lr, "adamw")
+    for p, b, g in zip(model.parameters(), before, grads, strict=True):
+        torch.testing.assert_close(p.detach(), b - lr * g / (g.abs() + 1e-8), rtol=0, atol=1e-6)
+
+
+def test_objective_file_reads_parquet_and_jsonl_alike(tmp_path):
+    from pipeline.scorers.information_gain import _objective_rows
+
+    rows = pl.DataFrame({"prompt": ["a?", "b?"], "response": ["A.", "B."]})
+    rows.write_parquet(tmp_path / "obj.parquet")
+    rows.write_ndjson(tmp_path / "obj.jsonl")
+    pool = pl.DataFrame({"id": ["x", "y", "z"]})
+    for name in ("obj.parquet", "obj.jsonl"):
+        table, rest = _objective_rows(pool, tmp_path / name, 2, np.random.default_rng(0))
+        assert table.equals(rows) and rest.tolist() == [0, 1, 2]
+
+
+def test_crossfit_with_one_row_per_fold_predicts_the_mean_of_the_others():
+    from pipeline.scorers.information_gain import crossfit_predict
+
+    x = np.eye(3)
+    assert crossfit_predict(x[:2], np.array([1.0, 3.0]), "ridge", 2, 0).tolist() == [3.0, 1.0]
+    assert crossfit_predict(x[:1], np.array([5.0]), "ridge", 2, 0).tolist() == [0.0]  # one row: no other
+
+
 def test_one_step_clips_the_gradient_norm(tiny_model_dir):
     """SGD moves the parameters by exactly lr * min(|g|, max_grad_norm): a huge lr stays bounded."""
     tok = load_tokenizer(tiny_model_dir)

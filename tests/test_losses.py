@@ -363,6 +363,7 @@ def test_masked_thought_schedule():
     assert [absolute.rate(s, 1000) for s in (0, 50, 100, 500)] == pytest.approx([0.1, 0.25, 0.4, 0.4])
     assert MaskedThought(cap=0.3, ramp_ratio=0.0).rate(0, 100) == pytest.approx(0.3)  # no ramp: constant cap
     assert MaskedThought(cap=0.3).rate(5, 0) == pytest.approx(0.3)  # unknown run length: cap
+    assert MaskedThought(cap=0.3).rate(1) == pytest.approx(0.3)  # the run length defaults to unknown: no ramp
 
 
 def test_masked_thought_config_separates_switch_from_rate():

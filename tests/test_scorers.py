@@ -122,6 +122,11 @@ def test_information_gain_positive_on_the_objective_itself(ctx, examples, tiny_m
     assert loss0 > 0
     assert gains[0] > gains[1]  # the objective's own example helps it more than another one
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # restored
+    # measure="ppl": the same steps measured as exp(mean NLL), before and after alike
+    gains_ppl, ppl0 = measure_ig(model, encoded[:2], encoded[:1], lr=0.5, optimizer="sgd", measure="ppl",
+                                 max_tokens=256, pad_id=tok.pad_token_id)
+    assert ppl0 == pytest.approx(math.exp(loss0), rel=1e-6)
+    assert gains_ppl == pytest.approx([math.exp(loss0) - math.exp(loss0 - g) for g in gains], rel=1e-4)
 
 
 def test_information_gain_scorer_learner_and_metadata(ctx):
@@ -138,7 +143,7 @@ def test_information_gain_scorer_learner_and_metadata(ctx):
     info = meta["information_gain"]
     assert info["n_heldout"] == 2 and len(info["objective_ids"]) == 3
     assert set(info["objective_ids"]).isdisjoint(set(table.filter(pl.col("ig_sampled")).get_column("id")))
-    assert {"r2_heldout", "spearman_heldout"} <= set(info)
+    assert {"r2_heldout", "spearman_heldout"} <= set(info) and info["n_sampled"] == 8
     raw = table.filter(pl.col("ig_sampled")).get_column("ig_raw").to_numpy()
     assert info["ig_raw_mean"] == pytest.approx(raw.mean()) and info["ig_raw_std"] == pytest.approx(raw.std())
 
@@ -167,7 +172,9 @@ def test_clear_agreement_math_and_text():
 
 def test_clear_confidence_in_unit_interval(examples, ctx, capsys):
     ex = examples.head(4)  # two math rows, two free-text rows
-    table = get_scorer("clear_confidence", k=2, max_new_tokens=6, batch_size=2)(ex, ctx)
+    scorer = get_scorer("clear_confidence", k=2, max_new_tokens=6, batch_size=2)
+    table = scorer(ex, ctx)
+    assert table.columns == ["id", *scorer.columns()] and table["id"].to_list() == ex["id"].to_list()
     for col in ("clear_confidence", "observed_consistency", "self_reflection", "sample_agreement"):
         values = table.get_column(col).to_numpy()
         assert np.all((values >= 0) & (values <= 1)), col

@@ -664,3 +664,22 @@ def test_drop_reasons_never_read_as_the_keep_rule(rule, params, kept_says, dropp
     sel = run_selector(get_selector(rule, **params), score_table(20), seed=0)
     assert sel.filter(pl.col("kept"))["reason"].str.starts_with(kept_says).all()
     assert sel.filter(~pl.col("kept"))["reason"].str.starts_with(dropped_says).all()
+
+
+def test_sensitivity_selector_passes_its_niter_to_kmeans(monkeypatch):
+    """`niter` is the k-means iteration count the selector's clustering runs with, not only a stored option."""
+    import pipeline.selectors.sensitivity as sens
+
+    seen: list[int] = []
+    real = sens.cluster
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("niter"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sens, "cluster", spy)
+    rng = np.random.default_rng(0)
+    scores = pl.DataFrame({"id": [f"r{i}" for i in range(40)], "embedding": rng.normal(size=(40, 8)).tolist(),
+                           "ppl": rng.uniform(1, 5, 40).tolist()})
+    run_selector(get_selector("sensitivity", m=10, k=4, niter=7, loss="ppl"), scores, seed=0)
+    assert seen == [7]

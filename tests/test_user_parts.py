@@ -74,7 +74,7 @@ class TrainHalf(Selector):
         half = scores.head(scores.height // 2)
         rows = ctx.examples.join(half.select("id"), on="id", how="semi")
         CALLS.append(ctx.train_fn(rows, ctx.seed, {"max_steps": self.steps, "batch_size": 2}))
-        kept = scores.get_column("id").is_in(half.get_column("id"))
+        kept = scores.get_column("id").is_in(half.get_column("id").implode())
         return pl.DataFrame({"id": scores["id"], "kept": kept, "weight": [1.0] * scores.height,
                              "reason": ["kept: trained on" if k else "dropped: not trained on" for k in kept]})
 
