@@ -206,3 +206,18 @@ def test_heldout_fit_needs_three_rows_and_reads_the_signal():
     assert stats["r2_heldout"] > 0.8 and stats["spearman_heldout"] > 0.4
     _, few = fit_learner(x[:8], y[:8], "ridge", holdout=0.25, seed=0)
     assert few["n_heldout"] == 2 and few["r2_heldout"] is None and few["spearman_heldout"] is None
+
+
+@pytest.mark.filterwarnings("ignore:An input array is constant")
+def test_learner_stats_write_none_not_nan_when_the_heldout_correlation_is_undefined():
+    """Constant held-out targets leave Spearman undefined: the metadata says None (valid JSON), not NaN."""
+    import json
+
+    from pipeline.scorers.information_gain import fit_learner
+
+    x = np.random.default_rng(0).normal(size=(10, 4))
+    _, stats = fit_learner(x, np.ones(10), "ridge", 0.5, 0)
+    assert stats["n_heldout"] == 5 and stats["spearman_heldout"] is None
+    json.dumps(stats, allow_nan=False)
+    _, stats = fit_learner(x, np.arange(10.0), "ridge", 0.5, 0)
+    assert -1.0 <= stats["spearman_heldout"] <= 1.0
