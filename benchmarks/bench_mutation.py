@@ -84,10 +84,12 @@ def tally(root: Path, prefix: str = "", names: set[str] | None = None) -> tuple[
 def read_equivalent(path: Path) -> dict[tuple[str, str], str]:
     """(file, mutated line) -> why the mutation changes no value, from `path | line | why` rows (# comments)."""
     table = {}
-    for row in path.read_text().splitlines():
+    for number, row in enumerate(path.read_text().splitlines(), start=1):
         if row.strip() and not row.lstrip().startswith("#"):
-            file, line, why = (x.strip() for x in row.split(" | ", 2))
-            table[(file, line)] = why
+            parts = [x.strip() for x in row.split(" | ", 2)]
+            if len(parts) != 3 or not all(parts):
+                raise SystemExit(f"{path}:{number}: expected `path | mutated line | why`, got {row[:80]!r}")
+            table[(parts[0], parts[1])] = parts[2]
     return table
 
 
