@@ -19,7 +19,8 @@ clipping, no logging.
 - `ceiling_ratio` = real (non-pad) tokens x 6 x params / our median seconds / median ceiling.
   `vs_plain_loop` = median over rounds of (our seconds / plain loop seconds in the same round).
 - `--variants` adds trainer variants (levers) to the rounds, e.g. `trl_head` (TRL's fused head on
-  every padded position: the trainer before the CPU path) or `tokens_1024`; see VARIANTS.
+  every padded position: the trainer before the CPU path), `padded` (the CPU path's body on the padded
+  batch instead of packed rows) or `tokens_1024`; see VARIANTS.
 - `--overhead` also runs the whole `train()` once for 6 steps and prints its phases.
 - CUDA (not run: no GPU was lent to the sessions that wrote it): the trainer trains in bf16 autocast
   as `sft_config` sets it, the plain loop under the same autocast, the ceiling is a bf16 8192^3
@@ -47,12 +48,13 @@ from bench_scoring import matmul_ceiling, sync  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 STEPS = 6
-# Trainer variants (levers): attributes of `TokenLossSFTTrainer` (cpu_fast_path, forward_tokens,
+# Trainer variants (levers): attributes of `TokenLossSFTTrainer` (cpu_fast_path, pack_rows, forward_tokens,
 # token_metrics), `head_vocab_chunk` / `head_token_chunk` (the CPU head's tiles), SFTConfig fields
 # (optim, train_sampling_strategy, ...) and `threads` (torch.set_num_threads for that variant).
 VARIANTS: dict[str, dict] = {
     "ours": {},
     "trl_head": {"cpu_fast_path": False},
+    "padded": {"pack_rows": False},  # the body on the padded batch (the CPU path before packing)
     "tokens_1024": {"forward_tokens": 1024},
     "tokens_2048": {"forward_tokens": 2048},
     "no_token_metrics": {"token_metrics": False},

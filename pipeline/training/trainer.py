@@ -13,8 +13,9 @@ On CPU the forward takes a leaner path than TRL's fused head, with the same per-
 batch (prompt and padding too) through the LM head, in 4096 x 32768 tiles with some 25 elementwise
 passes each; that was 28% of a training step (benchmarks/RESULTS.md, "Training"). Here the body runs
 without an attention mask (exact for right padding: a causal model's real tokens never attend to the
-padding after them), optionally in length-sorted row groups, and only positions with a label go
-through the head (`HeadLogProbs`).
+padding after them), and where the model allows it without the padding at all (rows packed end to end,
+attention per row: `pipeline.models.packing`; a third of a gsm_symbolic batch is padding); only
+positions with a label go through the head (`HeadLogProbs`).
 
 A loss that declares head statistics (`TokenLoss.head_stats`: EAFT's top-k entropy, ASFT's KL to a
 frozen reference) always takes this tiled pass, on any device: the statistics come from the same
@@ -26,6 +27,7 @@ disabled) and runs its body under `torch.inference_mode` beside the trained mode
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +49,7 @@ from pipeline.losses.ce import CrossEntropy
 from pipeline.losses.masked_thought import MaskedThought
 from pipeline.models.engine import length_batches, plain_head
 from pipeline.models.loading import load_model
+from pipeline.models.packing import packable, packed_hidden, row_offsets
 
 IGF_SCORE = "igf_score"  # per-example predicted information gain for the IGF filter
 _EXAMPLE_COLUMNS = (EXAMPLE_WEIGHT, IGF_SCORE)  # always carried; a loss adds the columns it `requires`
@@ -295,12 +298,14 @@ def check_columns(loss: TokenLoss, columns: set[str] | list[str]) -> None:
 class TokenLossSFTTrainer(SFTTrainer):
     """SFTTrainer whose loss is a `TokenLoss` computed on the fused LM head's per-token log-probs.
 
-    `cpu_fast_path` (default on), `forward_tokens` (padded tokens per body forward on the CPU path;
-    None = the whole micro-batch at once) and `token_metrics` (entropy / token accuracy on the CPU
-    path) are class attributes a benchmark may change.
+    `cpu_fast_path` (default on), `pack_rows` (the CPU path's body runs padding-free, rows packed
+    end to end, when `pipeline.models.packing.packable`), `forward_tokens` (padded tokens per body
+    forward instead; None = the whole micro-batch at once) and `token_metrics` (entropy / token
+    accuracy on the CPU path) are class attributes a benchmark may change.
     """
 
     cpu_fast_path = True
+    pack_rows = True
     forward_tokens: int | None = None
     token_metrics = True
 
@@ -315,6 +320,7 @@ class TokenLossSFTTrainer(SFTTrainer):
         self._window_counts: dict[str, torch.Tensor] | None = None
         self._window_stats: dict[str, torch.Tensor] | None = None
         self._micro = 0
+        self._pack_checked: dict[int, bool] = {}
         targs = kwargs.get("args")
         if targs is not None and getattr(targs, "padding_free", False):
             raise ValueError("TokenLossSFTTrainer does not support padding_free")
@@ -493,8 +499,24 @@ class TokenLossSFTTrainer(SFTTrainer):
         anchored = REFERENCE_KL in stats
         # rows without a label add nothing to the loss: no forward for them
         rows = [i for i in range(len(lengths)) if has_label[i]]
-        groups = length_batches([lengths[i] for i in rows], self.forward_tokens or 2**62, max_batch=len(rows) or 1)
         hidden, ref_hidden, where_rows, where_cols = [], [], [], []
+        row_lengths = [lengths[i] for i in rows]
+        idx = torch.tensor(rows, device=ids.device, dtype=torch.long)
+        packs = rows and self.forward_tokens is None and self._packs(lm, ids[idx], row_lengths) and (
+            not anchored or self._packs(self._reference_lm(model), ids[idx], row_lengths))
+        if packs:
+            # padding-free: the rows' real tokens end to end, attention per row (pipeline.models.packing)
+            r, c = mask[idx].nonzero(as_tuple=True)
+            flat = torch.tensor(row_offsets(row_lengths), device=ids.device)[r] + c
+            hidden.append(packed_hidden(lm.base_model, ids[idx], row_lengths)[flat])
+            if anchored:
+                ref_hidden.append(self._reference_hidden(
+                    model, lambda body: packed_hidden(body, ids[idx], row_lengths)[flat]))
+            where_rows.append(idx[r])
+            where_cols.append(c)
+            groups = []
+        else:
+            groups = length_batches(row_lengths, self.forward_tokens or 2**62, max_batch=len(rows) or 1)
         for group in groups:
             idx = torch.tensor([rows[i] for i in group], device=ids.device)
             width = max(lengths[rows[i]] for i in group)
@@ -504,7 +526,10 @@ class TokenLossSFTTrainer(SFTTrainer):
             r, c = keep.nonzero(as_tuple=True)
             hidden.append(out[:, :-1][r, c])
             if anchored:
-                ref_hidden.append(self._reference_hidden(model, ids[idx, :width], r, c))
+                group_ids, gr, gc = ids[idx, :width], r, c
+                ref_hidden.append(self._reference_hidden(
+                    model, lambda body, x=group_ids, gr=gr, gc=gc: body(input_ids=x, use_cache=False)
+                    .last_hidden_state[:, :-1][gr, gc]))
             where_rows.append(idx[r])
             where_cols.append(c)
         if hidden:
@@ -541,8 +566,8 @@ class TokenLossSFTTrainer(SFTTrainer):
             return self.reference_model
         return model.get_base_model() if is_peft_model(model) else model
 
-    def _reference_hidden(self, model, ids: torch.Tensor, r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """The reference model's last hidden states at positions (r, c) of `ids`, run under inference mode
+    def _reference_hidden(self, model, run) -> torch.Tensor:
+        """`run(body)` on the reference model's body (its selected last hidden states), under inference mode
         (with the LoRA adapter disabled when the reference is the trained model's own base)."""
         lm = self._reference_lm(model)
         adapter_off = self.reference_model is None
@@ -552,10 +577,34 @@ class TokenLossSFTTrainer(SFTTrainer):
         with torch.inference_mode(), (model.disable_adapter() if adapter_off else contextlib.nullcontext()):
             lm.eval()
             try:
-                out = lm.base_model(input_ids=ids, use_cache=False).last_hidden_state[:, :-1][r, c]
+                out = run(lm.base_model)
             finally:
                 lm.train(was_training)
         return out.clone()  # a normal tensor: autograd may save it for the backward pass
+
+    def _packs(self, lm, ids: torch.Tensor, lengths: list[int]) -> bool:
+        """Whether the body runs padding-free: `pack_rows` on, a CPU batch (on GPU, padding-free training is
+        flash-attention's varlen kernel: TRL's `padding_free`), the model `packable`, and (checked once per
+        model) the packed forward of two short rows equal to the padded one, so a model that ignores
+        `position_ids` or the attention interface falls back to padding instead of training on wrong values."""
+        if not self.pack_rows or ids.device.type != "cpu" or len(lengths) < 2 or not packable(lm, max(lengths)):
+            return False
+        if id(lm) not in self._pack_checked:
+            n = [min(16, length) for length in lengths[:2]]
+            was_training = lm.training
+            try:
+                with torch.inference_mode():
+                    lm.eval()  # no dropout: the two forwards must be comparable
+                    packed = packed_hidden(lm.base_model, ids[:2], n)
+                    padded = lm.base_model(input_ids=ids[:2, : max(n)], use_cache=False).last_hidden_state
+                    padded = torch.cat([padded[i, :k] for i, k in enumerate(n)])
+            finally:
+                lm.train(was_training)
+            self._pack_checked[id(lm)] = bool(torch.allclose(packed, padded, rtol=1e-3, atol=1e-3))
+            if not self._pack_checked[id(lm)]:
+                warnings.warn(f"{type(lm).__name__}: the packed (padding-free) forward differs from the padded one; "
+                              "training with padding", stacklevel=2)
+        return self._pack_checked[id(lm)]
 
     def _cpu_plan(self, model, inputs: dict, any_device: bool = False):
         """(the causal LM, each row's length) when the CPU path computes exactly what TRL's head would, else None.

@@ -1,0 +1,139 @@
+"""Padding-free body forward (pipeline.models.packing) and the trainer's use of it, on tiny real configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.models.packing import packable, packed_hidden, row_offsets
+
+LENGTHS = [11, 5, 8]
+
+
+def _rows(vocab: int) -> torch.Tensor:
+    """Three right-padded rows of random ids (padding ids random too: the packed path must never read them)."""
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(3, vocab, (len(LENGTHS), max(LENGTHS)), generator=g)
+
+
+def _each_row_alone(body, ids: torch.Tensor) -> torch.Tensor:
+    """The reference: every row through the body on its own, batch of one, no padding anywhere."""
+    return torch.cat([body(input_ids=ids[i : i + 1, :n], use_cache=False).last_hidden_state[0]
+                      for i, n in enumerate(LENGTHS)])
+
+
+def _random_model(family: str):
+    """A seeded 2-layer model of a real family: Qwen2 (RoPE, GQA) or GPT-2 (learned absolute positions,
+    where a position that does not restart per row changes every value)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    if family == "qwen2":
+        config = Qwen2Config(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+        config._attn_implementation = "sdpa"
+        return Qwen2ForCausalLM(config).float()
+    config = GPT2Config(vocab_size=300, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=0,
+                        eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    config._attn_implementation = "sdpa"
+    return GPT2LMHeadModel(config).float()
+
+
+def _tiny_llama(tiny_model_dir):
+    from pipeline.models.loading import load_model
+
+    return load_model(tiny_model_dir, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
+def test_packed_forward_equals_each_row_alone_with_gradients(tiny_model_dir, family):
+    """Hidden states and parameter gradients of the packed forward equal each row run alone (GQA, RoPE or
+    learned positions restarting per row, no attention across rows)."""
+    model = _tiny_llama(tiny_model_dir) if family == "llama" else _random_model(family)
+    assert packable(model, max(LENGTHS))
+    ids = _rows(model.config.vocab_size)
+    weights = torch.randn(sum(LENGTHS), model.config.hidden_size, generator=torch.Generator().manual_seed(2))
+    out = []
+    for run in (_each_row_alone, lambda body, x: packed_hidden(body, x, LENGTHS)):
+        model.zero_grad()
+        hidden = run(model.base_model, ids)
+        (hidden * weights).sum().backward()
+        out.append((hidden.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (alone, alone_grads), (packed, packed_grads) = out
+    torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-5)
+    assert packed_grads.keys() == alone_grads.keys() and packed_grads
+    for name, grad in packed_grads.items():
+        torch.testing.assert_close(grad, alone_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert model.config._attn_implementation == "sdpa"  # switched back after the forward
+
+
+def test_row_offsets():
+    assert row_offsets(LENGTHS) == [0, 11, 16]
+
+
+def test_packable_only_where_packing_is_exact(tiny_model_dir):
+    """Eager or other attention, a sliding window narrower than the longest row, or non-causal layer
+    kinds keep the padded forward."""
+    model = _tiny_llama(tiny_model_dir)
+    assert packable(model, 384)
+    config = model.config
+    config._attn_implementation = "eager"
+    assert not packable(model, 384)
+    config._attn_implementation = "sdpa"
+    config.sliding_window, config.use_sliding_window = 100, True
+    assert packable(model, 100) and not packable(model, 101)
+    config.use_sliding_window = False
+    assert packable(model, 101)
+    config.sliding_window = None
+    config.layer_types = ["full_attention", "linear_attention"]
+    assert not packable(model, 8)
+    config.layer_types = ["full_attention", "sliding_attention"]
+    assert packable(model, 8)
+
+
+def _step(trainer):
+    """Loss and gradients of one compute_loss + backward on the trainer's first four rows."""
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    n = int((batch["labels"][:, 1:] != -100).sum())
+    loss = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=n)
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.grad is not None}
+    trainer.model.zero_grad()
+    return loss.detach(), grads
+
+
+def test_trainer_packs_the_body_by_default_and_matches_the_padded_body(tiny_trainer, monkeypatch):
+    """The CPU path runs the body packed (no padded forward at all) and gets the padded body's loss and
+    gradients; `pack_rows = False` is the padded body."""
+    from pipeline.losses import get_loss
+    from pipeline.training import trainer as trainer_module
+
+    trainer = tiny_trainer(get_loss("ce"))
+    calls = []
+    real = trainer_module.packed_hidden
+    monkeypatch.setattr(trainer_module, "packed_hidden", lambda *a: calls.append(a) or real(*a))
+    packed = _step(trainer)
+    assert len(calls) == 2  # the one-time check and the step itself
+    trainer.pack_rows = False
+    padded = _step(trainer)
+    assert len(calls) == 2
+    torch.testing.assert_close(packed[0], padded[0], rtol=1e-5, atol=1e-6)
+    for name, grad in packed[1].items():
+        torch.testing.assert_close(grad, padded[1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_trainer_falls_back_to_padding_when_the_packed_forward_is_wrong(tiny_trainer, monkeypatch):
+    """A model whose packed forward differs from its padded one (e.g. it ignores position_ids) is caught
+    by the one-time check: a warning, and the step runs padded with the right loss."""
+    from pipeline.losses import get_loss
+    from pipeline.training import trainer as trainer_module
+
+    trainer = tiny_trainer(get_loss("ce"))
+    trainer.pack_rows = False
+    expected = _step(trainer)[0]
+    trainer.pack_rows = True
+    real = trainer_module.packed_hidden
+    monkeypatch.setattr(trainer_module, "packed_hidden", lambda body, ids, n: real(body, ids, n) + 1.0)
+    with pytest.warns(UserWarning, match="packed .* differs"):
+        loss = _step(trainer)[0]
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
