@@ -137,3 +137,25 @@ def test_trainer_falls_back_to_padding_when_the_packed_forward_is_wrong(tiny_tra
     with pytest.warns(UserWarning, match="packed .* differs"):
         loss = _step(trainer)[0]
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_trainer_keeps_padding_under_gradient_checkpointing(tiny_trainer, monkeypatch):
+    """Checkpointing recomputes each layer in the backward pass, after the packed forward has switched the
+    model back to plain SDPA (which would attend across rows): the trainer does not pack, and its loss and
+    gradients are the padded body's."""
+    from pipeline.losses import get_loss
+    from pipeline.training import trainer as trainer_module
+
+    trainer = tiny_trainer(get_loss("ce"))
+    trainer.pack_rows = False
+    expected = _step(trainer)
+    trainer.pack_rows = True
+    trainer.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    calls = []
+    real = trainer_module.packed_hidden
+    monkeypatch.setattr(trainer_module, "packed_hidden", lambda *a: calls.append(a) or real(*a))
+    loss, grads = _step(trainer)
+    assert not calls
+    torch.testing.assert_close(loss, expected[0], rtol=1e-5, atol=1e-6)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected[1][name], rtol=1e-4, atol=1e-6, msg=name)
