@@ -14,7 +14,7 @@ mutant of the formula files and prints the score with its 95% Wilson interval: a
 of the full run's score, at a cost the machine can spend.
 
 mutmut copies the package into `mutants/`, mutates only `only_mutate` (losses/, the model scorers,
-sensitivity, dedup, decontaminate and CLEAR selectors), and runs for each mutant only the tests of
+sensitivity, dedup, decontaminate and CLEAR selectors, the trainer's packed body), and runs for each mutant only the tests of
 `pytest_add_cli_args_test_selection` that cover the mutated function. Lines that only raise,
 warn, log or record a metric are not mutated (`do_not_mutate_patterns`): a test of a message's
 wording is a test of a constant. A timeout counts as killed (the bug made the test hang); a mutant

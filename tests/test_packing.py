@@ -150,7 +150,11 @@ def test_trainer_keeps_padding_under_gradient_checkpointing(tiny_trainer, monkey
     trainer.pack_rows = False
     expected = _step(trainer)
     trainer.pack_rows = True
-    trainer.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = trainer.model
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name warns
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     calls = []
     real = trainer_module.packed_hidden
     monkeypatch.setattr(trainer_module, "packed_hidden", lambda *a: calls.append(a) or real(*a))

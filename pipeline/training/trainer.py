@@ -587,11 +587,12 @@ class TokenLossSFTTrainer(SFTTrainer):
         flash-attention's varlen kernel: TRL's `padding_free`), the model `packable`, and (checked once per
         model) the packed forward of two short rows equal to the padded one, so a model that ignores
         `position_ids` or the attention interface falls back to padding instead of training on wrong values.
-        Not under gradient checkpointing: the backward pass recomputes each layer after the forward has
+        Not under activation (gradient) checkpointing, read from the layers' own flag (transformers renamed
+        the model's property in 5.x): the backward pass recomputes each layer after the forward has
         switched the model back to plain SDPA, which would attend across the packed rows (torch's
         non-reentrant checkpoint stops with a CheckpointError; the reentrant one would train on it)."""
         if (not self.pack_rows or ids.device.type != "cpu" or len(lengths) < 2 or not packable(lm, max(lengths))
-                or getattr(lm, "is_gradient_checkpointing", False)):  # its recompute would run plain SDPA
+                or any(getattr(m, "gradient_checkpointing", False) is True for m in lm.modules())):
             return False
         if id(lm) not in self._pack_checked:
             n = [min(16, length) for length in lengths[:2]]
