@@ -163,3 +163,14 @@ def test_trainer_keeps_padding_under_gradient_checkpointing(tiny_trainer, monkey
     torch.testing.assert_close(loss, expected[0], rtol=1e-5, atol=1e-6)
     for name, grad in grads.items():
         torch.testing.assert_close(grad, expected[1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_varlen_attention_refuses_a_call_without_row_boundaries(tiny_model_dir):
+    """Only `packed_hidden` switches a model to the packed attention; a forward without boundaries would
+    attend across rows, so it stops instead."""
+    from pipeline.models.packing import VARLEN_SDPA
+
+    model = _tiny_llama(tiny_model_dir)
+    model.config._attn_implementation = VARLEN_SDPA
+    with pytest.raises(ValueError, match="cu_seq_lens_q"):
+        model(input_ids=_rows(model.config.vocab_size))

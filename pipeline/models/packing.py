@@ -28,9 +28,10 @@ _CAUSAL_LAYERS = {"full_attention", "sliding_attention"}
 
 
 def varlen_sdpa(module, query, key, value, attention_mask, cu_seq_lens_q=None, **kwargs):
-    """SDPA over each packed row's slice ([1, heads, N, dim] inputs); plain SDPA without boundaries."""
-    if cu_seq_lens_q is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    """SDPA over each packed row's slice ([1, heads, N, dim] inputs); `attention_mask` is ignored (None
+    here: no mask function is registered for this implementation)."""
+    if cu_seq_lens_q is None:  # only `packed_hidden` switches a model to this implementation
+        raise ValueError(f"{VARLEN_SDPA} needs the packed rows' boundaries (cu_seq_lens_q); use packed_hidden")
     kwargs.pop("is_causal", None)
     bounds = cu_seq_lens_q.tolist()
     outs = [sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None,
