@@ -87,7 +87,8 @@ def floor_gb(model: str, subset: Path, train: dict, work: Path) -> dict[str, flo
     trainable = sum(p.numel() * p.element_size() for p in trainer.model.parameters() if p.requires_grad)
     step = allocated_peak(trainer, batch) - params  # activations + gradients + temporaries of one step
     return {"weights": params / GB, "adam_state": 2 * trainable / GB, "step_peak": step / GB,
-            "tokens": int(batch["input_ids"].numel()), "floor": (params + 2 * trainable + step) / GB}
+            "tokens": int(batch["input_ids"].numel()), "real_tokens": int(batch["attention_mask"].sum()),
+            "floor": (params + 2 * trainable + step) / GB}
 
 
 def main() -> None:
@@ -114,7 +115,7 @@ def main() -> None:
     floor = floor_gb(config["model"], subset, config["train"], work)
     base = runtime_gb()
     print(f"floor: weights {floor['weights']:.2f} + AdamW state {floor['adam_state']:.2f} + one step on the "
-          f"largest batch ({floor['tokens']} padded tokens) {floor['step_peak']:.2f} = {floor['floor']:.2f} GB; "
+          f"largest batch ({floor['tokens']} padded, {floor['real_tokens']} real tokens) {floor['step_peak']:.2f} = {floor['floor']:.2f} GB; "
           f"runtime with no model {base:.2f} GB (context, not in the floor)")
     rows = [("sft-math", peak_sft, secs_sft), ("train-subset", peak_tsub, secs_tsub)]
     for name, peak, secs in rows:
