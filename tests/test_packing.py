@@ -91,18 +91,7 @@ def test_packable_only_where_packing_is_exact(tiny_model_dir):
     assert packable(model, 8)
 
 
-def _step(trainer):
-    """Loss and gradients of one compute_loss + backward on the trainer's first four rows."""
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
-    n = int((batch["labels"][:, 1:] != -100).sum())
-    loss = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=n)
-    loss.backward()
-    grads = {name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.grad is not None}
-    trainer.model.zero_grad()
-    return loss.detach(), grads
-
-
-def test_trainer_packs_the_body_by_default_and_matches_the_padded_body(tiny_trainer, monkeypatch):
+def test_trainer_packs_the_body_by_default_and_matches_the_padded_body(tiny_trainer, tiled_step, monkeypatch):
     """The CPU path runs the body packed (no padded forward at all) and gets the padded body's loss and
     gradients; `pack_rows = False` is the padded body."""
     from pipeline.losses import get_loss
@@ -112,17 +101,17 @@ def test_trainer_packs_the_body_by_default_and_matches_the_padded_body(tiny_trai
     calls = []
     real = trainer_module.packed_hidden
     monkeypatch.setattr(trainer_module, "packed_hidden", lambda *a: calls.append(a) or real(*a))
-    packed = _step(trainer)
+    _, *packed = tiled_step(trainer)
     assert len(calls) == 2  # the one-time check and the step itself
     trainer.pack_rows = False
-    padded = _step(trainer)
+    _, *padded = tiled_step(trainer)
     assert len(calls) == 2
-    torch.testing.assert_close(packed[0], padded[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(packed[0].detach(), padded[0].detach(), rtol=1e-5, atol=1e-6)
     for name, grad in packed[1].items():
         torch.testing.assert_close(grad, padded[1][name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_trainer_falls_back_to_padding_when_the_packed_forward_is_wrong(tiny_trainer, monkeypatch):
+def test_trainer_falls_back_to_padding_when_the_packed_forward_is_wrong(tiny_trainer, tiled_step, monkeypatch):
     """A model whose packed forward differs from its padded one (e.g. it ignores position_ids) is caught
     by the one-time check: a warning, and the step runs padded with the right loss."""
     from pipeline.losses import get_loss
@@ -130,16 +119,16 @@ def test_trainer_falls_back_to_padding_when_the_packed_forward_is_wrong(tiny_tra
 
     trainer = tiny_trainer(get_loss("ce"))
     trainer.pack_rows = False
-    expected = _step(trainer)[0]
+    _, expected, _ = tiled_step(trainer)
     trainer.pack_rows = True
     real = trainer_module.packed_hidden
     monkeypatch.setattr(trainer_module, "packed_hidden", lambda body, ids, n: real(body, ids, n) + 1.0)
     with pytest.warns(UserWarning, match="packed .* differs"):
-        loss = _step(trainer)[0]
-    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+        _, loss, _ = tiled_step(trainer)
+    torch.testing.assert_close(loss.detach(), expected.detach(), rtol=1e-5, atol=1e-6)
 
 
-def test_trainer_keeps_padding_under_gradient_checkpointing(tiny_trainer, monkeypatch):
+def test_trainer_keeps_padding_under_gradient_checkpointing(tiny_trainer, tiled_step, monkeypatch):
     """Checkpointing recomputes each layer in the backward pass, after the packed forward has switched the
     model back to plain SDPA (which would attend across rows): the trainer does not pack, and its loss and
     gradients are the padded body's."""
@@ -148,7 +137,7 @@ def test_trainer_keeps_padding_under_gradient_checkpointing(tiny_trainer, monkey
 
     trainer = tiny_trainer(get_loss("ce"))
     trainer.pack_rows = False
-    expected = _step(trainer)
+    _, *expected = tiled_step(trainer)
     trainer.pack_rows = True
     model = trainer.model
     if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name warns
@@ -158,9 +147,9 @@ def test_trainer_keeps_padding_under_gradient_checkpointing(tiny_trainer, monkey
     calls = []
     real = trainer_module.packed_hidden
     monkeypatch.setattr(trainer_module, "packed_hidden", lambda *a: calls.append(a) or real(*a))
-    loss, grads = _step(trainer)
+    _, loss, grads = tiled_step(trainer)
     assert not calls
-    torch.testing.assert_close(loss, expected[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss.detach(), expected[0].detach(), rtol=1e-5, atol=1e-6)
     for name, grad in grads.items():
         torch.testing.assert_close(grad, expected[1][name], rtol=1e-4, atol=1e-6, msg=name)
 
