@@ -16,7 +16,8 @@ the whole call (tokenization, prompt prefill and decode), so prefill counts agai
 Last line: `tok_s=X limit_ratio=Y` (medians over rounds). `--levers` times the decode loop's
 levers one by one instead; `--compile` times torch.compile of the decode step (transformers' static
 KV cache with its automatic compilation, switched on for the CPU) against the same path eager and
-against ours, with the compile time and whether greedy ids stay identical. CUDA: the
+against ours, with the compile time and whether greedy ids stay identical; `--orientation` times every
+linear computed as `W @ x.T` instead of `nn.Linear`'s `x @ W.T` (GEMMs alone by rows, then whole calls). CUDA: the
 synchronizations and device tensors are written for it but this script has not been run on a GPU
 (none was lent to these sessions).
 Run: `python benchmarks/bench_generate.py [--n 24] [--max-new-tokens 160] [--rounds 2]`.
@@ -159,6 +160,52 @@ def levers(model, tok, texts, args, rows) -> None:
         print(f"{name:62s} {med:9.1f} {tokens[name] / med:7.1f} {base / med:8.2f}")
 
 
+def weight_first(model, on: bool) -> None:
+    """Switch every `nn.Linear` of `model` to compute `(W @ x.T).T` instead of `x @ W.T` (on), or back."""
+    import types
+
+    def forward(self, x):
+        y = torch.mm(self.weight, x.reshape(-1, x.shape[-1]).T).T
+        return (y if self.bias is None else y + self.bias).reshape(*x.shape[:-1], self.out_features)
+
+    for m in model.modules():
+        if type(m) is torch.nn.Linear:
+            if on:
+                m.forward = types.MethodType(forward, m)
+            else:
+                m.__dict__.pop("forward", None)
+
+
+@torch.inference_mode()
+def orientation(model, tok, prompts, args) -> None:
+    """The linears' product as `W @ x.T` against `nn.Linear`'s `x @ W.T`: GEMMs alone by row count, then
+    whole generate calls (interleaved rounds) with every linear switched, and whether greedy ids change."""
+    for rows in (1, 2, 4, 8, 16, 24, 32, 48, 512, 1024):
+        plain, first = gemm_step_seconds(model, rows), None
+        weight_first(model, True)
+        try:
+            first = gemm_step_seconds(model, rows)
+        finally:
+            weight_first(model, False)
+        print(f"  GEMMs alone at {rows:4d} rows: x @ W.T {plain * 1e3:7.1f} ms, W @ x.T {first * 1e3:7.1f} ms, "
+              f"{plain / first:.2f}x", flush=True)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    outs: dict[bool, list[list[int]]] = {}
+    for r in range(args.rounds):
+        for on in (False, True) if r % 2 == 0 else (True, False):
+            weight_first(model, on)
+            try:
+                outs[on], s, _ = timed(lambda: generate_ids(model, tok, prompts, args.max_new_tokens,
+                                                            args.batch_size, progress=False))
+            finally:
+                weight_first(model, False)
+            times[on].append(s)
+            print(f"  round {r}: {'W @ x.T' if on else 'x @ W.T'} {s:.1f}s; load {os.getloadavg()[0]:.1f}", flush=True)
+    same = sum(a == b for a, b in zip(outs[True], outs[False], strict=True))
+    ratio = statistics.median(times[False]) / statistics.median(times[True])
+    print(f"whole generate call: W @ x.T {ratio:.2f}x of x @ W.T (medians); greedy ids identical on {same}/{len(prompts)}")
+
+
 def static_hf(model, tok, texts, max_new_tokens, batch_size, compile_mode: str | None = None):
     """`_hf_generate` with `cache_implementation="static"` (the lever the issue names); with `compile_mode`,
     transformers compiles the decode step (`CompileConfig`, which by default compiles only on GPUs: the
@@ -220,6 +267,7 @@ def main() -> None:
     ap.add_argument("--no-before", action="store_true", help="skip the former path (slow under load)")
     ap.add_argument("--levers", action="store_true", help="time the decode loop's levers one by one")
     ap.add_argument("--compile", action="store_true", help="time torch.compile of the decode step (static cache)")
+    ap.add_argument("--orientation", action="store_true", help="time the linears as W @ x.T against x @ W.T")
     args = ap.parse_args()
 
     test = load_math("gsm_symbolic", 96, 16, 48, 0)["test"]
@@ -242,6 +290,9 @@ def main() -> None:
         return
     if args.compile:
         compile_levers(model, tok, prompts, texts, args, rows)
+        return
+    if args.orientation:
+        orientation(model, tok, prompts, args)
         return
 
     runs = {"ours": lambda: generate_ids(model, tok, prompts, args.max_new_tokens, args.batch_size, progress=False)}
