@@ -24,7 +24,8 @@ def _each_row_alone(body, ids: torch.Tensor) -> torch.Tensor:
 
 def _random_model(family: str):
     """A seeded 2-layer model of a real family: Qwen2 (RoPE, GQA) or GPT-2 (learned absolute positions,
-    where a position that does not restart per row changes every value)."""
+    where a position that does not restart per row changes every value, and attention scaled by
+    1/layer too: the packed attention must pass the model's own scaling on)."""
     from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
@@ -34,7 +35,8 @@ def _random_model(family: str):
         config._attn_implementation = "sdpa"
         return Qwen2ForCausalLM(config).float()
     config = GPT2Config(vocab_size=300, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=0,
-                        eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+                        eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                        scale_attn_by_inverse_layer_idx=True)
     config._attn_implementation = "sdpa"
     return GPT2LMHeadModel(config).float()
 
@@ -80,7 +82,10 @@ def test_packable_only_where_packing_is_exact(tiny_model_dir):
     config._attn_implementation = "eager"
     assert not packable(model, 384)
     config._attn_implementation = "sdpa"
-    config.sliding_window, config.use_sliding_window = 100, True
+    assert not hasattr(config, "use_sliding_window")
+    config.sliding_window = 100  # Mistral's way: a window and no switch means the window is on
+    assert packable(model, 100) and not packable(model, 101)
+    config.use_sliding_window = True
     assert packable(model, 100) and not packable(model, 101)
     config.use_sliding_window = False
     assert packable(model, 101)
@@ -89,6 +94,28 @@ def test_packable_only_where_packing_is_exact(tiny_model_dir):
     assert not packable(model, 8)
     config.layer_types = ["full_attention", "sliding_attention"]
     assert packable(model, 8)
+    not_transformers = torch.nn.Module()  # attention not routed through transformers' interface
+    not_transformers.config = model.config
+    assert not packable(not_transformers, 8)
+
+
+def test_varlen_attention_is_causal_whatever_the_caller_passes(tiny_model_dir):
+    """A model that passes `is_causal` itself gets the same causal attention per row, not a clash of keywords."""
+    from pipeline.models.packing import varlen_sdpa
+
+    attn = _tiny_llama(tiny_model_dir).model.layers[0].self_attn
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, h, sum(LENGTHS), attn.head_dim, generator=g)
+               for h in (attn.config.num_attention_heads, attn.config.num_key_value_heads,
+                         attn.config.num_key_value_heads))
+    bounds = torch.tensor([0, 11, 16, 24], dtype=torch.int32)
+    plain = varlen_sdpa(attn, q, k, v, None, cu_seq_lens_q=bounds, scaling=attn.scaling)[0]
+    assert torch.equal(varlen_sdpa(attn, q, k, v, None, cu_seq_lens_q=bounds, scaling=attn.scaling,
+                                   is_causal=True)[0], plain)
+    first = torch.nn.functional.scaled_dot_product_attention(  # row 0 alone, causal, kv heads repeated
+        q[:, :, :11], k[:, :, :11].repeat_interleave(attn.num_key_value_groups, 1),
+        v[:, :, :11].repeat_interleave(attn.num_key_value_groups, 1), is_causal=True, scale=attn.scaling)
+    torch.testing.assert_close(plain[0, :11], first[0].transpose(0, 1))
 
 
 def test_trainer_packs_the_body_by_default_and_matches_the_padded_body(tiny_trainer, tiled_step, monkeypatch):

@@ -73,10 +73,9 @@ def packed_hidden(body, ids: torch.Tensor, lengths: Sequence[int]) -> torch.Tens
     `lengths[i]` ids of `ids` [B, T], rows packed end to end without padding."""
     flat = torch.cat([ids[i, :n] for i, n in enumerate(lengths)])[None]
     positions = torch.cat([torch.arange(n, device=ids.device) for n in lengths])[None]
-    bounds = torch.tensor([0, *accumulate(lengths)], dtype=torch.int32, device=ids.device)
+    bounds = torch.tensor([0, *accumulate(lengths)])  # read on the host (`tolist`), so kept there
     with _attention(body.config, VARLEN_SDPA):
-        out = body(input_ids=flat, position_ids=positions, use_cache=False, cu_seq_lens_q=bounds,
-                   cu_seq_lens_k=bounds, max_length_q=max(lengths), max_length_k=max(lengths))
+        out = body(input_ids=flat, position_ids=positions, use_cache=False, cu_seq_lens_q=bounds)
     return out.last_hidden_state[0]
 
 
