@@ -181,7 +181,7 @@ def orientation(model, tok, prompts, args) -> None:
     """The linears' product as `W @ x.T` against `nn.Linear`'s `x @ W.T`: GEMMs alone by row count, then
     whole generate calls (interleaved rounds) with every linear switched, and whether greedy ids change."""
     for rows in (1, 2, 4, 8, 16, 24, 32, 48, 512, 1024):
-        plain, first = gemm_step_seconds(model, rows), None
+        plain = gemm_step_seconds(model, rows)
         weight_first(model, True)
         try:
             first = gemm_step_seconds(model, rows)

@@ -108,14 +108,15 @@ def test_varlen_attention_is_causal_whatever_the_caller_passes(tiny_model_dir):
     q, k, v = (torch.randn(1, h, sum(LENGTHS), attn.head_dim, generator=g)
                for h in (attn.config.num_attention_heads, attn.config.num_key_value_heads,
                          attn.config.num_key_value_heads))
-    bounds = torch.tensor([0, 11, 16, 24], dtype=torch.int32)
+    bounds = torch.tensor([*row_offsets(LENGTHS), sum(LENGTHS)])
     plain = varlen_sdpa(attn, q, k, v, None, cu_seq_lens_q=bounds, scaling=attn.scaling)[0]
     assert torch.equal(varlen_sdpa(attn, q, k, v, None, cu_seq_lens_q=bounds, scaling=attn.scaling,
                                    is_causal=True)[0], plain)
+    n = LENGTHS[0]
     first = torch.nn.functional.scaled_dot_product_attention(  # row 0 alone, causal, kv heads repeated
-        q[:, :, :11], k[:, :, :11].repeat_interleave(attn.num_key_value_groups, 1),
-        v[:, :, :11].repeat_interleave(attn.num_key_value_groups, 1), is_causal=True, scale=attn.scaling)
-    torch.testing.assert_close(plain[0, :11], first[0].transpose(0, 1))
+        q[:, :, :n], k[:, :, :n].repeat_interleave(attn.num_key_value_groups, 1),
+        v[:, :, :n].repeat_interleave(attn.num_key_value_groups, 1), is_causal=True, scale=attn.scaling)
+    torch.testing.assert_close(plain[0, :n], first[0].transpose(0, 1))
 
 
 def test_trainer_packs_the_body_by_default_and_matches_the_padded_body(tiny_trainer, tiled_step, monkeypatch):
